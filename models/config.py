@@ -1,0 +1,115 @@
+"""Model and training configuration, defined once and passed along, plus the preset registry.
+
+Both are frozen pydantic models: the CLI, the sweep spec and the REST API validate through
+them, so a bad value gets the same message naming the field everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Parametrization = Literal["mus", "sp"]
+Precision = Literal["fp8", "bf16", "fp32"]
+Schedule = Literal["cosine", "linear"]
+AttentionOutputScale = Literal["position", "none"]
+ReadoutLR = Literal["constant", "sqrt"]
+
+
+class ModelConfig(BaseModel):
+    """Shape and parametrization of the GPT."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vocab_size: int = Field(256, ge=2, description="byte-level tokens: 256")
+    depth: int = Field(4, ge=1, description="transformer blocks")
+    width: int = Field(128, ge=1, description="d_model")
+    head_dim: int = Field(32, ge=1, description="fixed across widths: heads = width / head_dim")
+    mlp_ratio: int = Field(4, ge=1, description="MLP hidden size = mlp_ratio * width")
+    seq_len: int = Field(128, ge=2, description="context length in tokens")
+    parametrization: Parametrization = Field("mus", description="mus (unit scaling) or sp")
+    tau: float = Field(
+        0.4, gt=0.0, lt=1.0, description="µS residual mix: x <- sqrt(1-tau) x + sqrt(tau) LN(f(x))"
+    )
+    readout_multiplier: float = Field(
+        1.0, gt=0.0, description="µS alpha_out: logits = alpha_out * x W^T / sqrt(width)"
+    )
+    readout_lr: ReadoutLR = Field(
+        "constant", description="µS readout LR: constant in width, or scaled by sqrt(base/width)"
+    )
+    attn_output_scale: AttentionOutputScale = Field(
+        "position",
+        description="µS: undo the 1/t variance shrink of causal averaging (position) or not",
+    )
+    base_width: int = Field(256, ge=1, description="d0 of the µS width rules (LR scale 1 here)")
+
+    @model_validator(mode="after")
+    def _width_splits_into_heads(self) -> ModelConfig:
+        if self.width % self.head_dim:
+            raise ValueError(f"width {self.width} must be a multiple of head_dim {self.head_dim}")
+        return self
+
+    @property
+    def n_heads(self) -> int:
+        return self.width // self.head_dim
+
+
+class TrainConfig(BaseModel):
+    """One training run: a model, its data, the optimizer's base values and the schedule."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: str = Field("stdlib", description="a text file path, or 'stdlib' (Python's own source)")
+    steps: int = Field(200, ge=1, description="optimizer steps")
+    batch_size: int = Field(32, ge=1, description="sequences per step")
+    precision: Precision = Field("fp8", description="hidden matmuls: fp8 (e4m3/e5m2), bf16, fp32")
+    lr: float = Field(2**-5, gt=0.0, description="base learning rate eta (width rules scale it)")
+    wd: float = Field(0.0, ge=0.0, description="base decoupled weight decay lambda per step")
+    warmup: float = Field(0.1, ge=0.0, lt=1.0, description="linear warmup, fraction of steps")
+    schedule: Schedule = Field("cosine", description="decay after warmup")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="schedule floor, times peak")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.95, ge=0.0, lt=1.0)
+    fp8_grad_scale: float | None = Field(
+        None, gt=0.0, description="static FP8 backward scale; default tokens/step * sqrt(width)"
+    )
+    seed: int = Field(0, ge=0)
+    eval_interval: int = Field(50, ge=1, description="steps between evaluations and reports")
+    eval_batches: int = Field(8, ge=1, description="batches of batch_size in each evaluation")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    compile: bool = Field(False, description="torch.compile the model")
+
+    @model_validator(mode="after")
+    def _data_exists(self) -> TrainConfig:
+        if self.data != "stdlib" and not Path(self.data).is_file():
+            raise ValueError(f"data: no such file {self.data!r} (or use 'stdlib')")
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.model.seq_len
+
+
+# Named sizes, looked up by name. head_dim stays 64 so that only width and depth change;
+# parameter counts (about 12 * depth * width^2) name them. `debug` is the one tests use.
+PRESETS: dict[str, ModelConfig] = {
+    "debug": ModelConfig(depth=2, width=64, head_dim=16, seq_len=64),
+    "25m": ModelConfig(depth=8, width=512, head_dim=64, seq_len=512),
+    "200m": ModelConfig(depth=16, width=1024, head_dim=64, seq_len=1024),
+    "1b": ModelConfig(depth=24, width=2048, head_dim=64, seq_len=2048),
+    "3b": ModelConfig(depth=32, width=2560, head_dim=64, seq_len=2048),
+    "7b": ModelConfig(depth=32, width=4096, head_dim=64, seq_len=2048),
+    "13b": ModelConfig(depth=40, width=5120, head_dim=64, seq_len=2048),
+    "30b": ModelConfig(depth=40, width=8192, head_dim=64, seq_len=2048),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    """The ModelConfig registered under ``name``."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,179 @@
+"""The GPT, in µS (unit scaling, Res-Post-LN) and SP (pre-LN, std 0.02) form.
+
+Reads top to bottom: linear layer, attention, MLP, block, model. Every init, multiplier and
+learning rate comes from `models.width_rules`; this file only delegates to it.
+
+µS block (width d, residual mix tau):
+    x <- sqrt(1 - tau) * x + sqrt(tau) * LN(attn(x))
+    x <- sqrt(1 - tau) * x + sqrt(tau) * LN(mlp(x))
+With unit-variance x and LN(f(x)) uncorrelated, the stream keeps unit variance at any depth,
+so every hidden matmul sees unit-scale inputs: that is what lets FP8 run without scales.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import fp8_linear
+from models.config import ModelConfig
+from models.width_rules import ParamGroup, init_std, multiplier
+
+
+class ScaledLinear(nn.Module):
+    """Bias-free linear layer with a static output multiplier: ``y = (x W^T) * multiplier``.
+
+    Hidden layers route through the FP8 kernel once `use_fp8` has set ``fp8_grad_scale``.
+    """
+
+    def __init__(self, fan_in: int, fan_out: int, group: ParamGroup, config: ModelConfig):
+        super().__init__()
+        self.group, self.fan_in = group, fan_in
+        self.multiplier = multiplier(
+            group,
+            parametrization=config.parametrization,
+            fan_in=fan_in,
+            readout_multiplier=config.readout_multiplier,
+        )
+        std = init_std(group, parametrization=config.parametrization)
+        self.weight = nn.Parameter(torch.randn(fan_out, fan_in) * std)
+        self.fp8_grad_scale: float | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp8_grad_scale is not None:
+            return fp8_linear(x, self.weight, scale=self.multiplier, grad_scale=self.fp8_grad_scale)
+        return F.linear(x, self.weight) * self.multiplier
+
+
+def _rope_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of rotary position embeddings, (T, head_dim/2) each."""
+    inv_freq = 10000.0 ** (-torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(seq_len).float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, T, hd/2) each
+    rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d = config.width
+        self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        self.qkv = ScaledLinear(d, 3 * d, "hidden", config)
+        self.out = ScaledLinear(d, d, "hidden", config)
+        cos, sin = _rope_tables(config.seq_len, config.head_dim)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        # A causal average over t+1 positions shrinks unit-variance values by 1/(t+1) in
+        # variance at init: position t's output sinks toward e4m3's subnormals at long
+        # context. sqrt(t+1) is the static factor that undoes a uniform average exactly.
+        rescale = config.parametrization == "mus" and config.attn_output_scale == "position"
+        position_scale = torch.arange(1, config.seq_len + 1).float().sqrt()
+        self.register_buffer(
+            "position_scale",
+            position_scale[:, None] if rescale else torch.ones(config.seq_len, 1),
+            persistent=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)  # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.head_dim**-0.5)
+        y = y * self.position_scale[:T].to(y.dtype)  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.out(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden = config.mlp_ratio * config.width
+        self.up = ScaledLinear(config.width, hidden, "hidden", config)
+        self.down = ScaledLinear(hidden, config.width, "hidden", config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+def _layer_norm(width: int) -> nn.LayerNorm:
+    return nn.LayerNorm(width, bias=False)  # gain only, initialised at 1 (norm group)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.post_norm = config.parametrization == "mus"
+        self.attn, self.mlp = CausalSelfAttention(config), MLP(config)
+        self.norm_attn, self.norm_mlp = _layer_norm(config.width), _layer_norm(config.width)
+        self.skip, self.branch = math.sqrt(1 - config.tau), math.sqrt(config.tau)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.post_norm:  # µS: Res-Post-LN with variance-preserving skips
+            x = self.skip * x + self.branch * self.norm_attn(self.attn(x))
+            return self.skip * x + self.branch * self.norm_mlp(self.mlp(x))
+        x = x + self.attn(self.norm_attn(x))  # SP: pre-LN
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.width)
+        nn.init.normal_(
+            self.embedding.weight, std=init_std("embedding", parametrization=config.parametrization)
+        )
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.norm_final = _layer_norm(config.width)
+        self.readout = ScaledLinear(config.width, config.vocab_size, "readout", config)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids (B, T)."""
+        x = self.embedding(idx)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.readout(self.norm_final(x))  # (B, T, vocab)
+
+    def parameter_groups(self) -> Iterator[tuple[ParamGroup, int, nn.Parameter]]:
+        """Every parameter with its width-rule group and fan-in."""
+        for module in self.modules():
+            if isinstance(module, ScaledLinear):
+                yield module.group, module.fan_in, module.weight
+            elif isinstance(module, nn.Embedding):
+                yield "embedding", module.embedding_dim, module.weight
+            elif isinstance(module, nn.LayerNorm):
+                yield "norm", self.config.width, module.weight
+
+
+def hidden_linears(model: nn.Module) -> Iterator[tuple[str, ScaledLinear]]:
+    """The hidden matrix layers by name: the ones FP8 applies to."""
+    for name, module in model.named_modules():
+        if isinstance(module, ScaledLinear) and module.group == "hidden":
+            yield name, module
+
+
+def use_fp8(model: nn.Module, *, grad_scale: float) -> None:
+    """Route every hidden linear layer through the FP8 kernel (embedding, readout stay bf16)."""
+    for _, module in hidden_linears(model):
+        module.fp8_grad_scale = grad_scale
+
+
+def default_fp8_grad_scale(*, tokens_per_step: int, width: int) -> float:
+    """Static backward scale that puts hidden-layer gradients near unit scale at init.
+
+    The mean loss makes d(loss)/d(logit) ~ 1/tokens; the readout (unit weights, 1/sqrt(d)
+    multiplier) maps it to ~1/(tokens * sqrt(d)) per coordinate of the residual stream, and
+    Res-Post-LN keeps that scale through the blocks. The product undoes both.
+    """
+    return float(tokens_per_step) * math.sqrt(width)

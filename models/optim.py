@@ -1,0 +1,71 @@
+"""AdamW with fully decoupled weight decay, per-group LRs from the width rules, and the schedule.
+
+torch's AdamW decays ``w <- w * (1 - lr * weight_decay)``: the decay is coupled to the LR, so
+changing the LR (or its width rule) changes the regularisation. The µS recipe wants
+``w <- w * (1 - lambda * s_t)`` with ``s_t`` the schedule multiplier. Giving each group
+``weight_decay = lambda / lr_group`` turns torch's product into exactly that, so the fused
+torch implementation can be kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from models.config import TrainConfig
+from models.gpt import GPT
+from models.width_rules import group_rule
+
+
+def lr_multiplier(step: int, config: TrainConfig) -> float:
+    """s_t: linear warmup from 0 to 1, then cosine or linear decay to ``min_lr_ratio``."""
+    warmup_steps = round(config.warmup * config.steps)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, config.steps - warmup_steps)
+    if config.schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        decay = 1.0 - progress
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * decay
+
+
+def param_groups(model: GPT, config: TrainConfig) -> list[dict[str, Any]]:
+    """One torch param group per distinct (LR, WD) pair the width rules produce."""
+    mc = config.model
+    grouped: dict[tuple[str, float, float], list[torch.nn.Parameter]] = defaultdict(list)
+    for group, fan_in, param in model.parameter_groups():
+        rule = group_rule(
+            group,
+            parametrization=mc.parametrization,
+            fan_in=fan_in,
+            base_lr=config.lr,
+            base_wd=config.wd,
+            base_width=mc.base_width,
+            readout_multiplier=mc.readout_multiplier,
+            readout_lr=mc.readout_lr,
+        )
+        grouped[(group, rule.lr, rule.wd)].append(param)
+    return [
+        {"params": params, "name": group, "lr": lr, "weight_decay": wd / lr}
+        for (group, lr, wd), params in grouped.items()
+    ]
+
+
+def build_optimizer(
+    model: GPT, config: TrainConfig
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the width-rule groups and the schedule that scales every group's LR by s_t."""
+    device_type = next(model.parameters()).device.type
+    optimizer = torch.optim.AdamW(
+        param_groups(model, config),
+        betas=(config.beta1, config.beta2),
+        fused=device_type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, config)
+    )
+    return optimizer, scheduler

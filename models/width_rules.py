@@ -1,0 +1,114 @@
+"""The width rules: how each parameter group is initialised, scaled and optimised.
+
+One place holds every rule of µS and of the standard-parametrization (SP) baseline. The
+model and the optimizer only ask these functions; tests check each against its formula.
+
+Groups:
+    hidden     every matrix inside a block (QKV, attention out, MLP up, MLP down)
+    embedding  the token embedding table
+    readout    the LM head (after the final LayerNorm)
+    norm       LayerNorm gains
+
+µS (arXiv 2502.05967): unit-variance init everywhere; hidden layers and the readout multiply
+their output by ``1/sqrt(fan_in)`` (static, so FP8 needs no scale factors); hidden LR
+``eta * sqrt(d0 / fan_in)``, the Adam rule that makes the update of the effective weight scale
+as ``1/fan_in`` (µP); the other groups keep ``eta``. Weight decay is decoupled from the LR and
+does not change with width; norms and embeddings are not decayed.
+
+SP: init std 0.02, no multipliers, one LR for everything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from models.config import Parametrization, ReadoutLR
+
+ParamGroup = Literal["hidden", "embedding", "readout", "norm"]
+PARAM_GROUPS: tuple[ParamGroup, ...] = ("hidden", "embedding", "readout", "norm")
+
+SP_INIT_STD = 0.02
+
+
+@dataclass(frozen=True)
+class GroupRule:
+    """What the rules say about one parameter group at one fan-in."""
+
+    init_std: float  # weights ~ N(0, init_std^2); norm gains start at init_std (= 1)
+    multiplier: float  # static factor on the layer's output
+    lr: float  # peak Adam learning rate
+    wd: float  # decoupled weight decay per step (times the schedule)
+
+
+def init_std(group: ParamGroup, *, parametrization: Parametrization) -> float:
+    if group == "norm" or parametrization == "mus":
+        return 1.0
+    return SP_INIT_STD
+
+
+def multiplier(
+    group: ParamGroup,
+    *,
+    parametrization: Parametrization,
+    fan_in: int,
+    readout_multiplier: float = 1.0,
+) -> float:
+    if parametrization == "sp" or group in ("embedding", "norm"):
+        return 1.0
+    if group == "readout":
+        return readout_multiplier / math.sqrt(fan_in)
+    return 1.0 / math.sqrt(fan_in)
+
+
+def learning_rate(
+    group: ParamGroup,
+    *,
+    parametrization: Parametrization,
+    base_lr: float,
+    fan_in: int,
+    base_width: int,
+    readout_lr: ReadoutLR = "constant",
+) -> float:
+    if parametrization == "sp":
+        return base_lr
+    if group == "hidden" or (group == "readout" and readout_lr == "sqrt"):
+        return base_lr * math.sqrt(base_width / fan_in)
+    return base_lr
+
+
+def weight_decay(group: ParamGroup, *, base_wd: float) -> float:
+    return base_wd if group in ("hidden", "readout") else 0.0
+
+
+def group_rule(
+    group: ParamGroup,
+    *,
+    parametrization: Parametrization,
+    fan_in: int,
+    base_lr: float,
+    base_wd: float,
+    base_width: int,
+    readout_multiplier: float = 1.0,
+    readout_lr: ReadoutLR = "constant",
+) -> GroupRule:
+    """Every rule for ``group`` at ``fan_in``: the one call the model and optimizer need."""
+    return GroupRule(
+        init_std=init_std(group, parametrization=parametrization),
+        multiplier=multiplier(
+            group,
+            parametrization=parametrization,
+            fan_in=fan_in,
+            readout_multiplier=readout_multiplier,
+        ),
+        lr=learning_rate(
+            group,
+            parametrization=parametrization,
+            base_lr=base_lr,
+            fan_in=fan_in,
+            base_width=base_width,
+            readout_lr=readout_lr,
+        ),
+        wd=weight_decay(group, base_wd=base_wd),
+    )
