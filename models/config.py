@@ -40,8 +40,8 @@ class ModelConfig(BaseModel):
         "constant", description="µS readout LR: constant in width, or scaled by sqrt(base/width)"
     )
     attn_output_scale: AttentionOutputScale = Field(
-        "position",
-        description="µS: undo the 1/t variance shrink of causal averaging (position) or not",
+        "none",
+        description="µS: multiply attention outputs by sqrt(t+1) (position) or not (none)",
     )
     base_width: int = Field(256, ge=1, description="d0 of the µS width rules (LR scale 1 here)")
 

@@ -89,6 +89,24 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    config: TrainConfig,
+) -> torch.Tensor:
+    """One optimizer step on ``batch``; returns the (unsynchronised) loss."""
+    x, y = batch
+    with precision_context(config, x.device):
+        loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> float:
     """Mean validation loss over ``eval_batches`` fixed batches (the same for every run)."""
@@ -124,14 +142,7 @@ def train(config: TrainConfig, report: Reporter | None = None) -> TrainResult:
     step = 0
     while step < config.steps:
         t0 = time.perf_counter()
-        x, y = batches.next(device)
-        with precision_context(config, device):
-            loss = loss_fn(step_fn(x), y)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        interval_loss += loss.detach()
+        interval_loss += train_step(step_fn, optimizer, scheduler, batches.next(device), config)
         interval_steps += 1
         step += 1
         if step % config.eval_interval and step != config.steps:

@@ -1,0 +1,239 @@
+"""The `sweeper` command line: a thin shell over models/ (and, later, the service layer).
+
+Every TrainConfig and ModelConfig field is an option of `sweeper train`, generated from the
+pydantic fields so the config is defined once. Bad options exit with code 2 and one line on
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import math
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+# Typer vendors click (>= 0.22); its usage errors are these classes, not click's own.
+from typer._click.exceptions import BadParameter, UsageError
+
+from models import PRESETS, MetricPoint, ModelConfig, TrainConfig, preset, train
+from models.coord_check import CoordCheck, coord_check, plot_coord_check
+
+app = typer.Typer(
+    help="Hyperparameter-transfer sweeps for FP8 LLM training with unit scaling (µS).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stderr = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _config_parameters() -> list[inspect.Parameter]:
+    """One keyword option per config field; None means 'the preset's or the default value'."""
+    params = []
+    for config_cls in (ModelConfig, TrainConfig):
+        for name, field in config_cls.model_fields.items():
+            if name == "model":
+                continue
+            annotation = field.annotation
+            decls = [_option_name(name)]
+            if annotation is bool:
+                decls = [f"{_option_name(name)}/--no-{name.replace('_', '-')}"]
+            default = field.get_default(call_default_factory=True)
+            help_text = f"{field.description or name} [default: {default}]"
+            option = typer.Option(None, *decls, help=help_text, show_default=False)
+            params.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=option,
+                    annotation=annotation | None,
+                )
+            )
+    return params
+
+
+def with_config_options(func: F) -> F:
+    """Add every config field as an option; the command receives them as ``overrides``."""
+    hints = typing.get_type_hints(func, include_extras=True)
+    own = [
+        p.replace(annotation=hints[p.name])
+        for p in inspect.signature(func).parameters.values()
+        if p.name != "overrides"
+    ]
+    config_params = _config_parameters()
+    names = {p.name for p in config_params}
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        overrides = {k: v for k, v in kwargs.items() if k in names and v is not None}
+        rest = {k: v for k, v in kwargs.items() if k not in names}
+        return func(overrides=overrides, **rest)
+
+    command.__signature__ = inspect.Signature(own + config_params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in own + config_params}
+    return command  # type: ignore[return-value]
+
+
+def _validation_message(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"] if part != "model")
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{_option_name(where)}: {message}" if where else message
+
+
+def config_from_options(preset_name: str, overrides: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a preset with option overrides; raises a UsageError."""
+    try:
+        base = preset(preset_name)
+    except ValueError as e:
+        raise BadParameter(str(e), param_hint="--preset") from None
+    model_fields = {k: v for k, v in overrides.items() if k in ModelConfig.model_fields}
+    train_fields = {k: v for k, v in overrides.items() if k not in model_fields}
+    try:
+        model = ModelConfig.model_validate(base.model_dump() | model_fields)
+        return TrainConfig.model_validate(train_fields | {"model": model})
+    except ValidationError as e:
+        raise UsageError(_validation_message(e)) from None
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _print_json(payload: dict[str, Any]) -> None:
+    typer.echo(json.dumps(payload, indent=2, allow_nan=False))
+
+
+def _config_json(config: BaseModel) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+PresetOption = Annotated[str, typer.Option("--preset", help=f"model preset: {', '.join(PRESETS)}")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")]
+
+
+@app.command("train")
+@with_config_options
+def train_command(
+    overrides: dict[str, Any],
+    preset_name: PresetOption = "debug",
+    json_output: JsonOption = False,
+) -> None:
+    """Train one model; the defaults are a tiny µS FP8 run on the stdlib corpus."""
+    config = config_from_options(preset_name, overrides)
+    with Progress(
+        TextColumn("[bold]train[/]"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=json_output,
+    ) as progress:
+        task = progress.add_task("", total=config.steps)
+
+        def report(point: MetricPoint) -> None:
+            progress.update(
+                task,
+                completed=point.step,
+                description=f"train {point.train_loss:.3f}  eval {point.eval_loss:.3f}  "
+                f"{point.tokens_per_s:,.0f} tok/s",
+            )
+
+        result = train(config, report=report)
+    if json_output:
+        _print_json(result.summary() | {"config": _config_json(config)})
+        return
+    loss = _finite_or_none(result.final_eval_loss)
+    typer.echo(
+        f"{result.status} after {result.steps} steps: eval loss "
+        f"{'n/a' if loss is None else f'{loss:.4f}'}, {result.tokens_per_s:,.0f} tokens/s"
+    )
+
+
+def _parse_widths(text: str) -> list[int]:
+    try:
+        widths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+    if not widths or min(widths) < 1:
+        raise BadParameter("give at least one positive width, e.g. 64,128,256")
+    return widths
+
+
+def _coord_table(result: CoordCheck, title: str, table_of: dict[int, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    table.add_column("layer")
+    for width in result.widths:
+        table.add_column(str(width), justify="right")
+    for layer in table_of[result.widths[0]]:
+        table.add_row(layer, *(f"{table_of[w][layer]:.3f}" for w in result.widths))
+    return table
+
+
+@app.command("coord-check")
+@with_config_options
+def coord_check_command(
+    overrides: dict[str, Any],
+    widths: Annotated[
+        str, typer.Option(help="comma-separated widths, each a multiple of head_dim")
+    ] = "64,128,256",
+    plot: Annotated[Path | None, typer.Option(help="save RMS-vs-width plots to this PNG")] = None,
+    preset_name: PresetOption = "debug",
+    json_output: JsonOption = False,
+) -> None:
+    """Per-layer RMS at init and after --steps optimizer steps (default 10), across widths."""
+    parsed = _parse_widths(widths)
+    config = config_from_options(preset_name, {"steps": 10} | overrides)
+    for width in parsed:  # every width must be a valid model, checked before any work
+        config_from_options(preset_name, {**overrides, "width": width})
+    with stderr.status(f"coordinate check at widths {widths} ..."):
+        result = coord_check(parsed, config, steps=config.steps)
+    if plot is not None:
+        plot_coord_check(result, plot)
+    if json_output:
+        _print_json(
+            {
+                "widths": result.widths,
+                "steps": result.steps,
+                "init": {str(w): rms for w, rms in result.init.items()},
+                "trained": {str(w): rms for w, rms in result.trained.items()},
+                "config": _config_json(config),
+            }
+        )
+        return
+    console = Console()
+    console.print(_coord_table(result, "RMS at init", result.init))
+    console.print(_coord_table(result, f"RMS after {result.steps} steps", result.trained))
+    if plot is not None:
+        console.print(f"plot saved to {plot}")
+
+
+def main() -> None:
+    """Entry point: click's usage errors become one line on stderr and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(prog_name="sweeper", standalone_mode=False)
+    except UsageError as e:
+        stderr.print(f"sweeper: error: {e.format_message()}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        stderr.print("sweeper: aborted")
+        sys.exit(130)
