@@ -89,10 +89,10 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # type: ignore[index]
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)  # (B, H, T, hd)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.head_dim**-0.5)
-        y = y * self.position_scale[:T].to(y.dtype)  # (B, H, T, hd)
+        y = y * self.position_scale[:T].to(y.dtype)  # type: ignore[index]
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.out(y)
 
@@ -147,7 +147,7 @@ class GPT(nn.Module):
             x = block(x)
         return self.readout(self.norm_final(x))  # (B, T, vocab)
 
-    def parameter_groups(self) -> Iterator[tuple[ParamGroup, int, nn.Parameter]]:
+    def parameter_groups(self) -> Iterator[tuple[ParamGroup, int, torch.Tensor]]:
         """Every parameter with its width-rule group and fan-in."""
         for module in self.modules():
             if isinstance(module, ScaledLinear):

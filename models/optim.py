@@ -36,7 +36,7 @@ def lr_multiplier(step: int, config: TrainConfig) -> float:
 def param_groups(model: GPT, config: TrainConfig) -> list[dict[str, Any]]:
     """One torch param group per distinct (LR, WD) pair the width rules produce."""
     mc = config.model
-    grouped: dict[tuple[str, float, float], list[torch.nn.Parameter]] = defaultdict(list)
+    grouped: dict[tuple[str, float, float], list[torch.Tensor]] = defaultdict(list)
     for group, fan_in, param in model.parameter_groups():
         rule = group_rule(
             group,

@@ -132,7 +132,7 @@ def train(config: TrainConfig, report: Reporter | None = None) -> TrainResult:
     )
     model = build_model(config, device)
     optimizer, scheduler = build_optimizer(model, config)
-    step_fn = torch.compile(model) if config.compile else model
+    step_fn: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
 
     curve: list[MetricPoint] = []
     first_loss: float | None = None

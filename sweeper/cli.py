@@ -63,7 +63,7 @@ def _config_parameters() -> list[inspect.Parameter]:
                     name,
                     inspect.Parameter.KEYWORD_ONLY,
                     default=option,
-                    annotation=annotation | None,
+                    annotation=annotation | None,  # type: ignore[operator]
                 )
             )
     return params
