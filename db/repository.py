@@ -1,0 +1,569 @@
+"""Every read and write of the sweeper database, as keyword-only functions.
+
+Each function runs one transaction of its own (`Database.session`) and returns plain
+frozen dataclasses, never ORM rows, so callers hold no session and cannot lazy-load.
+
+Resume is the reason for most choices here:
+
+- a trial is identified by (sweep, key), the engine's deterministic name of it, so
+  `upsert_trial` called again on resume finds the same trial;
+- a trial that had not finished when the driver died (`running`, or `error`) is run again
+  from step 0, so `upsert_trial` resets it and deletes its points: the stored curve is then
+  exactly that of the attempt that finishes, with no stale tail from the crashed one;
+- a run resumes from its checkpoint instead, so its points are kept, and
+  `add_metric_points` skips a point whose (trial or run, step) is already stored: writing
+  a point twice stores it once and is not an error.
+
+NaN and ±inf are stored as NULL (see `db._schema.FiniteFloat`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db._database import Database
+from db._schema import (
+    Base,
+    MetricPointRow,
+    RunRow,
+    RunStatus,
+    SweepRow,
+    SweepStatus,
+    TransferRow,
+    TrialRow,
+    TrialStatus,
+    utcnow,
+)
+from db.errors import Conflict, NotFound
+
+T = TypeVar("T")
+
+
+# --- read types -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sweep:
+    id: int
+    name: str
+    status: SweepStatus
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    driver_heartbeat_at: datetime | None
+    optuna_study_name: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trial:
+    id: int
+    sweep_id: int
+    key: str
+    width: int
+    params: dict[str, Any]
+    status: TrialStatus
+    final_eval_loss: float | None  # None while running, or when not finite
+    steps: int | None
+    tokens: int | None
+    tokens_per_s: float | None
+    node_id: str | None
+    ray_trial_id: str | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricPoint:
+    """One point of a loss curve; what the trainer reports and what curves are made of."""
+
+    step: int
+    tokens: int
+    train_loss: float | None  # None when not finite
+    eval_loss: float | None = None  # None when not measured at this step, or not finite
+    tokens_per_s: float | None = None
+    time_s: float  # seconds since the trial (or run) started
+
+
+@dataclass(frozen=True, kw_only=True)
+class Transfer:
+    id: int
+    sweep_id: int
+    to_width: int
+    result: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    id: int
+    sweep_id: int | None
+    transfer_id: int | None
+    name: str
+    status: RunStatus
+    config: dict[str, Any]
+    checkpoint_path: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    driver_heartbeat_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing, newest first, and how many rows the whole listing has."""
+
+    items: list[T]
+    total: int
+
+
+# --- sweeps -----------------------------------------------------------------------------
+
+
+def create_sweep(database: Database, *, name: str, spec: Mapping[str, Any]) -> int:
+    """Store a new `queued` sweep with its whole spec; returns its id."""
+    with database.session(f"creating sweep {name!r}") as s:
+        row = SweepRow(name=name, status=SweepStatus.QUEUED, spec=dict(spec), created_at=utcnow())
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def get_sweep(database: Database, *, sweep_id: int) -> Sweep:
+    with database.session(f"reading sweep {sweep_id}") as s:
+        return _record(Sweep, _get(s, SweepRow, sweep_id))
+
+
+def list_sweeps(
+    database: Database, *, offset: int = 0, limit: int = 50, status: SweepStatus | None = None
+) -> Page[Sweep]:
+    """Sweeps newest first, optionally only those in `status`."""
+    query = select(SweepRow)
+    if status is not None:
+        query = query.where(SweepRow.status == SweepStatus(status))
+    with database.session("listing sweeps") as s:
+        rows, total = _page(s, query, SweepRow.id, offset=offset, limit=limit)
+        return Page([_record(Sweep, row) for row in rows], total)
+
+
+def set_sweep_status(
+    database: Database,
+    *,
+    sweep_id: int,
+    status: SweepStatus,
+    error: str | None = None,
+    expected: Collection[SweepStatus] | None = None,
+) -> Sweep:
+    """Move a sweep to `status` and return it.
+
+    `running` sets `started_at` (the first start; a resume keeps it) and clears
+    `finished_at`; a final status sets `finished_at`. `error` replaces the stored one, so
+    any status but `failed` normally clears it. With `expected`, the change happens only
+    if the sweep is in one of those statuses, else `Conflict`: e.g. a driver finishing must
+    not overwrite a cancel that the API stored meanwhile.
+    """
+    status = SweepStatus(status)
+    with database.session(f"setting sweep {sweep_id} to {status}") as s:
+        row = _get(s, SweepRow, sweep_id)
+        _check_expected("sweep", sweep_id, row.status, expected)
+        _set_job_status(row, status.finished, status is SweepStatus.RUNNING, error)
+        row.status = status
+        s.flush()
+        return _record(Sweep, row)
+
+
+def touch_sweep_heartbeat(database: Database, *, sweep_id: int) -> None:
+    """Record that the sweep's driving process is alive (call it every few seconds)."""
+    _touch(database, SweepRow, sweep_id)
+
+
+def set_sweep_optuna_study(database: Database, *, sweep_id: int, study_name: str) -> None:
+    """Link the sweep to its Optuna study (stored by Optuna's RDBStorage in the same DB)."""
+    with database.session(f"linking sweep {sweep_id} to study {study_name!r}") as s:
+        _get(s, SweepRow, sweep_id).optuna_study_name = study_name
+
+
+def delete_sweep(database: Database, *, sweep_id: int) -> None:
+    """Delete a sweep with its trials, their points and its transfers.
+
+    Runs launched from it are kept (they hold checkpoints) and lose the link. The Optuna
+    study, if any, is Optuna's to delete.
+    """
+    with database.session(f"deleting sweep {sweep_id}") as s:
+        _get(s, SweepRow, sweep_id)
+        s.execute(delete(SweepRow).where(SweepRow.id == sweep_id))
+
+
+def latest_completed_sweep(database: Database) -> int | None:
+    """The id of the sweep that completed last, or None when none has."""
+    query = (
+        select(SweepRow.id)
+        .where(SweepRow.status == SweepStatus.COMPLETED)
+        .order_by(SweepRow.finished_at.desc(), SweepRow.id.desc())
+        .limit(1)
+    )
+    with database.session("finding the latest completed sweep") as s:
+        return s.scalars(query).first()
+
+
+# --- trials -----------------------------------------------------------------------------
+
+
+def upsert_trial(
+    database: Database,
+    *,
+    sweep_id: int,
+    key: str,
+    width: int,
+    params: Mapping[str, Any],
+    ray_trial_id: str | None = None,
+    node_id: str | None = None,
+) -> int:
+    """Start trial `key` of a sweep and return its id; idempotent on (sweep, key).
+
+    A new key is stored as `running`. An existing key keeps its id: if it finished
+    (`completed`, `diverged`, `pruned`) nothing changes, and the caller should not run it
+    again (see `get_trial`); otherwise it is reset to `running` and its points are deleted,
+    since it is about to be trained again from step 0.
+    """
+    with database.session(f"starting trial {key!r} of sweep {sweep_id}") as s:
+        _get(s, SweepRow, sweep_id)
+        # Insert-or-skip in one statement, so two writers racing on a key cannot conflict.
+        inserted = s.execute(
+            _insert(s, TrialRow)
+            .values(
+                sweep_id=sweep_id,
+                key=key,
+                width=width,
+                params=dict(params),
+                status=TrialStatus.RUNNING,
+                ray_trial_id=ray_trial_id,
+                node_id=node_id,
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["sweep_id", "key"])
+            .returning(TrialRow.id)
+        ).scalar_one_or_none()
+        if inserted is not None:
+            return inserted
+
+        row = s.scalars(
+            select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.key == key)
+        ).one()
+        if not row.status.finished:
+            s.execute(delete(MetricPointRow).where(MetricPointRow.trial_id == row.id))
+            row.status = TrialStatus.RUNNING
+            row.final_eval_loss = row.steps = row.tokens = row.tokens_per_s = None
+            row.error = row.finished_at = None
+            row.ray_trial_id = ray_trial_id
+            row.node_id = node_id
+        return row.id
+
+
+def get_trial(database: Database, *, trial_id: int) -> Trial:
+    with database.session(f"reading trial {trial_id}") as s:
+        return _record(Trial, _get(s, TrialRow, trial_id))
+
+
+def finish_trial(
+    database: Database,
+    *,
+    trial_id: int,
+    status: TrialStatus,
+    final_eval_loss: float | None,
+    steps: int,
+    tokens: int,
+    tokens_per_s: float | None,
+    error: str | None = None,
+    node_id: str | None = None,
+) -> None:
+    """Store a trial's outcome. A non-finite loss is stored as None (status says why)."""
+    status = TrialStatus(status)
+    if status is TrialStatus.RUNNING:
+        raise ValueError("finish_trial needs a final status, not 'running'")
+    with database.session(f"finishing trial {trial_id} as {status}") as s:
+        row = _get(s, TrialRow, trial_id)
+        row.status = status
+        row.final_eval_loss = final_eval_loss
+        row.steps = steps
+        row.tokens = tokens
+        row.tokens_per_s = tokens_per_s
+        row.error = error
+        row.finished_at = utcnow()
+        if node_id is not None:
+            row.node_id = node_id
+
+
+def list_trials(
+    database: Database, *, sweep_id: int, status: TrialStatus | None = None
+) -> list[Trial]:
+    """A sweep's trials in the order they were first started."""
+    query = select(TrialRow).where(TrialRow.sweep_id == sweep_id).order_by(TrialRow.id)
+    if status is not None:
+        query = query.where(TrialRow.status == TrialStatus(status))
+    with database.session(f"listing trials of sweep {sweep_id}") as s:
+        _get(s, SweepRow, sweep_id)
+        return [_record(Trial, row) for row in s.scalars(query)]
+
+
+# --- metric points ----------------------------------------------------------------------
+
+
+def add_metric_points(
+    database: Database,
+    *,
+    trial_id: int | None = None,
+    run_id: int | None = None,
+    points: Iterable[MetricPoint | Mapping[str, Any]],
+) -> None:
+    """Store points of one trial's or one run's curve; a point already stored is skipped.
+
+    A mapping may carry more keys than a `MetricPoint` has (a Ray Tune result does); only
+    the point's own fields are read.
+    """
+    if (trial_id is None) == (run_id is None):
+        raise ValueError("add_metric_points needs exactly one of trial_id and run_id")
+    owner_column, owner_id = ("trial_id", trial_id) if run_id is None else ("run_id", run_id)
+    rows = [{owner_column: owner_id, **dataclasses.asdict(_point(p))} for p in points]
+    with database.session(f"adding {len(rows)} points to {owner_column[:-3]} {owner_id}") as s:
+        if run_id is None:
+            _get(s, TrialRow, trial_id)
+        else:
+            _get(s, RunRow, run_id)
+        if rows:
+            s.execute(
+                _insert(s, MetricPointRow).on_conflict_do_nothing(
+                    index_elements=[owner_column, "step"]
+                ),
+                rows,
+            )
+
+
+def get_curves(database: Database, *, sweep_id: int) -> dict[int, list[MetricPoint]]:
+    """Every trial's points by trial id (trials in start order, points by step).
+
+    One query for the whole sweep; a trial without points maps to an empty list.
+    """
+    query = (
+        select(TrialRow.id, MetricPointRow)
+        .outerjoin(MetricPointRow, MetricPointRow.trial_id == TrialRow.id)
+        .where(TrialRow.sweep_id == sweep_id)
+        .order_by(TrialRow.id, MetricPointRow.step)
+    )
+    with database.session(f"reading curves of sweep {sweep_id}") as s:
+        _get(s, SweepRow, sweep_id)
+        curves: dict[int, list[MetricPoint]] = {}
+        for trial_id, point in s.execute(query):
+            curve = curves.setdefault(trial_id, [])
+            if point is not None:
+                curve.append(_record(MetricPoint, point))
+        return curves
+
+
+def get_run_curve(database: Database, *, run_id: int) -> list[MetricPoint]:
+    """A run's points by step."""
+    query = select(MetricPointRow).where(MetricPointRow.run_id == run_id)
+    with database.session(f"reading the curve of run {run_id}") as s:
+        _get(s, RunRow, run_id)
+        return [_record(MetricPoint, p) for p in s.scalars(query.order_by(MetricPointRow.step))]
+
+
+# --- transfers --------------------------------------------------------------------------
+
+
+def create_transfer(
+    database: Database, *, sweep_id: int, to_width: int, result: Mapping[str, Any]
+) -> int:
+    """Store the transfer of a sweep's optimum to `to_width`; returns its id."""
+    with database.session(f"storing a transfer of sweep {sweep_id} to width {to_width}") as s:
+        _get(s, SweepRow, sweep_id)
+        row = TransferRow(
+            sweep_id=sweep_id, to_width=to_width, result=dict(result), created_at=utcnow()
+        )
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def get_transfer(database: Database, *, transfer_id: int) -> Transfer:
+    with database.session(f"reading transfer {transfer_id}") as s:
+        return _record(Transfer, _get(s, TransferRow, transfer_id))
+
+
+def list_transfers(database: Database, *, sweep_id: int) -> list[Transfer]:
+    """A sweep's transfers, newest first."""
+    query = select(TransferRow).where(TransferRow.sweep_id == sweep_id)
+    with database.session(f"listing transfers of sweep {sweep_id}") as s:
+        _get(s, SweepRow, sweep_id)
+        rows = s.scalars(query.order_by(TransferRow.id.desc()))
+        return [_record(Transfer, row) for row in rows]
+
+
+# --- runs -------------------------------------------------------------------------------
+
+
+def create_run(
+    database: Database,
+    *,
+    name: str,
+    config: Mapping[str, Any],
+    sweep_id: int | None = None,
+    transfer_id: int | None = None,
+) -> int:
+    """Store a new `queued` run; returns its id.
+
+    With a `transfer_id` and no `sweep_id`, the run is linked to the transfer's sweep.
+    """
+    with database.session(f"creating run {name!r}") as s:
+        if transfer_id is not None:
+            transfer = _get(s, TransferRow, transfer_id)
+            if sweep_id is None:
+                sweep_id = transfer.sweep_id
+            elif sweep_id != transfer.sweep_id:
+                raise Conflict(
+                    f"transfer {transfer_id} belongs to sweep {transfer.sweep_id}, "
+                    f"not to sweep {sweep_id}"
+                )
+        if sweep_id is not None:
+            _get(s, SweepRow, sweep_id)
+        row = RunRow(
+            name=name,
+            status=RunStatus.QUEUED,
+            config=dict(config),
+            sweep_id=sweep_id,
+            transfer_id=transfer_id,
+            created_at=utcnow(),
+        )
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def get_run(database: Database, *, run_id: int) -> Run:
+    with database.session(f"reading run {run_id}") as s:
+        return _record(Run, _get(s, RunRow, run_id))
+
+
+def list_runs(
+    database: Database, *, offset: int = 0, limit: int = 50, status: RunStatus | None = None
+) -> Page[Run]:
+    """Runs newest first, optionally only those in `status`."""
+    query = select(RunRow)
+    if status is not None:
+        query = query.where(RunRow.status == RunStatus(status))
+    with database.session("listing runs") as s:
+        rows, total = _page(s, query, RunRow.id, offset=offset, limit=limit)
+        return Page([_record(Run, row) for row in rows], total)
+
+
+def set_run_status(
+    database: Database,
+    *,
+    run_id: int,
+    status: RunStatus,
+    error: str | None = None,
+    expected: Collection[RunStatus] | None = None,
+) -> Run:
+    """Move a run to `status` and return it; the same rules as `set_sweep_status`."""
+    status = RunStatus(status)
+    with database.session(f"setting run {run_id} to {status}") as s:
+        row = _get(s, RunRow, run_id)
+        _check_expected("run", run_id, row.status, expected)
+        _set_job_status(row, status.finished, status is RunStatus.RUNNING, error)
+        row.status = status
+        s.flush()
+        return _record(Run, row)
+
+
+def set_run_checkpoint(database: Database, *, run_id: int, checkpoint_path: str) -> None:
+    """Record the run's latest checkpoint, the one a resume starts from."""
+    with database.session(f"setting the checkpoint of run {run_id}") as s:
+        _get(s, RunRow, run_id).checkpoint_path = checkpoint_path
+
+
+def touch_run_heartbeat(database: Database, *, run_id: int) -> None:
+    """Record that the run's driving process is alive."""
+    _touch(database, RunRow, run_id)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+_Row = TypeVar("_Row", bound=Base)
+_NOUN: dict[type[Base], str] = {
+    SweepRow: "sweep",
+    TrialRow: "trial",
+    TransferRow: "transfer",
+    RunRow: "run",
+}
+_RecordT = TypeVar("_RecordT")
+
+
+def _get(session: Session, model: type[_Row], row_id: int | None) -> _Row:
+    row = session.get(model, row_id) if row_id is not None else None
+    if row is None:
+        raise NotFound(f"{_NOUN[model]} {row_id} not found")
+    return row
+
+
+def _record(record_type: type[_RecordT], row: object) -> _RecordT:
+    # Read types mirror their tables' columns by name, so one copy rule serves them all.
+    fields = dataclasses.fields(record_type)  # type: ignore[arg-type]
+    return record_type(**{f.name: getattr(row, f.name) for f in fields})
+
+
+def _page(
+    session: Session, query: Select[Any], order: Any, *, offset: int, limit: int
+) -> tuple[Sequence[Any], int]:
+    if offset < 0 or limit < 1:
+        raise ValueError(f"need offset >= 0 and limit >= 1, got {offset=} {limit=}")
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.scalars(query.order_by(order.desc()).offset(offset).limit(limit)).all()
+    return rows, total or 0
+
+
+def _check_expected(noun: str, row_id: int, current: str, expected: Collection[str] | None) -> None:
+    if expected is not None and current not in expected:
+        wanted = " or ".join(sorted(str(e) for e in expected))
+        raise Conflict(f"{noun} {row_id} is {current}, not {wanted}")
+
+
+def _set_job_status(
+    row: SweepRow | RunRow, finished: bool, running: bool, error: str | None
+) -> None:
+    now = utcnow()
+    if running and row.started_at is None:
+        row.started_at = now
+    row.finished_at = now if finished else None
+    row.error = error
+
+
+def _touch(database: Database, model: type[SweepRow] | type[RunRow], row_id: int) -> None:
+    with database.session(f"heartbeat of {_NOUN[model]} {row_id}") as s:
+        _get(s, model, row_id).driver_heartbeat_at = utcnow()
+
+
+_POINT_FIELDS = tuple(f.name for f in dataclasses.fields(MetricPoint))
+
+
+def _point(point: MetricPoint | Mapping[str, Any]) -> MetricPoint:
+    if isinstance(point, MetricPoint):
+        return point
+    return MetricPoint(**{f: point[f] for f in _POINT_FIELDS if f in point})
+
+
+def _insert(session: Session, model: type[TrialRow] | type[MetricPointRow]) -> Any:
+    # ON CONFLICT DO NOTHING is spelled the same on both backends but lives in each
+    # dialect's own insert(); `Database` admits no other backend.
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)

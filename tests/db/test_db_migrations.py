@@ -1,0 +1,121 @@
+"""Migrations: `connect` brings any database to the newest revision, once, keeping data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect
+
+import db
+from db._database import alembic_config
+from db._schema import VERSION_TABLE, Base
+
+TABLES = {
+    "sweeper_sweeps",
+    "sweeper_trials",
+    "sweeper_metric_points",
+    "sweeper_transfers",
+    "sweeper_runs",
+}
+
+
+def _head() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+
+
+def test_connect_creates_the_schema_at_the_newest_revision(database: db.Database) -> None:
+    assert set(inspect(database.engine).get_table_names()) == TABLES | {"sweeper_alembic_version"}
+    assert _revision(database.engine) == _head() == "0001"
+
+
+def test_optuna_shares_the_database(database: db.Database) -> None:
+    """Optuna's RDBStorage (its own `trials` and `alembic_version`) lives beside ours."""
+    sweep_id = db.create_sweep(database, name="s", spec={})
+    storage = optuna.storages.RDBStorage(database.url)
+    study = optuna.create_study(study_name="shared", storage=storage)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    database.migrate()  # our history is untouched by Optuna's: nothing to do
+    assert _revision(database.engine) == _head()
+    assert db.get_sweep(database, sweep_id=sweep_id).name == "s"
+    assert len(optuna.load_study(study_name="shared", storage=storage).trials) == 2
+    assert set(inspect(database.engine).get_table_names()) >= TABLES
+
+
+def test_migrated_schema_matches_the_orm_classes(database: db.Database) -> None:
+    # Autogenerate finds nothing to do: the revisions and `db._schema` describe one schema.
+    with database.engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "version_table": VERSION_TABLE}
+        )
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_reconnecting_keeps_data_and_migrates_nothing(database_url: str) -> None:
+    first = db.connect(database_url)
+    sweep_id = db.create_sweep(first, name="kept", spec={"widths": [64, 128]})
+    first.dispose()
+
+    second = db.connect(database_url)
+    try:
+        assert db.get_sweep(second, sweep_id=sweep_id).spec == {"widths": [64, 128]}
+        assert _revision(second.engine) == _head()
+        second.migrate()  # and again, explicitly
+        assert db.list_sweeps(second).total == 1
+    finally:
+        second.dispose()
+
+
+def test_downgrade_to_base_and_upgrade_again(database: db.Database) -> None:
+    with database.engine.begin() as connection:
+        command.downgrade(alembic_config(connection=connection), "base")
+    assert set(inspect(database.engine).get_table_names()) <= {"sweeper_alembic_version"}
+
+    database.migrate()
+    assert set(inspect(database.engine).get_table_names()) == TABLES | {"sweeper_alembic_version"}
+    assert db.create_sweep(database, name="after", spec={}) == 1
+
+
+def test_processes_connecting_at_once_to_a_fresh_database_migrate_it_once(
+    database_url: str,
+) -> None:
+    # Real processes, as in production (the API and a sweep driver starting together).
+    # Without the migration lock the losers of the race fail with "table already exists".
+    script = "import sys, db; db.connect(sys.argv[1]).dispose()"
+    env = {**os.environ, "PYTHONPATH": str(Path(db.__file__).resolve().parents[1])}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, database_url],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    try:
+        outputs = [process.communicate(timeout=60)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    assert [process.returncode for process in processes] == [0] * 4, outputs
+
+    database = db.connect(database_url)
+    try:
+        assert _revision(database.engine) == _head()
+    finally:
+        database.dispose()
