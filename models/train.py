@@ -22,7 +22,7 @@ from models.gpt import GPT, default_fp8_grad_scale, use_fp8
 from models.optim import build_optimizer
 
 RunStatus = Literal["completed", "diverged"]
-# A train loss this many times the first one means the run blew up even if still finite.
+# A train loss this many times the untrained model's means the run blew up, finite or not.
 EXPLOSION_FACTOR = 1.5
 
 
@@ -135,14 +135,17 @@ def train(config: TrainConfig, report: Reporter | None = None) -> TrainResult:
     step_fn: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
 
     curve: list[MetricPoint] = []
-    first_loss: float | None = None
+    initial_loss = math.inf  # the untrained model's loss: the yardstick of an explosion
     interval_loss = torch.zeros((), device=device)
     interval_steps, train_time = 0, 0.0
     status: RunStatus = "completed"
     step = 0
     while step < config.steps:
         t0 = time.perf_counter()
-        interval_loss += train_step(step_fn, optimizer, scheduler, batches.next(device), config)
+        loss = train_step(step_fn, optimizer, scheduler, batches.next(device), config)
+        if step == 0:
+            initial_loss = loss.item()
+        interval_loss += loss
         interval_steps += 1
         step += 1
         if step % config.eval_interval and step != config.steps:
@@ -150,8 +153,7 @@ def train(config: TrainConfig, report: Reporter | None = None) -> TrainResult:
             continue
         train_loss = (interval_loss / interval_steps).item()  # syncs: the timing is complete
         train_time += time.perf_counter() - t0
-        first_loss = first_loss or train_loss
-        finite = math.isfinite(train_loss) and train_loss < EXPLOSION_FACTOR * first_loss
+        finite = math.isfinite(train_loss) and train_loss < EXPLOSION_FACTOR * initial_loss
         eval_loss = evaluate(step_fn, config, device) if finite else math.nan
         tokens = step * config.tokens_per_step
         point = MetricPoint(

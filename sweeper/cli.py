@@ -12,12 +12,14 @@ import inspect
 import json
 import math
 import sys
+import time
 import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import yaml
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,8 +28,11 @@ from rich.table import Table
 # Typer vendors click (>= 0.22); its usage errors are these classes, not click's own.
 from typer._click.exceptions import BadParameter, UsageError
 
+import db
 from models import PRESETS, MetricPoint, ModelConfig, TrainConfig, preset, train
 from models.coord_check import CoordCheck, coord_check, plot_coord_check
+from sweeper import service
+from sweeper.spec import SweepSpec
 
 app = typer.Typer(
     help="Hyperparameter-transfer sweeps for FP8 LLM training with unit scaling (µS).",
@@ -35,6 +40,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+sweep_app = typer.Typer(
+    help="Proxy sweeps on Ray Tune: start, watch, list, cancel, resume.", no_args_is_help=True
+)
+app.add_typer(sweep_app, name="sweep")
 stderr = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -226,6 +235,195 @@ def coord_check_command(
         console.print(f"plot saved to {plot}")
 
 
+def _load_spec(path: Path) -> SweepSpec:
+    if not path.is_file():
+        raise BadParameter(f"no such file {str(path)!r}", param_hint="SPEC")
+    try:
+        return SweepSpec.load(path)
+    except ValidationError as e:
+        raise UsageError(f"{path}: {_validation_message(e)}") from None
+    except (ValueError, yaml.YAMLError) as e:  # JSON/YAML syntax
+        raise UsageError(f"{path}: not valid YAML/JSON: {str(e).splitlines()[0]}") from None
+
+
+def _trial_json(trial: db.Trial) -> dict[str, Any]:
+    return {
+        "id": trial.id,
+        "key": trial.key,
+        "width": trial.width,
+        "params": trial.params,
+        "status": str(trial.status),
+        "final_eval_loss": trial.final_eval_loss,
+        "steps": trial.steps,
+        "tokens_per_s": trial.tokens_per_s,
+        "node_id": trial.node_id,
+        "error": trial.error,
+    }
+
+
+def _progress_json(progress: service.SweepProgress) -> dict[str, Any]:
+    sweep = progress.sweep
+    return {
+        "id": sweep.id,
+        "name": sweep.name,
+        "status": str(sweep.status),
+        "planned": progress.planned,
+        "finished": progress.finished,
+        "created_at": sweep.created_at.isoformat(),
+        "finished_at": sweep.finished_at.isoformat() if sweep.finished_at else None,
+        "error": sweep.error,
+        "best": {str(w): _trial_json(t) for w, t in progress.best_per_width().items()},
+        "trials": [_trial_json(t) for t in progress.trials],
+    }
+
+
+def _print_progress(progress: service.SweepProgress) -> None:
+    sweep = progress.sweep
+    console = Console()
+    console.print(
+        f"sweep {sweep.id} [bold]{sweep.name}[/]: {sweep.status}, "
+        f"{progress.finished}/{progress.planned} trials finished"
+    )
+    if sweep.error:
+        console.print(f"error: {sweep.error}", highlight=False)
+    table = Table()
+    for column in ("key", "status", "final eval loss", "steps", "tokens/s"):
+        table.add_column(column)
+    for t in progress.trials:
+        loss = "-" if t.final_eval_loss is None else f"{t.final_eval_loss:.4f}"
+        speed = "-" if t.tokens_per_s is None else f"{t.tokens_per_s:,.0f}"
+        table.add_row(t.key, str(t.status), loss, str(t.steps or "-"), speed)
+    console.print(table)
+    for width, best in progress.best_per_width().items():
+        console.print(f"best at width {width}: {best.key} (eval loss {best.final_eval_loss:.4f})")
+
+
+def _watch(database: db.Database, sweep_id: int) -> service.SweepProgress:
+    """Live progress on stderr until the sweep ends."""
+    progress = service.sweep_progress(database, sweep_id)
+    with Progress(
+        TextColumn(f"[bold]sweep {sweep_id}[/]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} trials"),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=stderr,
+    ) as bar:
+        task = bar.add_task("", total=progress.planned)
+        while True:
+            best = ", ".join(
+                f"w{w} {t.final_eval_loss:.3f}" for w, t in progress.best_per_width().items()
+            )
+            bar.update(
+                task,
+                completed=progress.finished,
+                description=f"{progress.sweep.status}  best: {best or '-'}",
+            )
+            if progress.sweep.status.finished:
+                return progress
+            time.sleep(1.0)
+            progress = service.sweep_progress(database, sweep_id)
+
+
+IdArgument = Annotated[int, typer.Argument(help="sweep id")]
+
+
+@sweep_app.command("start")
+def sweep_start(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="sweep spec, YAML or JSON")],
+    wait: Annotated[bool, typer.Option("--wait", help="follow the sweep until it ends")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Start a sweep in the background and print its id."""
+    spec = _load_spec(spec_path)
+    database = db.connect()
+    sweep = service.start_sweep(database, spec)
+    if not wait:
+        if json_output:
+            _print_json({"id": sweep.id, "status": str(sweep.status)})
+        else:
+            typer.echo(sweep.id)
+        return
+    stderr.print(f"sweep {sweep.id} started")
+    progress = _watch(database, sweep.id)
+    if json_output:
+        _print_json(_progress_json(progress))
+    else:
+        _print_progress(progress)
+
+
+@sweep_app.command("status")
+def sweep_status(sweep_id: IdArgument, json_output: JsonOption = False) -> None:
+    """A sweep's state, its trials and the best trial at each width."""
+    progress = service.sweep_progress(db.connect(), sweep_id)
+    if json_output:
+        _print_json(_progress_json(progress))
+    else:
+        _print_progress(progress)
+
+
+@sweep_app.command("list")
+def sweep_list(
+    limit: Annotated[int, typer.Option(min=1, help="newest first, at most this many")] = 50,
+    json_output: JsonOption = False,
+) -> None:
+    """Sweeps, newest first."""
+    page = service.list_sweeps(db.connect(), limit=limit)
+    if json_output:
+        _print_json(
+            {
+                "total": page.total,
+                "sweeps": [
+                    {
+                        "id": s.id,
+                        "name": s.name,
+                        "status": str(s.status),
+                        "created_at": s.created_at.isoformat(),
+                    }
+                    for s in page.items
+                ],
+            }
+        )
+        return
+    table = Table(title=f"{page.total} sweeps")
+    for column in ("id", "name", "status", "created"):
+        table.add_column(column)
+    for s in page.items:
+        table.add_row(str(s.id), s.name, str(s.status), f"{s.created_at:%Y-%m-%d %H:%M}")
+    Console().print(table)
+
+
+@sweep_app.command("cancel")
+def sweep_cancel(sweep_id: IdArgument, json_output: JsonOption = False) -> None:
+    """Stop a sweep's running trials; what was recorded stays."""
+    sweep = service.cancel_sweep(db.connect(), sweep_id)
+    if json_output:
+        _print_json({"id": sweep.id, "status": str(sweep.status)})
+    else:
+        typer.echo(f"sweep {sweep.id} {sweep.status}")
+
+
+@sweep_app.command("resume")
+def sweep_resume(
+    sweep_id: IdArgument,
+    wait: Annotated[bool, typer.Option("--wait", help="follow the sweep until it ends")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Continue a sweep whose driver died (or that failed or was cancelled)."""
+    database = db.connect()
+    service.resume_sweep(database, sweep_id)
+    if wait:
+        progress = _watch(database, sweep_id)
+        if json_output:
+            _print_json(_progress_json(progress))
+        else:
+            _print_progress(progress)
+    elif json_output:
+        _print_json({"id": sweep_id, "resumed": True})
+    else:
+        typer.echo(f"sweep {sweep_id} resumed")
+
+
 def main() -> None:
     """Entry point: click's usage errors become one line on stderr and exit code 2."""
     command = typer.main.get_command(app)
@@ -234,6 +432,9 @@ def main() -> None:
     except UsageError as e:
         stderr.print(f"sweeper: error: {e.format_message()}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except db.StorageError as e:  # NotFound, Conflict, an unreachable database
+        stderr.print(f"sweeper: error: {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except typer.Abort:
         stderr.print("sweeper: aborted")
         sys.exit(130)

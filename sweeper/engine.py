@@ -1,0 +1,443 @@
+"""The sweep engine: one sweep = one Ray Tune experiment, every result written to the database.
+
+The driver process (`run_sweep`) is the only writer of a sweep's trial results: a Tune
+callback stores each reported point as it arrives, so the database is the sweep's record
+even if the driver is killed. Resume recomputes the plan and runs only the trials the
+database does not hold as finished; a re-run trial's stale points are cleared first.
+
+Search: a grid over every proxy width, or Optuna TPE through Ray Tune's `OptunaSearch`,
+with one Optuna study per width (the optimum is wanted at *each* width, so width must not
+be a searched parameter), stored by Optuna's RDBStorage in the same database.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import optuna
+import platformdirs
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+import db
+from models import MetricPoint, train
+from sweeper.spec import SweepSpec, TrialPlan
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE = "objective"
+# A driver may (re)start a sweep in these states; a completed sweep has nothing left to run.
+RESUMABLE = frozenset(
+    {db.SweepStatus.QUEUED, db.SweepStatus.RUNNING, db.SweepStatus.FAILED, db.SweepStatus.CANCELLED}
+)
+HEARTBEAT_S = 2.0
+# Optuna and ASHA need a number for a diverged trial: anything worse than an untrained
+# model (whose loss is about ln(vocab)) ranks it last without poisoning TPE's density fit.
+DIVERGED_PENALTY = 2.0
+
+
+def ray_storage_path() -> str:
+    """Where Ray Tune keeps experiment state: ``SWEEPER_RAY_STORAGE`` or the data dir."""
+    default = Path(platformdirs.user_data_dir("sweeper")) / "ray_results"
+    return os.environ.get("SWEEPER_RAY_STORAGE", str(default))
+
+
+# --- inside a Ray worker ----------------------------------------------------------------
+
+
+def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
+    """One Tune trial: train the spec's base run at the trial's width and values."""
+    sweep = SweepSpec.model_validate(spec)
+    trial = config["trial"]
+    params = {k: trial[k] for k in ("lr", "wd", "tau") if k in trial}
+    train_config = sweep.trial_config(trial["width"], params)
+    node_id = ray.get_runtime_context().get_node_id()
+    penalty = DIVERGED_PENALTY * math.log(train_config.model.vocab_size)
+
+    def report(point: MetricPoint) -> None:
+        objective = point.eval_loss if math.isfinite(point.eval_loss) else penalty
+        tune.report({**point.__dict__, OBJECTIVE: objective, "node_id": node_id})
+
+    train(train_config, report=report)
+
+
+# --- in the driver ----------------------------------------------------------------------
+
+
+class PerWidthOptuna(Searcher):
+    """Hands out the planned TPE slots round-robin over widths, each width asking its own
+    `OptunaSearch`, so every width's study searches LR/WD on its own."""
+
+    def __init__(self, slots: list[TrialPlan], searchers: dict[int, OptunaSearch]):
+        super().__init__(metric=OBJECTIVE, mode="min")
+        self._slots = deque(slots)
+        self._searchers = searchers
+        self._width_of: dict[str, int] = {}
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        return True  # metric and mode are fixed at construction
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if not self._slots:
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's own sentinel
+        slot = self._slots.popleft()
+        params = self._searchers[slot.width].suggest(trial_id)
+        self._width_of[trial_id] = slot.width
+        return {"trial": {"key": slot.key, "width": slot.width, **(params or {})}}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._searchers[self._width_of[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        self._searchers[self._width_of[trial_id]].on_trial_complete(trial_id, result, error)
+
+
+def optuna_study_name(sweep_id: int, width: int | str) -> str:
+    """Optuna's study of one width; the sweep row records the pattern (width ``*``)."""
+    return f"sweeper-{sweep_id}-w{width}"
+
+
+def _optuna_searcher(
+    spec: SweepSpec, sweep_id: int, width: int, storage: optuna.storages.RDBStorage
+) -> OptunaSearch:
+    space: dict[str, optuna.distributions.BaseDistribution] = {
+        "lr": optuna.distributions.FloatDistribution(
+            spec.search.lr.min, spec.search.lr.max, log=True
+        ),
+        "wd": optuna.distributions.CategoricalDistribution(spec.search.wd),
+    }
+    if spec.search.tau is not None:
+        space["tau"] = optuna.distributions.CategoricalDistribution(spec.search.tau)
+    name = optuna_study_name(sweep_id, width)
+    _fail_unfinished_optuna_trials(storage, name)
+    # TPE's default 10 random startup trials would be all of a small sweep; constant_liar
+    # keeps parallel asks from all landing on the same point while earlier trials run.
+    sampler = optuna.samplers.TPESampler(
+        seed=spec.seed + width,
+        n_startup_trials=max(2, min(10, spec.trials_per_width // 3)),
+        constant_liar=True,
+    )
+    return OptunaSearch(
+        space, metric=OBJECTIVE, mode="min", sampler=sampler, study_name=name, storage=storage
+    )
+
+
+def _fail_unfinished_optuna_trials(storage: optuna.storages.RDBStorage, name: str) -> None:
+    """A killed driver leaves its Optuna trials RUNNING; a resumed study must not wait on them."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+class _SweepAware:
+    """Knows its sweep's database. Tune copies and pickles its callbacks and stoppers with
+    the experiment state, and an engine cannot be pickled: it travels as its URL. Copies
+    share nothing in memory, so a cancel is always read from the database."""
+
+    def __init__(self, database: db.Database, sweep_id: int):
+        self.database, self.sweep_id = database, sweep_id
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "database"} | {
+            "url": self.database.url
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.database = db.connect(state.pop("url"))
+        self.__dict__.update(state)
+
+    def sweep_cancelled(self) -> bool:
+        sweep = db.get_sweep(self.database, sweep_id=self.sweep_id)
+        return sweep.status is db.SweepStatus.CANCELLED
+
+
+class SweepRecorder(_SweepAware, tune.Callback):
+    """Writes every trial start, reported point and outcome to the database."""
+
+    def __init__(self, database: db.Database, sweep_id: int, steps: int):
+        super().__init__(database, sweep_id)
+        self.steps = steps
+        self.trial_ids: dict[str, int] = {}
+
+    def _start(self, trial: tune.experiment.Trial) -> None:
+        spec = trial.config["trial"]
+        params = {k: v for k, v in spec.items() if k not in ("key", "width")}
+        self.trial_ids[trial.trial_id] = db.upsert_trial(
+            self.database,
+            sweep_id=self.sweep_id,
+            key=spec["key"],
+            width=spec["width"],
+            params=params,
+            ray_trial_id=trial.trial_id,
+        )
+
+    def on_trial_start(
+        self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any
+    ) -> None:
+        self._start(trial)
+
+    def on_trial_recover(
+        self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any
+    ) -> None:
+        self._start(trial)  # a retried trial starts again from step 0: clear its points
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: tune.experiment.Trial, result: dict, **info: Any
+    ) -> None:
+        db.add_metric_points(
+            self.database, trial_id=self.trial_ids[trial.trial_id], points=[result]
+        )
+
+    def on_trial_complete(
+        self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any
+    ) -> None:
+        last = trial.last_result or {}
+        step = int(last.get("step", 0))
+        eval_loss = last.get("eval_loss", math.nan)
+        if self.sweep_cancelled():
+            status = db.TrialStatus.CANCELLED
+        elif not math.isfinite(eval_loss):
+            status = db.TrialStatus.DIVERGED
+        elif step < self.steps:
+            status = db.TrialStatus.PRUNED
+        else:
+            status = db.TrialStatus.COMPLETED
+        db.finish_trial(
+            self.database,
+            trial_id=self.trial_ids[trial.trial_id],
+            status=status,
+            final_eval_loss=eval_loss if step else None,
+            steps=step,
+            tokens=int(last.get("tokens", 0)),
+            tokens_per_s=last.get("tokens_per_s"),
+            node_id=last.get("node_id"),
+        )
+
+    def on_trial_error(
+        self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any
+    ) -> None:
+        last = trial.last_result or {}
+        db.finish_trial(
+            self.database,
+            trial_id=self.trial_ids[trial.trial_id],
+            status=db.TrialStatus.CANCELLED if self.sweep_cancelled() else db.TrialStatus.ERROR,
+            final_eval_loss=None,
+            steps=int(last.get("step", 0)),
+            tokens=int(last.get("tokens", 0)),
+            tokens_per_s=last.get("tokens_per_s"),
+            error=_error_text(trial),
+            node_id=last.get("node_id"),
+        )
+
+
+class CancelStopper(_SweepAware, tune.Stopper):
+    """Stops every trial once the sweep is cancelled (by the API or the CLI, any process)."""
+
+    def __init__(self, database: db.Database, sweep_id: int):
+        super().__init__(database, sweep_id)
+        self._cancelled = False
+        self._last_poll = 0.0
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now - self._last_poll >= 1.0:  # at most one read a second
+            self._last_poll = now
+            self._cancelled = self.sweep_cancelled()
+        return self._cancelled
+
+
+def _error_text(trial: tune.experiment.Trial) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text()[-4000:]
+    return "the trial failed (no error file)"
+
+
+class Heartbeat:
+    """Touches the sweep's heartbeat from a thread for the driver's whole life, so that a
+    resume can tell a dead driver from a slow one (ray.init alone can take seconds)."""
+
+    def __init__(self, database: db.Database, sweep_id: int):
+        self.database, self.sweep_id = database, sweep_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="sweep-heartbeat")
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            try:
+                db.touch_sweep_heartbeat(self.database, sweep_id=self.sweep_id)
+            except db.StorageError:
+                log.exception("heartbeat of sweep %s failed", self.sweep_id)
+            self._stop.wait(HEARTBEAT_S)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def remaining_plan(database: db.Database, sweep_id: int, spec: SweepSpec) -> list[TrialPlan]:
+    """The planned trials the database does not hold as finished, in plan order."""
+    finished = {t.key for t in db.list_trials(database, sweep_id=sweep_id) if t.status.finished}
+    return [p for p in spec.plan() if p.key not in finished]
+
+
+def _interleave_widths(plan: list[TrialPlan]) -> list[TrialPlan]:
+    """Round-robin over widths so that every width's search advances together."""
+    by_width: dict[int, deque[TrialPlan]] = {}
+    for p in plan:
+        by_width.setdefault(p.width, deque()).append(p)
+    out: list[TrialPlan] = []
+    while any(by_width.values()):
+        out.extend(q.popleft() for q in by_width.values() if q)
+    return out
+
+
+def build_tuner(
+    database: db.Database,
+    sweep_id: int,
+    spec: SweepSpec,
+    remaining: list[TrialPlan],
+) -> tune.Tuner:
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec=spec.model_dump(mode="json")),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+    scheduler: TrialScheduler = FIFOScheduler()
+    if spec.asha:
+        reports = math.ceil(spec.train.steps / spec.train.eval_interval)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=reports,
+            grace_period=min(spec.asha_grace_period, reports),
+        )
+    plan = _interleave_widths(remaining)
+    if spec.algorithm == "grid":
+        param_space: dict[str, Any] = {
+            "trial": tune.grid_search([{"key": p.key, "width": p.width, **p.params} for p in plan])
+        }
+        search_alg = None
+    else:
+        storage = optuna.storages.RDBStorage(database.url)
+        searchers = {w: _optuna_searcher(spec, sweep_id, w, storage) for w in spec.widths}
+        db.set_sweep_optuna_study(
+            database, sweep_id=sweep_id, study_name=optuna_study_name(sweep_id, "*")
+        )
+        param_space, search_alg = {}, PerWidthOptuna(plan, searchers)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=OBJECTIVE,
+            mode="min",
+            scheduler=scheduler,
+            search_alg=search_alg,
+            num_samples=1 if search_alg is None else len(plan),
+            max_concurrent_trials=spec.max_concurrency,
+        ),
+        run_config=tune.RunConfig(
+            name=f"sweep-{sweep_id}-{int(time.time())}",
+            storage_path=ray_storage_path(),
+            callbacks=[SweepRecorder(database, sweep_id, spec.train.steps)],
+            stop=CancelStopper(database, sweep_id),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=0,
+        ),
+    )
+
+
+def run_sweep(database: db.Database, sweep_id: int) -> db.SweepStatus:
+    """Drive sweep ``sweep_id`` to its end; returns the status it ends in.
+
+    Connects to ``RAY_ADDRESS`` when set, else starts a local Ray cluster.
+    """
+    sweep = db.get_sweep(database, sweep_id=sweep_id)
+    spec = SweepSpec.model_validate(sweep.spec)
+    with Heartbeat(database, sweep_id):
+        db.set_sweep_status(
+            database,
+            sweep_id=sweep_id,
+            status=db.SweepStatus.RUNNING,
+            expected=RESUMABLE,
+        )
+        remaining = remaining_plan(database, sweep_id, spec)
+        if remaining:
+            if not ray.is_initialized():
+                ray.init(include_dashboard=False, log_to_driver=False)
+            try:
+                build_tuner(database, sweep_id, spec, remaining).fit()
+            except Exception as e:
+                log.exception("sweep %s failed", sweep_id)
+                return _finish(
+                    database, sweep_id, db.SweepStatus.FAILED, f"{type(e).__name__}: {e}"
+                )
+        if db.get_sweep(database, sweep_id=sweep_id).status is db.SweepStatus.CANCELLED:
+            _close_cancelled_trials(database, sweep_id)
+            return db.SweepStatus.CANCELLED
+        left = remaining_plan(database, sweep_id, spec)
+        if left:
+            return _finish(
+                database,
+                sweep_id,
+                db.SweepStatus.FAILED,
+                f"{len(left)} of {len(spec.plan())} trials did not finish (see their errors);"
+                " resume to re-run them",
+            )
+        return _finish(database, sweep_id, db.SweepStatus.COMPLETED)
+
+
+def _close_cancelled_trials(database: db.Database, sweep_id: int) -> None:
+    """Trials that a cancel stopped get no Tune callback: mark them from their last point."""
+    running = db.list_trials(database, sweep_id=sweep_id, status=db.TrialStatus.RUNNING)
+    curves = db.get_curves(database, sweep_id=sweep_id) if running else {}
+    for trial in running:
+        last = curves.get(trial.id, [])[-1:]
+        db.finish_trial(
+            database,
+            trial_id=trial.id,
+            status=db.TrialStatus.CANCELLED,
+            final_eval_loss=last[0].eval_loss if last else None,
+            steps=last[0].step if last else 0,
+            tokens=last[0].tokens if last else 0,
+            tokens_per_s=last[0].tokens_per_s if last else None,
+        )
+
+
+def _finish(
+    database: db.Database, sweep_id: int, status: db.SweepStatus, error: str | None = None
+) -> db.SweepStatus:
+    """Set a final status unless the sweep was cancelled meanwhile (the cancel wins)."""
+    try:
+        db.set_sweep_status(
+            database,
+            sweep_id=sweep_id,
+            status=status,
+            error=error,
+            expected={db.SweepStatus.RUNNING},
+        )
+    except db.Conflict:
+        return db.get_sweep(database, sweep_id=sweep_id).status
+    return status

@@ -1,0 +1,78 @@
+"""SweepSpec: loading, the plan, and errors that name the field."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from sweeper.spec import SweepSpec
+from tests.conftest import REPO
+
+BASE = {
+    "name": "t",
+    "train": {"model": {"head_dim": 16, "depth": 2, "seq_len": 32}, "steps": 10},
+    "widths": [64, 32],
+    "search": {"lr": {"min": 2**-8, "max": 2**-2, "points": 4}, "wd": [0.0, 0.1]},
+}
+
+
+def spec(**overrides):
+    return SweepSpec.model_validate(BASE | overrides)
+
+
+def test_grid_plan_is_every_width_lr_wd():
+    s = spec()
+    assert s.widths == [32, 64]
+    plan = s.plan()
+    assert len(plan) == 2 * 4 * 2
+    assert len({p.key for p in plan}) == len(plan)
+    lrs = sorted({p.params["lr"] for p in plan})
+    assert [math.log2(lr) for lr in lrs] == pytest.approx([-8, -6, -4, -2])
+    trial = s.trial_config(plan[-1].width, plan[-1].params)
+    assert (trial.model.width, trial.lr, trial.wd) == (64, 2**-2, 0.1)
+    assert trial.steps == 10 and trial.model.depth == 2
+
+
+def test_tpe_plan_and_tau():
+    s = spec(algorithm="tpe", trials_per_width=3, search=BASE["search"] | {"tau": [0.2, 0.4]})
+    assert [p.key for p in s.plan()] == [f"w{w}-t{n:03d}" for w in (32, 64) for n in range(3)]
+    grid = spec(search=BASE["search"] | {"tau": [0.2, 0.4]})
+    assert len(grid.plan()) == 2 * 4 * 2 * 2
+    assert grid.trial_config(32, {"lr": 0.1, "wd": 0.0, "tau": 0.2}).model.tau == 0.2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loc"),
+    [
+        ({"widths": [64]}, ("widths",)),
+        ({"widths": [64, 100]}, ("widths",)),
+        ({"widths": [64, 64]}, ("widths",)),
+        ({"search": {"lr": {"min": 0.1, "max": 0.01}}}, ("search", "lr")),
+        ({"search": {"lr": {"min": -1, "max": 0.01}}}, ("search", "lr", "min")),
+        ({"search": {"lr": {"min": 0.01, "max": 0.1}, "wd": [-0.1]}}, ("search", "wd")),
+        ({"resources": {"gpu": 1.5}}, ("resources", "gpu")),
+        ({"resources": {"cpu": 0}}, ("resources", "cpu")),
+        ({"max_concurrency": 0}, ("max_concurrency",)),
+        ({"train": {"model": {"head_dim": 16}, "lr": -1}}, ("train", "lr")),
+        ({"unknown": 1}, ("unknown",)),
+    ],
+)
+def test_errors_name_the_field(overrides, loc):
+    with pytest.raises(ValidationError) as info:
+        spec(**overrides)
+    assert info.value.errors()[0]["loc"] == loc
+
+
+def test_load_yaml_and_json(tmp_path):
+    (tmp_path / "s.json").write_text(json.dumps(BASE))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(BASE))
+    assert SweepSpec.load(tmp_path / "s.json") == spec() == SweepSpec.load(tmp_path / "s.yaml")
+
+
+def test_example_spec_loads():
+    example = SweepSpec.load(REPO / "examples" / "debug_sweep.yaml")
+    assert len(example.plan()) == len(example.widths) * example.search.lr.points

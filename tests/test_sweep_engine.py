@@ -1,0 +1,224 @@
+"""The sweep engine end to end: real Ray local clusters, a real SQLite file, driver processes.
+
+Each sweep runs in its own driver process (`python -m sweeper.driver`), as in production.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import optuna
+import psutil
+import pytest
+
+import db
+from sweeper import service
+from sweeper.engine import optuna_study_name
+from sweeper.spec import SweepSpec
+
+TIMEOUT_S = 240
+
+
+@pytest.fixture
+def database(tmp_path, monkeypatch):
+    """A fresh SQLite file; drivers find it (and their log and Ray dirs) through the env."""
+    url = f"sqlite:///{tmp_path / 'sweeper.db'}"
+    monkeypatch.setenv(db.ENV_VAR, url)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("SWEEPER_RAY_STORAGE", str(tmp_path / "ray_results"))
+    database = db.connect(url)
+    yield database
+    for proc in _drivers():  # never leave a driver behind a failed test
+        proc.kill()
+    database.dispose()
+
+
+def _drivers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "sweeper.driver" in cmdline and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
+def make_spec(shakespeare: str, **overrides) -> SweepSpec:
+    base = {
+        "name": "test",
+        "train": {
+            "model": {"depth": 2, "head_dim": 16, "seq_len": 32},
+            "data": shakespeare,
+            "steps": 20,
+            "batch_size": 4,
+            "eval_interval": 10,
+            "eval_batches": 2,
+            "device": "cpu",
+            "precision": "fp32",
+        },
+        "widths": [16, 32],
+        "search": {"lr": {"min": 2**-6, "max": 2**-2, "points": 2}, "wd": [0.0]},
+        "resources": {"cpu": 1},
+    }
+    return SweepSpec.model_validate(base | overrides)
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def run_to_end(database: db.Database, sweep_id: int) -> service.SweepProgress:
+    wait_for(
+        lambda: service.sweep_progress(database, sweep_id).sweep.status.finished,
+        f"sweep {sweep_id} to end",
+    )
+    return service.sweep_progress(database, sweep_id)
+
+
+def test_grid_sweep_with_a_diverging_lr(database, shakespeare):
+    # LRs 2^-6, 12.5 and 1e4: the larger two diverge, and the sweep goes on.
+    spec = make_spec(shakespeare, search={"lr": {"min": 2**-6, "max": 1e4, "points": 3}})
+    sweep = service.start_sweep(database, spec)
+    progress = run_to_end(database, sweep.id)
+    assert progress.sweep.status is db.SweepStatus.COMPLETED, progress.sweep.error
+    assert progress.planned == len(progress.trials) == 6
+    for trial in progress.trials:
+        expected = db.TrialStatus.COMPLETED if trial.params["lr"] < 1 else db.TrialStatus.DIVERGED
+        assert trial.status is expected, trial
+    curves = db.get_curves(database, sweep_id=sweep.id)
+    for trial in progress.trials:
+        steps = [p.step for p in curves[trial.id]]
+        if trial.status is db.TrialStatus.COMPLETED:
+            assert steps == [10, 20] and trial.final_eval_loss is not None
+        else:
+            assert steps and steps == sorted(set(steps))  # the diverged curve is kept
+        assert trial.node_id
+    # 2 CPUs, 1 CPU per trial: two trials ran at once.
+    spans = sorted((t.created_at, t.finished_at) for t in progress.trials)
+    assert any(b_start < a_end for (_, a_end), (b_start, _) in itertools.pairwise(spans))
+
+
+def test_tpe_sweep_shares_the_database_with_optuna(database, shakespeare):
+    spec = make_spec(
+        shakespeare,
+        algorithm="tpe",
+        trials_per_width=3,
+        search={"lr": {"min": 2**-8, "max": 2**-2}, "wd": [0.0, 0.1]},
+        max_concurrency=2,
+    )
+    sweep = service.start_sweep(database, spec)
+    progress = run_to_end(database, sweep.id)
+    assert progress.sweep.status is db.SweepStatus.COMPLETED, progress.sweep.error
+    assert len(progress.trials) == 6
+    storage = optuna.storages.RDBStorage(database.url)
+    for width in spec.widths:
+        study = optuna.load_study(study_name=optuna_study_name(sweep.id, width), storage=storage)
+        optuna_params = sorted((t.params["lr"], t.params["wd"]) for t in study.trials)
+        ours = sorted((t.params["lr"], t.params["wd"]) for t in progress.trials if t.width == width)
+        assert optuna_params == pytest.approx(ours)
+        assert all(t.state is optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_kill_driver_then_resume(database, shakespeare):
+    spec = make_spec(
+        shakespeare,
+        search={"lr": {"min": 2**-8, "max": 2**-2, "points": 4}, "wd": [0.0]},
+        train=make_spec(shakespeare).train.model_copy(update={"steps": 60}),
+    )
+    sweep = service.start_sweep(database, spec)
+    finished = lambda: [t for t in db.list_trials(database, sweep_id=sweep.id) if t.status.finished]  # noqa: E731
+    wait_for(lambda: len(finished()) >= 2, "two finished trials")
+    (driver,) = _drivers()
+    before = {t.key: t for t in finished()}
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(30)
+    assert service.sweep_progress(database, sweep.id).sweep.status is db.SweepStatus.RUNNING
+
+    with pytest.raises(db.Conflict):  # the heartbeat is fresh: it might still be alive
+        service.resume_sweep(database, sweep.id)
+    time.sleep(service.DRIVER_STALE_S)
+    service.resume_sweep(database, sweep.id)
+    progress = run_to_end(database, sweep.id)
+    assert progress.sweep.status is db.SweepStatus.COMPLETED, progress.sweep.error
+    assert len(progress.trials) == len(spec.plan()) == 8
+    assert len({t.key for t in progress.trials}) == 8
+    for key, trial in before.items():  # finished trials were not re-run
+        after = next(t for t in progress.trials if t.key == key)
+        assert (after.id, after.finished_at) == (trial.id, trial.finished_at)
+    curves = db.get_curves(database, sweep_id=sweep.id)
+    for trial in progress.trials:
+        assert [p.step for p in curves[trial.id]] == list(range(10, 61, 10))
+
+
+def test_cancel_stops_trials_and_keeps_points(database, shakespeare):
+    spec = make_spec(
+        shakespeare,
+        train=make_spec(shakespeare).train.model_copy(update={"steps": 5000, "eval_interval": 5}),
+    )
+    sweep = service.start_sweep(database, spec)
+    wait_for(lambda: any(db.get_curves(database, sweep_id=sweep.id).values()), "a recorded point")
+    cancelled_at = time.monotonic()
+    assert service.cancel_sweep(database, sweep.id).status is db.SweepStatus.CANCELLED
+    wait_for(lambda: not _drivers(), "the driver to stop", timeout=60)
+    assert time.monotonic() - cancelled_at < 60
+    progress = service.sweep_progress(database, sweep.id)
+    assert progress.sweep.status is db.SweepStatus.CANCELLED
+    assert progress.trials and all(t.status is not db.TrialStatus.RUNNING for t in progress.trials)
+    assert all(t.steps is None or t.steps < 5000 for t in progress.trials)
+    assert sum(len(c) for c in db.get_curves(database, sweep_id=sweep.id).values()) > 0
+    with pytest.raises(db.Conflict):
+        service.cancel_sweep(database, sweep.id)
+
+
+def test_cli_sweep_commands(database, shakespeare, tmp_path):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(make_spec(shakespeare).model_dump_json())
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sweeper", "sweep", *args],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+
+    started = cli("start", str(spec_path), "--wait", "--json")
+    assert started.returncode == 0, started.stderr
+    payload = json.loads(started.stdout)
+    assert payload["status"] == "completed" and payload["finished"] == payload["planned"] == 4
+    assert set(payload["best"]) == {"16", "32"}
+    status = json.loads(cli("status", str(payload["id"]), "--json").stdout)
+    assert status["trials"] == payload["trials"]
+    listed = json.loads(cli("list", "--json").stdout)
+    assert [s["id"] for s in listed["sweeps"]] == [payload["id"]]
+    done = cli("cancel", str(payload["id"]))
+    assert done.returncode == 1 and "nothing to cancel" in done.stderr
+    missing = cli("status", "999")
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_bad_spec_is_refused_and_nothing_is_written(database, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: x\ntrain: {model: {head_dim: 16}}\nwidths: [16, 20]\n"
+        "search: {lr: {min: 0.1, max: 0.01}}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "sweeper", "sweep", "start", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "widths" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert db.list_sweeps(database).total == 0
