@@ -33,6 +33,7 @@ from models import PRESETS, MetricPoint, ModelConfig, TrainConfig, preset, train
 from models.coord_check import CoordCheck, coord_check, plot_coord_check
 from sweeper import service
 from sweeper.spec import SweepSpec
+from sweeper.transfer import TransferResult
 
 app = typer.Typer(
     help="Hyperparameter-transfer sweeps for FP8 LLM training with unit scaling (µS).",
@@ -422,6 +423,67 @@ def sweep_resume(
         _print_json({"id": sweep_id, "resumed": True})
     else:
         typer.echo(f"sweep {sweep_id} resumed")
+
+
+def _print_transfer(sweep_id: int, result: TransferResult) -> None:
+    console = Console()
+    table = Table(title=f"sweep {sweep_id} ({result.parametrization}): optimum per proxy width")
+    for column in ("width", "base LR", "± log2", "fit", "loss", "WD", "tau", "finite pts"):
+        table.add_column(column, justify="right")
+    for w in result.widths:
+        table.add_row(
+            str(w.width),
+            f"{w.lr.value:.4g}",
+            f"{w.lr.log2_uncertainty:.2f}",
+            w.lr.method,
+            f"{w.lr.loss:.4f}",
+            f"{w.wd:g}",
+            "-" if w.tau is None else f"{w.tau:g}",
+            str(w.finite_points),
+        )
+    console.print(table)
+    if result.drift is not None:
+        console.print(
+            f"drift: {result.drift.slope:+.3f} ± {result.drift.uncertainty:.3f} log2(LR) per"
+            " doubling of width"
+        )
+    console.print(
+        f"base LR {result.base_lr:.4g}, base WD {result.base_wd:g}"
+        + ("" if result.base_tau is None else f", tau {result.base_tau:g}")
+        + (
+            ""
+            if result.extrapolated_lr is None
+            else f" (drift line at {result.to_width}: {result.extrapolated_lr:.4g})"
+        )
+    )
+    groups = Table(title=f"per parameter group at width {result.to_width}")
+    for column in ("group", "fan_in", "LR", "WD"):
+        groups.add_column(column, justify="right")
+    for g in result.groups:
+        groups.add_row(g.group, str(g.fan_in), f"{g.lr:.4g}", f"{g.wd:g}")
+    console.print(groups)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+@app.command("transfer")
+def transfer_command(
+    to_width: Annotated[int, typer.Option("--to-width", help="the target model's width")],
+    sweep_id: Annotated[
+        int | None, typer.Option("--sweep", help="sweep id [default: latest completed]")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Fit the proxies' optima, check their drift, and give the target width's LR/WD."""
+    database = db.connect()
+    try:
+        transfer_id, result = service.transfer(database, sweep_id=sweep_id, to_width=to_width)
+    except service.InvalidInput as e:
+        raise BadParameter(e.message, param_hint=_option_name(e.field)) from None
+    if json_output:
+        _print_json({"transfer_id": transfer_id} | result.to_dict())
+    else:
+        _print_transfer(db.get_transfer(database, transfer_id=transfer_id).sweep_id, result)
 
 
 def main() -> None:

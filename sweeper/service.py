@@ -19,10 +19,19 @@ import platformdirs
 
 import db
 from sweeper.spec import SweepSpec
+from sweeper.transfer import TransferResult, TrialOutcome, compute_transfer
 
 # A driver beats every 2 s; this much silence means it is gone.
 DRIVER_STALE_S = 30.0
 CANCELLABLE = frozenset({db.SweepStatus.QUEUED, db.SweepStatus.RUNNING})
+
+
+class InvalidInput(ValueError):
+    """A request the service refuses, naming the field at fault (HTTP 422, CLI exit 2)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
 
 
 @dataclass(frozen=True)
@@ -126,3 +135,41 @@ def resume_orphaned_sweeps(database: db.Database) -> list[int]:
                 launch_driver(database, sweep.id)
                 resumed.append(sweep.id)
     return resumed
+
+
+def transfer(
+    database: db.Database, *, sweep_id: int | None, to_width: int
+) -> tuple[int, TransferResult]:
+    """Fit the sweep's proxies (the latest completed sweep when ``sweep_id`` is None),
+    compute the target width's values and store the result as a transfer record."""
+    if sweep_id is None:
+        sweep_id = db.latest_completed_sweep(database)
+        if sweep_id is None:
+            raise db.NotFound("no completed sweep to transfer from")
+    progress = sweep_progress(database, sweep_id)
+    model = progress.spec.train.model
+    if to_width < 1 or to_width % model.head_dim:
+        raise InvalidInput(
+            "to_width", f"{to_width} is not a positive multiple of head_dim ({model.head_dim})"
+        )
+    outcomes = [
+        TrialOutcome(
+            width=t.width,
+            lr=t.params["lr"],
+            wd=t.params["wd"],
+            tau=t.params.get("tau"),
+            # A diverged trial is a point without a loss; pruned ones stopped early and
+            # would bias the curve, so they are left out like unfinished ones.
+            loss=t.final_eval_loss if t.status is db.TrialStatus.COMPLETED else None,
+        )
+        for t in progress.trials
+        if t.status in (db.TrialStatus.COMPLETED, db.TrialStatus.DIVERGED)
+    ]
+    try:
+        result = compute_transfer(outcomes, model=model, to_width=to_width)
+    except ValueError as e:
+        raise InvalidInput("sweep_id", f"sweep {sweep_id}: {e}") from None
+    transfer_id = db.create_transfer(
+        database, sweep_id=sweep_id, to_width=to_width, result=result.to_dict()
+    )
+    return transfer_id, result

@@ -1,0 +1,259 @@
+"""Transfer maths: from proxy results to the base LR/WD of a target width. Pure functions.
+
+Per proxy width, the optimal base LR is read off final eval loss against log2(LR): a
+parabola fitted through the lowest point and its neighbours, falling back to the argmin
+when the fit is ill-posed (not convex, or its vertex outside the points it was fitted to).
+WD and tau are few categorical values: their optimum is the argmin of the best loss at
+each value. The drift is the slope of log2(optimum) against log2(width): under µS it should
+be near 0 (the base values transfer), under SP the optimal LR falls as width grows.
+
+The target's base value is the mean of the proxies' log2 optima weighted by width and by
+the inverse variance of each optimum, so the widths closest to the target weigh most; the
+width rules of `models.width_rules` then give each parameter group's actual LR and WD.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from models import ModelConfig
+from models.width_rules import group_rule
+
+# |drift| above this (log2 of the optimum per doubling of width) makes transfer unreliable.
+DRIFT_THRESHOLD = 0.25
+MIN_POINTS = 3  # finite points a width needs for a fit
+FIT_NEIGHBOURS = 2  # points each side of the lowest one that the parabola sees
+
+Method = Literal["parabola", "argmin"]
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """One finished proxy trial as the transfer sees it (loss None: diverged or no result)."""
+
+    width: int
+    lr: float
+    wd: float
+    loss: float | None
+    tau: float | None = None
+
+
+@dataclass(frozen=True)
+class Optimum:
+    value: float
+    log2_uncertainty: float  # one standard error of log2(value)
+    loss: float  # best (fitted, for a parabola) loss
+    method: Method
+    at_edge: Literal["lower", "upper"] | None = None
+
+
+@dataclass(frozen=True)
+class WidthOptimum:
+    width: int
+    lr: Optimum
+    wd: float
+    tau: float | None
+    finite_points: int
+    curve: list[tuple[float, float]]  # (lr, loss) at the chosen wd/tau, sorted by lr
+
+
+@dataclass(frozen=True)
+class Drift:
+    slope: float  # d log2(optimal base LR) / d log2(width)
+    uncertainty: float
+
+
+@dataclass(frozen=True)
+class GroupValues:
+    group: str
+    fan_in: int
+    lr: float
+    wd: float
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    parametrization: str
+    to_width: int
+    widths: list[WidthOptimum]
+    drift: Drift | None
+    base_lr: float
+    base_wd: float
+    base_tau: float | None
+    extrapolated_lr: float | None  # the drift line at the target width
+    groups: list[GroupValues]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_log_optimum(points: Sequence[tuple[float, float]]) -> Optimum:
+    """Optimum of loss against log2(x) for (x, loss) points with finite losses, x > 0."""
+    pts = sorted((math.log2(x), y) for x, y in points)
+    xs = np.array([p[0] for p in pts])
+    ys = np.array([p[1] for p in pts])
+    best = int(np.argmin(ys))
+    edge: Literal["lower", "upper"] | None = None
+    if len(pts) > 1 and best == 0:
+        edge = "lower"
+    elif len(pts) > 1 and best == len(pts) - 1:
+        edge = "upper"
+    spacing = float(np.median(np.diff(xs))) if len(xs) > 1 else 1.0
+    argmin = Optimum(2 ** xs[best], spacing / 2, float(ys[best]), "argmin", edge)
+    lo, hi = max(0, best - FIT_NEIGHBOURS), min(len(pts), best + FIT_NEIGHBOURS + 1)
+    if edge is not None or hi - lo < 3:
+        return argmin
+    x, y = xs[lo:hi], ys[lo:hi]
+    coeffs, cov = _polyfit2(x, y)
+    a, b, c = coeffs
+    if a <= 0:
+        return argmin
+    vertex = -b / (2 * a)
+    if not x[0] <= vertex <= x[-1]:
+        return argmin
+    # Delta method on vertex = -b / 2a; with 3 points the fit is exact and has no residual,
+    # so the grid's resolution is the uncertainty.
+    grad = np.array([b / (2 * a * a), -1 / (2 * a), 0.0])
+    fit_sd = math.sqrt(max(float(grad @ cov @ grad), 0.0)) if cov is not None else 0.0
+    uncertainty = max(fit_sd, spacing / 4) if cov is not None else spacing / 2
+    loss = float(a * vertex**2 + b * vertex + c)
+    return Optimum(float(2**vertex), uncertainty, loss, "parabola")
+
+
+def _polyfit2(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    if len(x) > 3:
+        coeffs, cov = np.polyfit(x, y, 2, cov=True)
+        return coeffs, cov
+    return np.polyfit(x, y, 2), None
+
+
+def _best_value(outcomes: Sequence[TrialOutcome], attr: str) -> Any:
+    """The value of ``attr`` (wd or tau) whose best loss is lowest."""
+    best: dict[Any, float] = defaultdict(lambda: math.inf)
+    for o in outcomes:
+        assert o.loss is not None
+        best[getattr(o, attr)] = min(best[getattr(o, attr)], o.loss)
+    return min(best, key=lambda v: best[v])
+
+
+def width_optimum(width: int, outcomes: Sequence[TrialOutcome]) -> WidthOptimum | None:
+    """The LR optimum at one width (at its best WD and tau); None without finite points."""
+    finite = [o for o in outcomes if o.loss is not None and math.isfinite(o.loss)]
+    if not finite:
+        return None
+    wd = _best_value(finite, "wd")
+    tau = _best_value(finite, "tau")
+    chosen = [o for o in finite if o.wd == wd and o.tau == tau]
+    best_at_lr: dict[float, float] = {}
+    for o in chosen:
+        assert o.loss is not None
+        best_at_lr[o.lr] = min(best_at_lr.get(o.lr, math.inf), o.loss)
+    curve = sorted(best_at_lr.items())
+    return WidthOptimum(width, fit_log_optimum(curve), wd, tau, len(finite), curve)
+
+
+def drift(optima: Sequence[WidthOptimum]) -> Drift | None:
+    """Weighted least-squares slope of log2(optimum) against log2(width)."""
+    if len(optima) < 2:
+        return None
+    x = np.array([math.log2(o.width) for o in optima])
+    y = np.array([math.log2(o.lr.value) for o in optima])
+    w = np.array([1 / max(o.lr.log2_uncertainty, 1e-3) ** 2 for o in optima])
+    x_mean = float(np.sum(w * x) / np.sum(w))
+    sxx = float(np.sum(w * (x - x_mean) ** 2))
+    slope = float(np.sum(w * (x - x_mean) * y) / sxx)
+    return Drift(slope, math.sqrt(1 / sxx))
+
+
+def compute_transfer(
+    outcomes: Iterable[TrialOutcome], *, model: ModelConfig, to_width: int
+) -> TransferResult:
+    """Fit every proxy width, measure the drift and derive the target's per-group values."""
+    by_width: dict[int, list[TrialOutcome]] = defaultdict(list)
+    for o in outcomes:
+        by_width[o.width].append(o)
+    warnings: list[str] = []
+    optima: list[WidthOptimum] = []
+    for width in sorted(by_width):
+        fit = width_optimum(width, by_width[width])
+        if fit is None:
+            warnings.append(f"width {width}: no finite result (every trial diverged or failed)")
+            continue
+        if fit.finite_points < MIN_POINTS:
+            warnings.append(
+                f"width {width}: only {fit.finite_points} finite points (need {MIN_POINTS});"
+                " its optimum is a plain argmin"
+            )
+        if fit.lr.at_edge:
+            direction = "upward" if fit.lr.at_edge == "upper" else "downward"
+            warnings.append(
+                f"width {width}: the best LR {fit.lr.value:.4g} is at the {fit.lr.at_edge} edge"
+                f" of the searched range: extend the range {direction}"
+            )
+        optima.append(fit)
+    if not optima:
+        raise ValueError("no width has a finite result: nothing to transfer")
+
+    slope = drift(optima)
+    if slope is not None and abs(slope.slope) > DRIFT_THRESHOLD:
+        warnings.append(
+            f"the optimal LR drifts by {slope.slope:+.2f} ± {slope.uncertainty:.2f} log2 per"
+            f" doubling of width (threshold ±{DRIFT_THRESHOLD}): transfer is not reliable for"
+            " this setup"
+        )
+    weights = [o.width / max(o.lr.log2_uncertainty, 1e-3) ** 2 for o in optima]
+    log2_lr = sum(w * math.log2(o.lr.value) for w, o in zip(weights, optima, strict=True))
+    base_lr = 2 ** (log2_lr / sum(weights))
+    extrapolated = None
+    if slope is not None:
+        x_ref = math.log2(optima[-1].width)
+        extrapolated = 2 ** (
+            math.log2(optima[-1].lr.value) + slope.slope * (math.log2(to_width) - x_ref)
+        )
+    widest = optima[-1]  # WD and tau: the choice at the widest proxy
+    target = model.model_copy(update={"width": to_width})
+    groups = [
+        _group_values(target, group, fan_in, base_lr, widest.wd)
+        for group, fan_in in (
+            ("hidden", to_width),
+            ("hidden", target.mlp_ratio * to_width),
+            ("embedding", to_width),
+            ("readout", to_width),
+            ("norm", to_width),
+        )
+    ]
+    return TransferResult(
+        parametrization=model.parametrization,
+        to_width=to_width,
+        widths=optima,
+        drift=slope,
+        base_lr=base_lr,
+        base_wd=widest.wd,
+        base_tau=widest.tau,
+        extrapolated_lr=extrapolated,
+        groups=groups,
+        warnings=warnings,
+    )
+
+
+def _group_values(
+    model: ModelConfig, group: Any, fan_in: int, base_lr: float, base_wd: float
+) -> GroupValues:
+    rule = group_rule(
+        group,
+        parametrization=model.parametrization,
+        fan_in=fan_in,
+        base_lr=base_lr,
+        base_wd=base_wd,
+        base_width=model.base_width,
+        readout_multiplier=model.readout_multiplier,
+        readout_lr=model.readout_lr,
+    )
+    return GroupValues(group=group, fan_in=fan_in, lr=rule.lr, wd=rule.wd)

@@ -1,0 +1,98 @@
+"""Transfer maths on synthetic loss curves with a known optimum."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from models import ModelConfig
+from models.width_rules import group_rule
+from sweeper.transfer import TrialOutcome, compute_transfer, fit_log_optimum
+
+MODEL = ModelConfig(head_dim=16)
+LOG2_LRS = np.arange(-12.0, -1.0, 1.0)
+
+
+def curve(width, log2_opt, *, noise=0.003, wd=0.0, seed=0, log2_lrs=LOG2_LRS, floor=2.0):
+    rng = np.random.default_rng(seed + width)
+    return [
+        TrialOutcome(
+            width, 2**x, wd, float(floor + 0.04 * (x - log2_opt) ** 2 + rng.normal(0, noise))
+        )
+        for x in log2_lrs
+    ]
+
+
+@pytest.mark.parametrize("log2_opt", [-8.0, -6.3, -4.5])
+def test_optimum_within_tolerance(log2_opt):
+    fit = fit_log_optimum([(o.lr, o.loss) for o in curve(128, log2_opt)])
+    assert fit.method == "parabola"
+    assert math.log2(fit.value) == pytest.approx(log2_opt, abs=0.2)
+    assert 0 < fit.log2_uncertainty < 1
+    assert fit.loss == pytest.approx(2.0, abs=0.02)
+
+
+@pytest.mark.parametrize("true_slope", [0.0, -0.5, -1.0])
+def test_drift_recovered(true_slope):
+    widths = [64, 128, 256, 512]
+    outcomes = [o for i, w in enumerate(widths) for o in curve(w, -5.0 + true_slope * i, seed=i)]
+    result = compute_transfer(outcomes, model=MODEL, to_width=2048)
+    assert result.drift is not None
+    assert result.drift.slope == pytest.approx(true_slope, abs=0.15)
+    unreliable = any("not reliable" in w for w in result.warnings)
+    assert unreliable == (abs(true_slope) > 0.25)
+    if true_slope == 0.0:
+        assert math.log2(result.base_lr) == pytest.approx(-5.0, abs=0.2)
+    else:  # the drift line at the target continues the trend
+        assert math.log2(result.extrapolated_lr) == pytest.approx(-5.0 + true_slope * 5, abs=0.6)
+
+
+def test_edge_warnings():
+    outcomes = curve(64, -1.5) + curve(128, -12.5)
+    result = compute_transfer(outcomes, model=MODEL, to_width=256)
+    text = " ".join(result.warnings)
+    assert "width 64" in text and "upper edge" in text and "upward" in text
+    assert "width 128" in text and "lower edge" in text and "downward" in text
+    assert all(w.lr.method == "argmin" for w in result.widths)
+
+
+def test_nan_and_diverged_points_are_ignored():
+    clean = curve(64, -6.0) + curve(128, -6.0)
+    noisy = [
+        *clean,
+        TrialOutcome(64, 2**-3.5, 0.0, math.nan),
+        TrialOutcome(128, 2**-2.5, 0.0, None),
+        TrialOutcome(128, 2**-1.5, 0.0, math.inf),
+    ]
+    assert compute_transfer(noisy, model=MODEL, to_width=512).base_lr == pytest.approx(
+        compute_transfer(clean, model=MODEL, to_width=512).base_lr
+    )
+
+
+def test_too_few_points_warns():
+    outcomes = curve(64, -6.0) + curve(128, -6.0, log2_lrs=np.array([-7.0, -5.0]))
+    result = compute_transfer(outcomes, model=MODEL, to_width=512)
+    assert any("width 128: only 2 finite points" in w for w in result.warnings)
+    with pytest.raises(ValueError, match="nothing to transfer"):
+        compute_transfer([TrialOutcome(64, 0.01, 0.0, None)], model=MODEL, to_width=512)
+
+
+def test_best_wd_and_group_values_follow_the_width_rules():
+    outcomes = curve(64, -6.0, wd=0.0) + curve(64, -6.0, wd=0.1, floor=1.9)
+    outcomes += curve(128, -6.0, wd=0.0) + curve(128, -6.0, wd=0.1, floor=1.9)
+    result = compute_transfer(outcomes, model=MODEL, to_width=1024)
+    assert result.base_wd == 0.1
+    for g in result.groups:
+        rule = group_rule(
+            g.group,
+            parametrization="mus",
+            fan_in=g.fan_in,
+            base_lr=result.base_lr,
+            base_wd=0.1,
+            base_width=MODEL.base_width,
+        )
+        assert (g.lr, g.wd) == (pytest.approx(rule.lr), rule.wd)
+    hidden = {g.fan_in: g.lr for g in result.groups if g.group == "hidden"}
+    assert hidden[4096] == pytest.approx(hidden[1024] / 2)  # sqrt(d0/fan_in)
