@@ -256,6 +256,9 @@ class RunRow(Base):
     status: Mapped[RunStatus] = mapped_column(_status_type(RunStatus))
     config: Mapped[dict[str, Any]]
     checkpoint_path: Mapped[str | None] = mapped_column(Text)
+    # Restarts after a failure, and the step of the checkpoint the last one resumed from.
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    resumed_from_step: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -113,6 +113,8 @@ class Run:
     status: RunStatus
     config: dict[str, Any]
     checkpoint_path: str | None
+    restarts: int
+    resumed_from_step: int | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -443,6 +445,7 @@ def create_run(
             config=dict(config),
             sweep_id=sweep_id,
             transfer_id=transfer_id,
+            restarts=0,
             created_at=utcnow(),
         )
         s.add(row)
@@ -490,6 +493,14 @@ def set_run_checkpoint(database: Database, *, run_id: int, checkpoint_path: str)
     """Record the run's latest checkpoint, the one a resume starts from."""
     with database.session(f"setting the checkpoint of run {run_id}") as s:
         _get(s, RunRow, run_id).checkpoint_path = checkpoint_path
+
+
+def note_run_resumed(database: Database, *, run_id: int, step: int) -> None:
+    """Count a restart of the run that resumed from the checkpoint of ``step``."""
+    with database.session(f"noting a resume of run {run_id}") as s:
+        row = _get(s, RunRow, run_id)
+        row.restarts += 1
+        row.resumed_from_step = step
 
 
 def touch_run_heartbeat(database: Database, *, run_id: int) -> None:

@@ -54,17 +54,34 @@ def split_corpus(source: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Batches:
-    """Seeded random windows of ``seq_len + 1`` tokens: inputs and next-token targets."""
+    """Seeded random windows of ``seq_len + 1`` tokens: inputs and next-token targets.
 
-    def __init__(self, tokens: torch.Tensor, *, batch_size: int, seq_len: int, seed: int):
+    Batch ``i`` of stream ``stream`` depends only on (seed, stream, i): a run resumed at
+    step i continues with exactly the batches it would have seen, and data-parallel ranks
+    (one stream each) never share a batch.
+    """
+
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        *,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        stream: int = 0,
+        index: int = 0,
+    ):
         if len(tokens) <= seq_len + 1:
             raise ValueError(f"{len(tokens)} tokens cannot fill a window of {seq_len + 1}")
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.stream, self.index = seed, stream, index
 
     def next(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        mixed = (self.seed * 1_000_003 + self.stream) * 1_000_000_007 + self.index
+        generator = torch.Generator().manual_seed(mixed % 2**63)
+        self.index += 1
         starts = torch.randint(
-            len(self.tokens) - self.seq_len - 1, (self.batch_size,), generator=self.generator
+            len(self.tokens) - self.seq_len - 1, (self.batch_size,), generator=generator
         )
         offsets = torch.arange(self.seq_len + 1)
         window = self.tokens[starts[:, None] + offsets].long()  # (B, T + 1)

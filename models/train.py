@@ -15,6 +15,11 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 
 from models.config import TrainConfig
 from models.data import EVAL_SEED, Batches, split_corpus
@@ -122,36 +127,114 @@ def evaluate(model: torch.nn.Module, config: TrainConfig, device: torch.device) 
     return (total / config.eval_batches).item()
 
 
-def train(config: TrainConfig, report: Reporter | None = None) -> TrainResult:
+@dataclass(frozen=True)
+class Parallel:
+    """This process's place in a data-parallel run (`sweeper.launch` fills it from Ray Train).
+
+    Each rank draws its own batches of ``batch_size / world_size`` sequences; ``wrap`` turns
+    the model into its DDP or FSDP form; reported losses are averaged over the ranks.
+    """
+
+    rank: int
+    world_size: int
+    wrap: Callable[[GPT], torch.nn.Module]
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Save a resumable state every ``every`` steps (at report points) and resume from one.
+
+    ``save(point, state)`` replaces the plain report at those points, so the state and the
+    metrics that go with it travel together (Ray Train's `report(metrics, checkpoint)`).
+    """
+
+    every: int
+    save: Callable[[MetricPoint, dict[str, Any]], None]
+    restored: dict[str, Any] | None = None
+
+
+def _training_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Full (unsharded) model and optimizer state, whatever the wrapping (DDP, FSDP2)."""
+    model_state, optim_state = get_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    return {
+        "model": model_state,
+        "optimizer": optim_state,
+        "scheduler": scheduler.state_dict(),
+        **extra,
+    }
+
+
+def _mean_over_ranks(value: torch.Tensor, parallel: Parallel | None) -> torch.Tensor:
+    if parallel is not None and parallel.world_size > 1:
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.AVG)
+    return value
+
+
+def train(
+    config: TrainConfig,
+    report: Reporter | None = None,
+    *,
+    parallel: Parallel | None = None,
+    checkpointing: Checkpointing | None = None,
+) -> TrainResult:
     """Train ``config`` to its last step or to divergence; ``report`` gets each MetricPoint."""
     started = time.perf_counter()
     device = resolve_device(config.device)
+    rank, world_size = (parallel.rank, parallel.world_size) if parallel else (0, 1)
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size {config.batch_size} does not split over {world_size} ranks")
     train_tokens, _ = split_corpus(config.data)
     batches = Batches(
-        train_tokens, batch_size=config.batch_size, seq_len=config.model.seq_len, seed=config.seed
+        train_tokens,
+        batch_size=config.batch_size // world_size,
+        seq_len=config.model.seq_len,
+        seed=config.seed,
+        stream=rank,
     )
-    model = build_model(config, device)
-    optimizer, scheduler = build_optimizer(model, config)
+    gpt = build_model(config, device)
+    model = gpt if parallel is None else parallel.wrap(gpt)
+    optimizer, scheduler = build_optimizer(gpt, config)  # the groups come from the GPT itself
     step_fn: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
 
     curve: list[MetricPoint] = []
     initial_loss = math.inf  # the untrained model's loss: the yardstick of an explosion
+    step, train_time = 0, 0.0
+    if checkpointing is not None and checkpointing.restored is not None:
+        state = checkpointing.restored
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+            options=StateDictOptions(full_state_dict=True),
+        )
+        scheduler.load_state_dict(state["scheduler"])
+        step, train_time, initial_loss = state["step"], state["train_time"], state["initial_loss"]
+        curve = [MetricPoint(**p) for p in state["curve"]]
+        batches.index = step
     interval_loss = torch.zeros((), device=device)
-    interval_steps, train_time = 0, 0.0
+    interval_steps = 0
     status: RunStatus = "completed"
-    step = 0
     while step < config.steps:
         t0 = time.perf_counter()
         loss = train_step(step_fn, optimizer, scheduler, batches.next(device), config)
         if step == 0:
-            initial_loss = loss.item()
+            initial_loss = _mean_over_ranks(loss.clone(), parallel).item()
         interval_loss += loss
         interval_steps += 1
         step += 1
         if step % config.eval_interval and step != config.steps:
             train_time += time.perf_counter() - t0
             continue
-        train_loss = (interval_loss / interval_steps).item()  # syncs: the timing is complete
+        # .item() syncs, so the timing is complete
+        train_loss = _mean_over_ranks(interval_loss / interval_steps, parallel).item()
         train_time += time.perf_counter() - t0
         finite = math.isfinite(train_loss) and train_loss < EXPLOSION_FACTOR * initial_loss
         eval_loss = evaluate(step_fn, config, device) if finite else math.nan
@@ -165,7 +248,15 @@ def train(config: TrainConfig, report: Reporter | None = None) -> TrainResult:
             time_s=time.perf_counter() - started,
         )
         curve.append(point)
-        if report is not None:
+        if checkpointing is not None and step % checkpointing.every == 0 and finite:
+            extra = {
+                "step": step,
+                "train_time": train_time,
+                "initial_loss": initial_loss,
+                "curve": [asdict(p) for p in curve],
+            }
+            checkpointing.save(point, _training_state(model, optimizer, scheduler, extra))
+        elif report is not None:
             report(point)
         if not (finite and math.isfinite(eval_loss)):
             status = "diverged"

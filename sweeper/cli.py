@@ -7,6 +7,7 @@ stderr, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -32,6 +33,7 @@ import db
 from models import PRESETS, MetricPoint, ModelConfig, TrainConfig, preset, train
 from models.coord_check import CoordCheck, coord_check, plot_coord_check
 from sweeper import service
+from sweeper.launch import LaunchRequest
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult
 
@@ -45,6 +47,8 @@ sweep_app = typer.Typer(
     help="Proxy sweeps on Ray Tune: start, watch, list, cancel, resume.", no_args_is_help=True
 )
 app.add_typer(sweep_app, name="sweep")
+run_app = typer.Typer(help="Full-size runs launched from a transfer.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
 stderr = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -484,6 +488,176 @@ def transfer_command(
         _print_json({"transfer_id": transfer_id} | result.to_dict())
     else:
         _print_transfer(db.get_transfer(database, transfer_id=transfer_id).sweep_id, result)
+
+
+def _run_json(progress: service.RunProgress) -> dict[str, Any]:
+    run = progress.run
+    return {
+        "id": run.id,
+        "name": run.name,
+        "status": str(run.status),
+        "sweep_id": run.sweep_id,
+        "transfer_id": run.transfer_id,
+        "checkpoint_path": run.checkpoint_path,
+        "restarts": run.restarts,
+        "resumed_from_step": run.resumed_from_step,
+        "error": run.error,
+        "config": run.config,
+        "curve": [dataclasses.asdict(p) for p in progress.curve],
+    }
+
+
+def _print_run(progress: service.RunProgress) -> None:
+    run, console = progress.run, Console()
+    console.print(f"run {run.id} [bold]{run.name}[/]: {run.status}", highlight=False)
+    if run.restarts:
+        console.print(
+            f"restarted {run.restarts}x, last from the checkpoint of step {run.resumed_from_step}"
+        )
+    if run.error:
+        console.print(f"error: {run.error}", highlight=False)
+    if progress.curve:
+        last = progress.curve[-1]
+        eval_loss = "-" if last.eval_loss is None else f"{last.eval_loss:.4f}"
+        console.print(
+            f"step {last.step}: eval loss {eval_loss}, {last.tokens_per_s or 0:,.0f} tok/s"
+        )
+
+
+def _watch_run(database: db.Database, run_id: int) -> service.RunProgress:
+    progress = service.run_progress(database, run_id)
+    steps = progress.run.config["train"]["steps"]
+    with Progress(
+        TextColumn(f"[bold]run {run_id}[/]"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=stderr,
+    ) as bar:
+        task = bar.add_task("", total=steps)
+        while True:
+            last = progress.curve[-1] if progress.curve else None
+            loss = "" if last is None or last.eval_loss is None else f"eval {last.eval_loss:.3f}"
+            bar.update(
+                task,
+                completed=last.step if last else 0,
+                description=f"{progress.run.status} {loss}",
+            )
+            if progress.run.status.finished:
+                return progress
+            time.sleep(1.0)
+            progress = service.run_progress(database, run_id)
+
+
+@app.command("launch")
+def launch_command(
+    sweep_id: Annotated[int, typer.Option("--sweep", help="the sweep to transfer from")],
+    to_width: Annotated[int, typer.Option("--to-width", help="the target model's width")],
+    steps: Annotated[int, typer.Option(help="optimizer steps of the full-size run")],
+    depth: Annotated[int | None, typer.Option(help="[default: the sweep's depth]")] = None,
+    workers: Annotated[int, typer.Option(help="data-parallel workers")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(help="0: train on CPUs")] = 0.0,
+    precision: Annotated[str, typer.Option(help="fp8, bf16 or fp32")] = "fp8",
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="steps between checkpoints [default: eval interval]")
+    ] = None,
+    strategy: Annotated[str, typer.Option(help="auto, ddp or fsdp")] = "auto",
+    wait: Annotated[bool, typer.Option("--wait", help="follow the run until it ends")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Start the full-size run with the values transferred from a sweep (Ray Train)."""
+    try:
+        request = LaunchRequest(
+            sweep_id=sweep_id,
+            to_width=to_width,
+            steps=steps,
+            depth=depth,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            precision=precision,
+            checkpoint_every=checkpoint_every,
+            strategy=strategy,
+        )
+    except ValidationError as e:
+        raise UsageError(_validation_message(e)) from None
+    database = db.connect()
+    try:
+        run = service.launch_run(database, request)
+    except service.InvalidInput as e:
+        raise BadParameter(e.message, param_hint=_option_name(e.field)) from None
+    if not wait:
+        if json_output:
+            _print_json({"id": run.id, "status": str(run.status)})
+        else:
+            typer.echo(run.id)
+        return
+    progress = _watch_run(database, run.id)
+    if json_output:
+        _print_json(_run_json(progress))
+    else:
+        _print_run(progress)
+
+
+RunIdArgument = Annotated[int, typer.Argument(help="run id")]
+
+
+@run_app.command("status")
+def run_status(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
+    """A run's state, its restarts and its latest point."""
+    progress = service.run_progress(db.connect(), run_id)
+    if json_output:
+        _print_json(_run_json(progress))
+    else:
+        _print_run(progress)
+
+
+@run_app.command("list")
+def run_list(
+    limit: Annotated[int, typer.Option(min=1, help="newest first, at most this many")] = 50,
+    json_output: JsonOption = False,
+) -> None:
+    """Runs, newest first."""
+    page = service.list_runs(db.connect(), limit=limit)
+    if json_output:
+        _print_json(
+            {
+                "total": page.total,
+                "runs": [
+                    {
+                        "id": r.id,
+                        "name": r.name,
+                        "status": str(r.status),
+                        "sweep_id": r.sweep_id,
+                        "created_at": r.created_at.isoformat(),
+                    }
+                    for r in page.items
+                ],
+            }
+        )
+        return
+    table = Table(title=f"{page.total} runs")
+    for column in ("id", "name", "status", "sweep", "created"):
+        table.add_column(column)
+    for r in page.items:
+        table.add_row(
+            str(r.id),
+            r.name,
+            str(r.status),
+            str(r.sweep_id or "-"),
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+        )
+    Console().print(table)
+
+
+@run_app.command("cancel")
+def run_cancel(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
+    """Stop a run at its next report; its checkpoints stay."""
+    run = service.cancel_run(db.connect(), run_id)
+    if json_output:
+        _print_json({"id": run.id, "status": str(run.status)})
+    else:
+        typer.echo(f"run {run.id} {run.status}")
 
 
 def main() -> None:

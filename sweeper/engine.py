@@ -12,17 +12,15 @@ be a searched parameter), stored by Optuna's RDBStorage in the same database.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import os
-import threading
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import optuna
-import platformdirs
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -31,6 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 import db
 from models import MetricPoint, train
+from sweeper.jobs import DatabaseHandle, Heartbeat, ensure_ray, ray_storage_path
 from sweeper.spec import SweepSpec, TrialPlan
 
 log = logging.getLogger(__name__)
@@ -40,16 +39,9 @@ OBJECTIVE = "objective"
 RESUMABLE = frozenset(
     {db.SweepStatus.QUEUED, db.SweepStatus.RUNNING, db.SweepStatus.FAILED, db.SweepStatus.CANCELLED}
 )
-HEARTBEAT_S = 2.0
 # Optuna and ASHA need a number for a diverged trial: anything worse than an untrained
 # model (whose loss is about ln(vocab)) ranks it last without poisoning TPE's density fit.
 DIVERGED_PENALTY = 2.0
-
-
-def ray_storage_path() -> str:
-    """Where Ray Tune keeps experiment state: ``SWEEPER_RAY_STORAGE`` or the data dir."""
-    default = Path(platformdirs.user_data_dir("sweeper")) / "ray_results"
-    return os.environ.get("SWEEPER_RAY_STORAGE", str(default))
 
 
 # --- inside a Ray worker ----------------------------------------------------------------
@@ -146,22 +138,13 @@ def _fail_unfinished_optuna_trials(storage: optuna.storages.RDBStorage, name: st
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
-class _SweepAware:
-    """Knows its sweep's database. Tune copies and pickles its callbacks and stoppers with
-    the experiment state, and an engine cannot be pickled: it travels as its URL. Copies
+class _SweepAware(DatabaseHandle):
+    """Knows its sweep's database. Tune copies its callbacks and stoppers, and the copies
     share nothing in memory, so a cancel is always read from the database."""
 
     def __init__(self, database: db.Database, sweep_id: int):
-        self.database, self.sweep_id = database, sweep_id
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "database"} | {
-            "url": self.database.url
-        }
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.database = db.connect(state.pop("url"))
-        self.__dict__.update(state)
+        super().__init__(database)
+        self.sweep_id = sweep_id
 
     def sweep_cancelled(self) -> bool:
         sweep = db.get_sweep(self.database, sweep_id=self.sweep_id)
@@ -273,32 +256,6 @@ def _error_text(trial: tune.experiment.Trial) -> str:
     return "the trial failed (no error file)"
 
 
-class Heartbeat:
-    """Touches the sweep's heartbeat from a thread for the driver's whole life, so that a
-    resume can tell a dead driver from a slow one (ray.init alone can take seconds)."""
-
-    def __init__(self, database: db.Database, sweep_id: int):
-        self.database, self.sweep_id = database, sweep_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True, name="sweep-heartbeat")
-
-    def _beat(self) -> None:
-        while not self._stop.is_set():
-            try:
-                db.touch_sweep_heartbeat(self.database, sweep_id=self.sweep_id)
-            except db.StorageError:
-                log.exception("heartbeat of sweep %s failed", self.sweep_id)
-            self._stop.wait(HEARTBEAT_S)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def remaining_plan(database: db.Database, sweep_id: int, spec: SweepSpec) -> list[TrialPlan]:
     """The planned trials the database does not hold as finished, in plan order."""
     finished = {t.key for t in db.list_trials(database, sweep_id=sweep_id) if t.status.finished}
@@ -376,7 +333,8 @@ def run_sweep(database: db.Database, sweep_id: int) -> db.SweepStatus:
     """
     sweep = db.get_sweep(database, sweep_id=sweep_id)
     spec = SweepSpec.model_validate(sweep.spec)
-    with Heartbeat(database, sweep_id):
+    touch = functools.partial(db.touch_sweep_heartbeat, database, sweep_id=sweep_id)
+    with Heartbeat(touch, f"sweep {sweep_id}"):
         db.set_sweep_status(
             database,
             sweep_id=sweep_id,
@@ -385,8 +343,7 @@ def run_sweep(database: db.Database, sweep_id: int) -> db.SweepStatus:
         )
         remaining = remaining_plan(database, sweep_id, spec)
         if remaining:
-            if not ray.is_initialized():
-                ray.init(include_dashboard=False, log_to_driver=False)
+            ensure_ray()
             try:
                 build_tuner(database, sweep_id, spec, remaining).fit()
             except Exception as e:

@@ -14,10 +14,12 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 
 import db
+from sweeper.launch import LaunchRequest, launch_config
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult, TrialOutcome, compute_transfer
 
@@ -62,12 +64,12 @@ def log_dir() -> Path:
     return path
 
 
-def launch_driver(database: db.Database, sweep_id: int) -> Path:
-    """Start the detached process that drives the sweep; returns its log file."""
-    log_path = log_dir() / f"sweep-{sweep_id}.log"
+def launch_driver(database: db.Database, kind: Literal["sweep", "run"], job_id: int) -> Path:
+    """Start the detached process that drives a sweep or a run; returns its log file."""
+    log_path = log_dir() / f"{kind}-{job_id}.log"
     with log_path.open("ab") as log_file:
         subprocess.Popen(
-            [sys.executable, "-m", "sweeper.driver", str(sweep_id)],
+            [sys.executable, "-m", "sweeper.driver", kind, str(job_id)],
             env=os.environ | {db.ENV_VAR: database.url},
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -80,7 +82,7 @@ def launch_driver(database: db.Database, sweep_id: int) -> Path:
 def start_sweep(database: db.Database, spec: SweepSpec) -> db.Sweep:
     """Store the sweep as queued and start its driver."""
     sweep_id = db.create_sweep(database, name=spec.name, spec=spec.model_dump(mode="json"))
-    launch_driver(database, sweep_id)
+    launch_driver(database, "sweep", sweep_id)
     return db.get_sweep(database, sweep_id=sweep_id)
 
 
@@ -106,9 +108,9 @@ def cancel_sweep(database: db.Database, sweep_id: int) -> db.Sweep:
     )
 
 
-def driver_alive(sweep: db.Sweep, *, now: datetime | None = None) -> bool:
-    """Whether a driver has beaten recently (a just-created sweep counts as alive)."""
-    last = sweep.driver_heartbeat_at or sweep.created_at
+def driver_alive(job: db.Sweep | db.Run, *, now: datetime | None = None) -> bool:
+    """Whether a job's driver has beaten recently (a just-created job counts as alive)."""
+    last = job.driver_heartbeat_at or job.created_at
     if last.tzinfo is None:
         last = last.replace(tzinfo=UTC)
     return ((now or datetime.now(UTC)) - last).total_seconds() < DRIVER_STALE_S
@@ -122,7 +124,7 @@ def resume_sweep(database: db.Database, sweep_id: int) -> db.Sweep:
         raise db.Conflict(f"sweep {sweep_id} is completed: nothing to resume")
     if sweep.status in CANCELLABLE and driver_alive(sweep):
         raise db.Conflict(f"sweep {sweep_id} is {sweep.status} and its driver is alive")
-    launch_driver(database, sweep_id)
+    launch_driver(database, "sweep", sweep_id)
     return sweep
 
 
@@ -132,7 +134,7 @@ def resume_orphaned_sweeps(database: db.Database) -> list[int]:
     for status in CANCELLABLE:
         for sweep in db.list_sweeps(database, status=status, limit=10_000).items:
             if not driver_alive(sweep):
-                launch_driver(database, sweep.id)
+                launch_driver(database, "sweep", sweep.id)
                 resumed.append(sweep.id)
     return resumed
 
@@ -173,3 +175,52 @@ def transfer(
         database, sweep_id=sweep_id, to_width=to_width, result=result.to_dict()
     )
     return transfer_id, result
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    run: db.Run
+    curve: list[db.MetricPoint]
+
+
+def launch_run(database: db.Database, request: LaunchRequest) -> db.Run:
+    """Transfer the sweep's optimum to the target width and start the full-size run."""
+    transfer_id, result = transfer(database, sweep_id=request.sweep_id, to_width=request.to_width)
+    spec = SweepSpec.model_validate(db.get_sweep(database, sweep_id=request.sweep_id).spec)
+    try:
+        config = launch_config(spec, result, request)
+    except ValueError as e:  # a pydantic ValidationError is one too
+        raise InvalidInput("launch", str(e)) from None
+    name = request.name or f"{spec.name} @ width {request.to_width}"
+    run_id = db.create_run(
+        database,
+        name=name,
+        config={"launch": request.model_dump(mode="json"), "train": config.model_dump(mode="json")},
+        sweep_id=request.sweep_id,
+        transfer_id=transfer_id,
+    )
+    launch_driver(database, "run", run_id)
+    return db.get_run(database, run_id=run_id)
+
+
+def run_progress(database: db.Database, run_id: int) -> RunProgress:
+    return RunProgress(
+        run=db.get_run(database, run_id=run_id), curve=db.get_run_curve(database, run_id=run_id)
+    )
+
+
+def list_runs(database: db.Database, *, offset: int = 0, limit: int = 50) -> db.Page[db.Run]:
+    return db.list_runs(database, offset=offset, limit=limit)
+
+
+def cancel_run(database: db.Database, run_id: int) -> db.Run:
+    """Mark the run cancelled; its workers stop at their next report. Checkpoints stay."""
+    run = db.get_run(database, run_id=run_id)
+    if run.status not in (db.RunStatus.QUEUED, db.RunStatus.RUNNING):
+        raise db.Conflict(f"run {run_id} is {run.status}: nothing to cancel")
+    return db.set_run_status(
+        database,
+        run_id=run_id,
+        status=db.RunStatus.CANCELLED,
+        expected={db.RunStatus.QUEUED, db.RunStatus.RUNNING},
+    )

@@ -466,6 +466,10 @@ def test_run_lifecycle(database: db.Database) -> None:
 
     db.touch_run_heartbeat(database, run_id=run_id)
     db.set_run_checkpoint(database, run_id=run_id, checkpoint_path="/ckpt/step-100")
+    assert (running.restarts, running.resumed_from_step) == (0, None)
+    db.note_run_resumed(database, run_id=run_id, step=100)
+    resumed = db.get_run(database, run_id=run_id)
+    assert (resumed.restarts, resumed.resumed_from_step) == (1, 100)
     with pytest.raises(db.Conflict, match=r"run .* is running, not queued"):
         db.set_run_status(
             database, run_id=run_id, status=db.RunStatus.RUNNING, expected={db.RunStatus.QUEUED}
@@ -482,6 +486,7 @@ def test_run_lifecycle(database: db.Database) -> None:
         lambda: db.set_run_status(database, run_id=404, status=db.RunStatus.FAILED),
         lambda: db.set_run_checkpoint(database, run_id=404, checkpoint_path="x"),
         lambda: db.touch_run_heartbeat(database, run_id=404),
+        lambda: db.note_run_resumed(database, run_id=404, step=1),
         lambda: db.get_run_curve(database, run_id=404),
     ):
         with pytest.raises(db.NotFound, match="run 404"):

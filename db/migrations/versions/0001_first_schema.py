@@ -111,6 +111,8 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("config", _json(), nullable=False),
         sa.Column("checkpoint_path", sa.Text(), nullable=True),
+        sa.Column("restarts", sa.Integer(), nullable=False),
+        sa.Column("resumed_from_step", sa.Integer(), nullable=True),
         sa.Column("created_at", _timestamp(), nullable=False),
         sa.Column("started_at", _timestamp(), nullable=True),
         sa.Column("finished_at", _timestamp(), nullable=True),

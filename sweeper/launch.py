@@ -1,0 +1,246 @@
+"""Launch: the full-size run with the transferred values, on Ray Train.
+
+`LaunchRequest` says what to run; `launch_config` turns a sweep's base run and a transfer
+into the target's TrainConfig; `run_launch` (in the run's driver process) trains it with a
+`TorchTrainer` of ``workers`` processes: DDP, or FSDP2 when the model and its Adam state do
+not fit one GPU. Every ``checkpoint_every`` steps rank 0 reports a checkpoint to Ray's
+storage path; when a worker dies, Ray Train restarts the group and every rank resumes from
+the latest checkpoint (`models.train` continues with the same batches, schedule and curve).
+A callback on Ray Train's controller streams rank 0's points into the database.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import ray.train
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from ray.train.torch import TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+
+import db
+from models import MetricPoint, ModelConfig, TrainConfig, train
+from models.gpt import GPT, Block
+from models.train import Checkpointing, Parallel, resolve_device
+from sweeper.jobs import DatabaseHandle, Heartbeat, ensure_ray, ray_storage_path
+from sweeper.spec import SweepSpec
+from sweeper.transfer import TransferResult
+
+log = logging.getLogger(__name__)
+
+Strategy = Literal["auto", "ddp", "fsdp"]
+# Bytes a parameter costs in training: fp32 master weight, gradient and two Adam moments.
+TRAINING_BYTES_PER_PARAM = 16
+# FSDP once the parameter state alone would take more than this share of one GPU.
+FSDP_MEMORY_SHARE = 0.5
+CHECKPOINT_FILE = "state.pt"
+
+
+class LaunchRequest(BaseModel):
+    """What `sweeper launch` and `POST /runs` ask for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sweep_id: int = Field(ge=1)
+    to_width: int = Field(ge=1, description="the target model's width")
+    steps: int = Field(ge=1)
+    depth: int | None = Field(None, ge=1, description="default: the sweep's depth")
+    workers: int = Field(1, ge=1, le=4096)
+    gpus_per_worker: float = Field(0.0, ge=0.0, le=8.0)
+    precision: Literal["fp8", "bf16", "fp32"] = "fp8"
+    checkpoint_every: int | None = Field(None, ge=1, description="default: every eval")
+    strategy: Strategy = "auto"
+    name: str | None = Field(None, max_length=200)
+
+
+def launch_config(spec: SweepSpec, result: TransferResult, request: LaunchRequest) -> TrainConfig:
+    """The target run: the sweep's base run at the target shape with the transferred values."""
+    model_update: dict[str, Any] = {"width": request.to_width}
+    if request.depth is not None:
+        model_update["depth"] = request.depth
+    if result.base_tau is not None:
+        model_update["tau"] = result.base_tau
+    model = ModelConfig.model_validate(spec.train.model.model_dump() | model_update)
+    device = "cuda" if request.gpus_per_worker > 0 else "cpu"
+    config = TrainConfig.model_validate(
+        spec.train.model_dump()
+        | {
+            "model": model,
+            "lr": result.base_lr,
+            "wd": result.base_wd,
+            "steps": request.steps,
+            "precision": request.precision,
+            "device": device,
+        }
+    )
+    if config.batch_size % request.workers:
+        raise ValueError(
+            f"workers: batch_size {config.batch_size} does not split over {request.workers}"
+        )
+    return config
+
+
+def parameter_count(model: ModelConfig) -> int:
+    per_block = (3 + 1 + 2 * model.mlp_ratio) * model.width**2 + 2 * model.width
+    return model.depth * per_block + 2 * model.vocab_size * model.width + model.width
+
+
+def choose_strategy(strategy: Strategy, model: ModelConfig, device: torch.device) -> Strategy:
+    """FSDP when the parameters, gradients and Adam state would crowd one GPU, else DDP."""
+    if strategy != "auto":
+        return strategy
+    if device.type != "cuda":
+        return "ddp"
+    gpu_bytes = torch.cuda.get_device_properties(device).total_memory
+    needed = TRAINING_BYTES_PER_PARAM * parameter_count(model)
+    return "fsdp" if needed > FSDP_MEMORY_SHARE * gpu_bytes else "ddp"
+
+
+def wrap_model(model: GPT, strategy: Strategy, device: torch.device) -> torch.nn.Module:
+    """DDP, or FSDP2 with every block sharded on its own and the rest at the root."""
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            assert isinstance(block, Block)
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _metrics(point: MetricPoint, resumed_from: int) -> dict[str, Any]:
+    return point.__dict__ | {"resumed_from": resumed_from}
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: its shard of the data-parallel run, checkpoints from rank 0."""
+    config = TrainConfig.model_validate(loop_config["train"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device() if config.device == "cuda" else resolve_device("cpu")
+    config = config.model_copy(update={"device": str(device)})
+    strategy = choose_strategy(loop_config["strategy"], config.model, device)
+
+    restored, resumed_from = None, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            restored = torch.load(Path(path) / CHECKPOINT_FILE, weights_only=False)
+        resumed_from = restored["step"]
+
+    def report(point: MetricPoint) -> None:
+        ray.train.report(_metrics(point, resumed_from))
+
+    def save(point: MetricPoint, state: dict[str, Any]) -> None:
+        if rank != 0:  # every rank built the full state (FSDP gathers); rank 0 keeps it
+            ray.train.report(_metrics(point, resumed_from))
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state, Path(tmp) / CHECKPOINT_FILE)
+            ray.train.report(
+                _metrics(point, resumed_from), checkpoint=ray.train.Checkpoint.from_directory(tmp)
+            )
+
+    train(
+        config,
+        report,
+        parallel=Parallel(
+            rank, world_size, functools.partial(wrap_model, strategy=strategy, device=device)
+        ),
+        checkpointing=Checkpointing(loop_config["checkpoint_every"], save, restored),
+    )
+
+
+class RunRecorder(DatabaseHandle, UserCallback):
+    """On Ray Train's controller: writes rank 0's points and checkpoints to the run's rows,
+    counts resumes, and stops the run when it is cancelled."""
+
+    def __init__(self, database: db.Database, run_id: int):
+        super().__init__(database)
+        self.run_id = run_id
+        self.resumes_noted: set[int] = set()
+
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
+    ) -> None:
+        point = metrics[0]
+        resumed_from = int(point.get("resumed_from", 0))
+        if resumed_from and resumed_from not in self.resumes_noted:
+            self.resumes_noted.add(resumed_from)
+            db.note_run_resumed(self.database, run_id=self.run_id, step=resumed_from)
+        db.add_metric_points(self.database, run_id=self.run_id, points=[point])
+        if checkpoint is not None:
+            db.set_run_checkpoint(
+                self.database, run_id=self.run_id, checkpoint_path=checkpoint.path
+            )
+        if db.get_run(self.database, run_id=self.run_id).status is db.RunStatus.CANCELLED:
+            raise RunCancelled(f"run {self.run_id} was cancelled")
+
+
+class RunCancelled(Exception):
+    pass
+
+
+def run_launch(database: db.Database, run_id: int) -> db.RunStatus:
+    """Drive run ``run_id`` to its end on Ray Train; returns the status it ends in."""
+    run = db.get_run(database, run_id=run_id)
+    request = LaunchRequest.model_validate(run.config["launch"])
+    config = TrainConfig.model_validate(run.config["train"])
+    touch = functools.partial(db.touch_run_heartbeat, database, run_id=run_id)
+    with Heartbeat(touch, f"run {run_id}"):
+        db.set_run_status(
+            database,
+            run_id=run_id,
+            status=db.RunStatus.RUNNING,
+            expected={db.RunStatus.QUEUED, db.RunStatus.RUNNING, db.RunStatus.FAILED},
+        )
+        ensure_ray()
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={
+                "train": config.model_dump(mode="json"),
+                "strategy": request.strategy,
+                "checkpoint_every": request.checkpoint_every or config.eval_interval,
+            },
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=request.workers,
+                use_gpu=request.gpus_per_worker > 0,
+                resources_per_worker={"CPU": 1, "GPU": request.gpus_per_worker}
+                if request.gpus_per_worker
+                else {"CPU": 1},
+            ),
+            run_config=ray.train.RunConfig(
+                name=f"run-{run_id}",
+                storage_path=ray_storage_path(),
+                failure_config=ray.train.FailureConfig(max_failures=3),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                callbacks=[RunRecorder(database, run_id)],  # type: ignore[list-item]  # V2 type
+            ),
+        )
+        try:
+            trainer.fit()
+        except Exception as e:
+            if db.get_run(database, run_id=run_id).status is db.RunStatus.CANCELLED:
+                return db.RunStatus.CANCELLED
+            log.exception("run %s failed", run_id)
+            return _finish(database, run_id, db.RunStatus.FAILED, f"{type(e).__name__}: {e}")
+        return _finish(database, run_id, db.RunStatus.COMPLETED)
+
+
+def _finish(
+    database: db.Database, run_id: int, status: db.RunStatus, error: str | None = None
+) -> db.RunStatus:
+    try:
+        db.set_run_status(
+            database, run_id=run_id, status=status, error=error, expected={db.RunStatus.RUNNING}
+        )
+    except db.Conflict:  # cancelled meanwhile: the cancel wins
+        return db.get_run(database, run_id=run_id).status
+    return status

@@ -1,0 +1,107 @@
+"""Transfer from a real sweep and the full-size launch on Ray Train (2 CPU workers, gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+import db
+from models.width_rules import group_rule
+from sweeper import service
+from sweeper.launch import LaunchRequest
+from tests.test_sweep_engine import make_spec, run_to_end, wait_for
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, shakespeare):
+    """A finished tiny µS sweep (2 widths × 4 LRs) in its own SQLite file."""
+    tmp = tmp_path_factory.mktemp("launch")
+    env = {
+        db.ENV_VAR: f"sqlite:///{tmp / 'sweeper.db'}",
+        "XDG_STATE_HOME": str(tmp / "state"),
+        "SWEEPER_RAY_STORAGE": str(tmp / "ray_results"),
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        database = db.connect()
+        spec = make_spec(shakespeare, search={"lr": {"min": 2**-8, "max": 2**-1, "points": 4}})
+        sweep = service.start_sweep(database, spec)
+        assert run_to_end(database, sweep.id).sweep.status is db.SweepStatus.COMPLETED
+        yield database, sweep.id, env
+    database.dispose()
+
+
+def cli(env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sweeper", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+
+
+def test_transfer_cli_applies_the_width_rules(swept):
+    database, sweep_id, env = swept
+    out = cli(env, "transfer", "--to-width", "1024", "--json")  # latest completed sweep
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["to_width"] == 1024 and len(result["widths"]) == 2
+    model = service.sweep_progress(database, sweep_id).spec.train.model
+    for group in result["groups"]:
+        rule = group_rule(
+            group["group"],
+            parametrization="mus",
+            fan_in=group["fan_in"],
+            base_lr=result["base_lr"],
+            base_wd=result["base_wd"],
+            base_width=model.base_width,
+        )
+        assert group["lr"] == pytest.approx(rule.lr) and group["wd"] == rule.wd
+    stored = db.list_transfers(database, sweep_id=sweep_id)
+    assert [t.id for t in stored] == [result["transfer_id"]]
+    assert stored[0].result["base_lr"] == pytest.approx(result["base_lr"])
+    bad = cli(env, "transfer", "--to-width", "100")
+    assert bad.returncode == 2 and "--to-width" in bad.stderr
+
+
+def _train_workers() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any("RayTrainWorker" in part for part in p.info["cmdline"] or [])
+    ]
+
+
+def test_launch_two_workers_resumes_after_a_worker_dies(swept):
+    database, sweep_id, env = swept
+    request = LaunchRequest(sweep_id=sweep_id, to_width=64, steps=150, workers=2, precision="fp32")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        run = service.launch_run(database, request)
+    assert run.transfer_id is not None and run.config["train"]["model"]["width"] == 64
+    wait_for(
+        lambda: db.get_run(database, run_id=run.id).checkpoint_path is not None, "a checkpoint"
+    )
+    workers = _train_workers()
+    assert len(workers) == 2
+    workers[0].send_signal(signal.SIGKILL)
+    wait_for(lambda: db.get_run(database, run_id=run.id).status.finished, "the run to end")
+    finished = db.get_run(database, run_id=run.id)
+    assert finished.status is db.RunStatus.COMPLETED, finished.error
+    assert finished.restarts == 1 and finished.resumed_from_step >= 10
+    curve = db.get_run_curve(database, run_id=run.id)
+    assert [p.step for p in curve] == list(range(10, 151, 10))  # whole, and stored once
+    assert curve[-1].eval_loss < curve[0].eval_loss
+    listed = json.loads(cli(env, "run", "list", "--json").stdout)
+    assert [r["id"] for r in listed["runs"]] == [run.id]
+    done = cli(env, "run", "cancel", str(run.id))
+    assert done.returncode == 1 and "nothing to cancel" in done.stderr
