@@ -313,7 +313,10 @@ def build_tuner(
             scheduler=scheduler,
             search_alg=search_alg,
             num_samples=1 if search_alg is None else len(plan),
-            max_concurrent_trials=spec.max_concurrency,
+            # With a searcher and no explicit cap, Tune keeps one trial pending at a time,
+            # which starts short proxies one after another: the cap lifts that (see
+            # ray.tune.execution.tune_controller._get_max_pending_trials).
+            max_concurrent_trials=spec.max_concurrency or len(plan),
         ),
         run_config=tune.RunConfig(
             name=f"sweep-{sweep_id}-{int(time.time())}",
