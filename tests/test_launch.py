@@ -105,3 +105,30 @@ def test_launch_two_workers_resumes_after_a_worker_dies(swept):
     assert [r["id"] for r in listed["runs"]] == [run.id]
     done = cli(env, "run", "cancel", str(run.id))
     assert done.returncode == 1 and "nothing to cancel" in done.stderr
+
+
+def test_fsdp_and_ddp_train_the_same_model(swept):
+    """FSDP2 (each block sharded over 2 CPU workers, gloo) matches DDP step for step."""
+    database, sweep_id, env = swept
+    curves = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        for strategy in ("ddp", "fsdp"):
+            request = LaunchRequest(
+                sweep_id=sweep_id,
+                to_width=64,
+                steps=20,
+                workers=2,
+                precision="fp32",
+                strategy=strategy,
+            )
+            run = service.launch_run(database, request)
+            wait_for(
+                lambda run=run: db.get_run(database, run_id=run.id).status.finished,
+                f"the {strategy} run",
+            )
+            assert db.get_run(database, run_id=run.id).status is db.RunStatus.COMPLETED
+            curves[strategy] = [p.eval_loss for p in db.get_run_curve(database, run_id=run.id)]
+    assert len(curves["fsdp"]) == 2
+    assert curves["fsdp"] == pytest.approx(curves["ddp"], rel=1e-4)
