@@ -10,14 +10,28 @@ multiplied by a static ``grad_scale`` before its e5m2 cast and the product is di
 after the matmul, so the returned gradients are those of the unscaled loss.
 
 This module is the numerical reference: the CPU path *is* this code, and the Triton kernels
-must match it (same casts, fp32 math).
+(`kernels.triton_fp8`, through `kernels.ops`) must match it (same casts, fp32 math).
+`fp8_linear` is the one dispatch point: Triton on CUDA, this emulation elsewhere. The
+environment variable ``SWEEPER_FP8_BACKEND`` (or `set_fp8_backend`) overrides the choice:
+
+* ``auto`` (default): Triton for CUDA tensors when Triton is importable, else the emulation;
+* ``emulate``: the emulation everywhere (e.g. to compare against it on a GPU);
+* ``triton``: the Triton kernels everywhere (CPU tensors only under ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib.util
+import os
+from typing import Any, Literal, cast
 
 import torch
+
+# Triton is absent on some CPU-only installs; the emulation needs none of it. Where Triton is
+# installed, an error importing the kernels must surface, not silently fall back.
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+if HAS_TRITON:
+    from kernels.ops import fp8_linear_triton
 
 E4M3 = torch.float8_e4m3fn
 E5M2 = torch.float8_e5m2
@@ -36,20 +50,48 @@ def saturating_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Product of two FP8 tensors with exact fp32 operands (FP8 values are fp32-representable)."""
-    return a.float() @ b.float()
+    """Product of two FP8 tensors with exact fp32 operands (FP8 values are fp32-representable).
+
+    Autocast is switched off: under a bf16 autocast region (the trainer's), ``@`` would
+    otherwise round the operands' products to bf16 and stop being the reference.
+    """
+    with torch.autocast(a.device.type, enabled=False):
+        return a.float() @ b.float()
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU in fp32: the activation `fp8_linear` can apply to its input."""
+    x = x.float()
+    return 0.5 * x * (1.0 + torch.erf(x * 0.7071067811865476))
+
+
+def gelu_grad(x: torch.Tensor) -> torch.Tensor:
+    """d GELU / dx in fp32: Phi(x) + x phi(x)."""
+    x = x.float()
+    cdf = 0.5 * (1.0 + torch.erf(x * 0.7071067811865476))
+    return cdf + x * torch.exp(-0.5 * x * x) * 0.3989422804014327
+
+
+Activation = Literal["gelu"] | None
 
 
 class _FP8LinearEmulated(torch.autograd.Function):
-    """``y = (e4m3(x) @ e4m3(w).T) * scale`` with e5m2 gradients, computed in fp32."""
+    """``y = (e4m3(act(x)) @ e4m3(w).T) * scale`` with e5m2 gradients, computed in fp32."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, scale: float, grad_scale: float
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        scale: float,
+        grad_scale: float,
+        activation: Activation,
     ) -> torch.Tensor:
-        x8 = saturating_cast(x, E4M3)  # (..., K)
+        # The activation's fp32 output goes straight to e4m3, with no rounding to x's dtype
+        # in between (as the fused Triton kernel does).
+        x8 = saturating_cast(gelu(x) if activation == "gelu" else x, E4M3)  # (..., K)
         w8 = saturating_cast(weight, E4M3)  # (N, K)
-        ctx.save_for_backward(x8, w8)
+        ctx.save_for_backward(x8, w8, x if activation == "gelu" else None)
         ctx.scale, ctx.grad_scale = scale, grad_scale
         ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
         y = _matmul_fp32(x8, w8.t()) * scale  # (..., N)
@@ -57,24 +99,88 @@ class _FP8LinearEmulated(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x8, w8 = ctx.saved_tensors
+        x8, w8, x_pre = ctx.saved_tensors
         # One static factor restores gradients to near unit scale before the e5m2 cast;
         # dividing it out again after the matmul keeps the math that of the true loss.
         g8 = saturating_cast(grad_y.float() * ctx.grad_scale, E5M2)  # (..., N)
         unscale = ctx.scale / ctx.grad_scale
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = (_matmul_fp32(g8, w8) * unscale).to(ctx.x_dtype)  # (..., K)
+            grad_x = _matmul_fp32(g8, w8) * unscale  # (..., K), w.r.t. act(x)
+            if x_pre is not None:
+                grad_x = grad_x * gelu_grad(x_pre)
+            grad_x = grad_x.to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             g2d, x2d = g8.reshape(-1, g8.shape[-1]), x8.reshape(-1, x8.shape[-1])
             grad_w = (_matmul_fp32(g2d.t(), x2d) * unscale).to(ctx.w_dtype)  # (N, K)
-        return grad_x, grad_w, None, None
+        return grad_x, grad_w, None, None, None
+
+
+def fp8_linear_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    scale: float,
+    grad_scale: float,
+    activation: Activation = None,
+) -> torch.Tensor:
+    """The emulated FP8 linear layer (plain torch, any device); see `fp8_linear`."""
+    _check_activation(activation)
+    out: torch.Tensor = _FP8LinearEmulated.apply(x, weight, scale, grad_scale, activation)
+    return out
+
+
+def _check_activation(activation: str | None) -> None:
+    if activation not in (None, "gelu"):
+        raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
+
+
+Backend = Literal["auto", "triton", "emulate"]
+BACKENDS: tuple[Backend, ...] = ("auto", "triton", "emulate")
+
+
+def _check_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"FP8 backend must be one of {BACKENDS}, got {name!r}")
+    return cast(Backend, name)
+
+
+_backend: Backend = _check_backend(os.environ.get("SWEEPER_FP8_BACKEND", "auto"))
+
+
+def set_fp8_backend(backend: Backend) -> None:
+    """Choose the implementation behind `fp8_linear`: ``auto``, ``triton`` or ``emulate``."""
+    global _backend
+    backend = _check_backend(backend)
+    if backend == "triton" and not HAS_TRITON:
+        raise RuntimeError("FP8 backend 'triton' asked for, but Triton cannot be imported")
+    _backend = backend
+
+
+def fp8_backend() -> Backend:
+    """The implementation `fp8_linear` uses now (see `set_fp8_backend`)."""
+    return _backend
+
+
+def uses_triton(x: torch.Tensor) -> bool:
+    """Whether `fp8_linear` runs the Triton kernels for an input like ``x``."""
+    if _backend == "auto":
+        return HAS_TRITON and x.is_cuda
+    return _backend == "triton"
 
 
 def fp8_linear(
-    x: torch.Tensor, weight: torch.Tensor, *, scale: float, grad_scale: float
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    scale: float,
+    grad_scale: float,
+    activation: Activation = None,
 ) -> torch.Tensor:
     """FP8 linear layer without bias: ``(x @ weight.T) * scale`` in e4m3/e5m2, output bf16.
+
+    The one dispatch point: the Triton kernels on CUDA, the emulation on CPU (see the module
+    docstring for the ``SWEEPER_FP8_BACKEND`` override). Works under ``torch.compile``.
 
     Args:
         x: activations ``(..., K)``, any float dtype.
@@ -82,5 +188,16 @@ def fp8_linear(
         scale: the static output multiplier (µS: ``1/sqrt(K)``).
         grad_scale: the static factor applied to the output gradient before its e5m2 cast
             and removed after the backward matmuls.
+        activation: ``"gelu"`` computes ``fp8_linear(gelu(x), ...)`` with the GELU fused into
+            the input's FP8 cast and its gradient into the input-gradient GEMM (an MLP's
+            down projection takes the up projection's output this way); the gradient
+            returned is with respect to ``x``.
     """
-    return _FP8LinearEmulated.apply(x, weight, scale, grad_scale)
+    if uses_triton(x):
+        _check_activation(activation)
+        return fp8_linear_triton(
+            x, weight, scale=scale, grad_scale=grad_scale, activation=activation
+        )
+    return fp8_linear_reference(
+        x, weight, scale=scale, grad_scale=grad_scale, activation=activation
+    )

@@ -1,22 +1,11 @@
-"""The emulated FP8 linear: saturating casts and gradients against a float64 reference."""
+"""The emulated FP8 linear against float64 math (tests/kernels covers saturation and dispatch)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
-from kernels import E4M3, E4M3_MAX, E5M2, E5M2_MAX, fp8_linear, saturating_cast
-
-
-@pytest.mark.parametrize(("dtype", "limit"), [(E4M3, 448.0), (E5M2, 57344.0)])
-def test_saturation_and_no_nan_from_range(dtype, limit):
-    assert torch.finfo(dtype).max == limit
-    x = torch.tensor([1e9, -1e9, limit * 1.01, -limit * 1.5, math.inf, -math.inf, 1.0])
-    out = saturating_cast(x, dtype).float()
-    assert out.tolist() == [limit, -limit, limit, -limit, limit, -limit, 1.0]
-    assert torch.isnan(saturating_cast(torch.tensor([math.nan]), dtype).float()).all()
+from kernels import E4M3, E5M2, fp8_linear, saturating_cast
 
 
 def test_cast_rounds_to_nearest_representable():
@@ -53,14 +42,3 @@ def test_forward_and_gradients_match_float64(grad_scale):
     torch.testing.assert_close(y.double(), ref_y, rtol=2**-8, atol=1e-6)  # bf16 output
     torch.testing.assert_close(x.grad.double(), ref_dx, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(w.grad.double(), ref_dw, rtol=1e-5, atol=1e-9)
-
-
-def test_without_grad_scale_small_gradients_flush():
-    """Why the static scale exists: a mean loss's gradients underflow e5m2 unscaled."""
-    g = torch.randn(4096) * 1e-7
-    assert (saturating_cast(g, E5M2).float() == 0).float().mean() > 0.9
-    assert (saturating_cast(g * 4096 * 64, E5M2).float() == 0).float().mean() < 0.01
-
-
-def test_limits_exported():
-    assert (E4M3_MAX, E5M2_MAX) == (448.0, 57344.0)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU side of the kernels' work, for one call of the device machine (see docs/KERNELS.md).
+#   bash benchmarks/run_gpu.sh STAGE...   stages: env tests gemm sweep mlp parity
+# LIMIT_<stage>=seconds stops a stage early (the device call has a hard limit); its JSON,
+# written as it goes, is still copied.
+# Wheels in .whl/ (pydantic for the models' config, torchao for the MLP baseline) are
+# installed first; logs and JSON results are copied to $OUT when it is set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:-}"
+OUT="${OUT:-/tmp/kernels-out}"
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+status=0
+t() {  # t STAGE CMD...: run CMD under the stage's time limit
+    local limit="LIMIT_$1"
+    shift
+    timeout "${!limit:-3000}" "$@"
+}
+for stage in "$@"; do
+    start=$SECONDS
+    case "$stage" in
+        env) nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu \
+                 --format=csv
+             python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" ;;
+        tests) t tests python3 -m pytest -q --tb=short -p no:logging --durations=8 tests/kernels 2>&1 | tee "$OUT/pytest.log" ;;
+        gemm) t gemm python3 -m benchmarks.bench_gemm --backward 2>&1 | tee "$OUT/gemm.log" ;;
+        sweep) t sweep python3 -m benchmarks.bench_gemm --sweep --out gemm_sweep 2>&1 | tee "$OUT/sweep.log" ;;
+        mlp) t mlp python3 -m benchmarks.bench_mlp ${MLP_ARGS:-} 2>&1 | tee "$OUT/mlp.log" ;;
+        parity) t parity python3 -m benchmarks.fp8_training_parity --data .devdata/shakespeare.txt \
+                    2>&1 | tee "$OUT/parity.log" ;;
+        *) echo "unknown stage $stage"; exit 2 ;;
+    esac
+    rc=${PIPESTATUS[0]}
+    [ "$rc" -ne 0 ] && status=$rc
+    echo "== stage $stage: rc=$rc, $((SECONDS - start)) s"
+    cp benchmarks/results/{gemm,gemm_sweep,mlp,fp8_training_parity}.json "$OUT/" 2>/dev/null
+done
+exit $status

@@ -1,0 +1,670 @@
+"""Triton kernels of the µS FP8 linear layer: saturating casts, cast+transpose, scaled GEMM.
+
+Under µS no operand needs a dynamic scale, so the whole FP8 linear layer is three kinds of
+kernel, each in the shape of the Triton tutorials (``03-matrix-multiplication``,
+``09-persistent-matmul``):
+
+* ``saturating_cast_kernel``: ``fp8(clamp(x * scale, ±max))`` over a flat tensor. No amax:
+  one read, one write. Optionally GELU first (an MLP's hidden activation, computed in fp32
+  and cast at once).
+* ``cast_transpose_kernel``: the same cast over a 2-D tile, written row-major *and*
+  transposed in one pass. Hopper's FP8 tensor cores take both operands K-major only, so each
+  backward GEMM needs one operand transposed; producing it while the tile is in registers
+  costs one extra 1-byte write instead of a second pass over the 2- or 4-byte input.
+* ``fp8_matmul_*``: ``C = (A @ Bᵀ) * scale`` with A ``(M, K)`` and B ``(N, K)`` both
+  K-contiguous, FP8 operands (e4m3 or e5m2), fp32 accumulation, and the static scale and the
+  output cast (bf16 activations, fp32 weight gradients) fused into the epilogue, optionally
+  times GELU'(aux) (the GELU's backward, fused into the input-gradient GEMM). Two
+  variants: a persistent kernel whose operands arrive through TMA descriptors (Hopper, the
+  fast one), and the tutorial's pointer kernel (any GPU, any alignment, the interpreter).
+
+The wrappers at the bottom check, allocate and launch. They accept CPU tensors only under
+``TRITON_INTERPRET=1`` (Triton's CPU interpreter), which is how CI runs these kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saturating casts
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _saturate(x, FP8_MAX: tl.constexpr):
+    # Clamp instead of trusting the conversion: a plain cast turns overflow into NaN (e4m3fn)
+    # or inf (e5m2). NaN must stay NaN, as in torch's clamp, so propagate it explicitly.
+    return tl.clamp(x, -FP8_MAX, FP8_MAX, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _gelu(x):
+    # Exact (erf) GELU, as torch's default: x * Phi(x).
+    return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+
+
+@triton.jit
+def _gelu_grad(x):
+    # d/dx [x Phi(x)] = Phi(x) + x phi(x)
+    cdf = 0.5 * (1.0 + tl.erf(x * 0.7071067811865476))
+    pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327
+    return cdf + x * pdf
+
+
+@triton.jit
+def _activate(x, ACTIVATION: tl.constexpr):
+    if ACTIVATION == "gelu":
+        return _gelu(x)
+    else:
+        return x
+
+
+@triton.jit
+def saturating_cast_kernel(
+    # Pointers: input (any float dtype) and FP8 output, both contiguous
+    x_ptr,
+    y_ptr,
+    # Size
+    n_elements,
+    # Static multiplier applied in fp32 before the cast (the backward's gradient scale)
+    scale,
+    # Meta-parameters. ACTIVATION ("" or "gelu") is applied in fp32 before the scale.
+    FP8_MAX: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(axis=0).to(tl.int64)  # int64: a (16384, 32768) tensor exceeds 2**31
+    offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offs < n_elements
+    x = _activate(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32), ACTIVATION)
+    y = _saturate(x * scale, FP8_MAX)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _cast_transpose_configs() -> list[triton.Config]:
+    # Memory-bound: the tile only has to be large enough for 16-byte accesses on both the
+    # row-major and the transposed store (1-byte FP8 -> 16 elements per thread and row).
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w)
+        for bm, bn, w in [(64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 8)]
+    ]
+
+
+@triton.jit
+def _cast_transpose_kernel(
+    # Pointers: input (M, N) with any strides; FP8 outputs (M, N) and (N, M), contiguous
+    x_ptr,
+    y_ptr,
+    yt_ptr,
+    # Sizes
+    M,
+    N,
+    # Strides of the input
+    stride_xm,
+    stride_xn,
+    # Static multiplier applied in fp32 before the cast
+    scale,
+    # Meta-parameters. ACTIVATION ("" or "gelu") is applied in fp32 before the scale: the
+    # GELU output goes to FP8 without a round trip through memory in bf16.
+    FP8_MAX: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    WRITE_Y: tl.constexpr,
+    WRITE_YT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(axis=0)
+    pid_n = tl.program_id(axis=1)
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    x = tl.load(
+        x_ptr + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xn, mask=mask, other=0.0
+    )
+    x = _activate(x.to(tl.float32), ACTIVATION)
+    y = _saturate(x * scale, FP8_MAX)  # (BM, BN), fp32, exact FP8 values
+    if WRITE_Y:
+        tl.store(
+            y_ptr + offs_m[:, None] * N + offs_n[None, :], y.to(yt_ptr.dtype.element_ty), mask=mask
+        )
+    if WRITE_YT:
+        # The transposed tile goes out through shared memory (Triton inserts the layout
+        # conversion), so both stores stay coalesced. Its mask is built from the offsets
+        # rather than transposed. (fp32 inputs take a detour: see cast_transpose.)
+        mask_t = (offs_n[:, None] < N) & (offs_m[None, :] < M)
+        yt = tl.trans(y).to(yt_ptr.dtype.element_ty)  # (BN, BM)
+        tl.store(yt_ptr + offs_n[:, None] * M + offs_m[None, :], yt, mask=mask_t)
+
+
+cast_transpose_kernel = triton.autotune(
+    configs=_cast_transpose_configs(), key=["M", "N", "ACTIVATION", "WRITE_Y", "WRITE_YT"]
+)(_cast_transpose_kernel)
+
+
+# ---------------------------------------------------------------------------------------------
+# FP8 GEMM: C = (A @ B^T) * scale
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    # Grouped ordering (tutorial 03): GROUP_M row-blocks share each column-block of B while it
+    # is in L2, so B is read from DRAM about num_pid_m / GROUP_M times instead of num_pid_m.
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = tile_id // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (tile_id % group_size_m)
+    pid_n = (tile_id % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _mma(a, b, acc, PRECISE_ACC: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Hopper's FP8 MMA adds its products into the accumulator with fewer bits than fp32
+    # (cuBLAS's "fast accumulation"). PRECISE_ACC promotes the partial sum into a true fp32
+    # accumulator every BLOCK_K products, at some cost in registers and instructions.
+    if PRECISE_ACC:
+        return tl.dot(a, b, acc, max_num_imprecise_acc=BLOCK_K)
+    else:
+        return tl.dot(a, b, acc)
+
+
+def _matmul_configs() -> list[triton.Config]:
+    return [
+        triton.Config(
+            {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w
+        )
+        for bm, bn, bk, s, w in [
+            (128, 256, 128, 3, 8),
+            (128, 128, 128, 4, 8),
+            (128, 128, 128, 4, 4),
+            (64, 128, 128, 4, 4),
+        ]
+    ]
+
+
+@triton.jit
+def _fp8_matmul_kernel(
+    # Pointers: A (M, K) and B (N, K) in FP8, C (M, N) in the output dtype, and AUX (M, N)
+    # with C's strides, read by the epilogue (the GELU input for EPILOGUE="gelu_grad")
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    aux_ptr,
+    # Sizes
+    M,
+    N,
+    K,
+    # Strides
+    stride_am,
+    stride_ak,
+    stride_bn,
+    stride_bk,
+    stride_cm,
+    stride_cn,
+    # Static output multiplier, applied to the fp32 accumulator before the output cast
+    scale,
+    # Meta-parameters
+    EPILOGUE: tl.constexpr,
+    PRECISE_ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(axis=0)
+    pid_m, pid_n = _tile_coords(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+
+    # Rows past M (columns past N) wrap to row 0: they are computed but never stored, which
+    # keeps the loads in the K loop unmasked along M and N.
+    offs_am = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
+    offs_bn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + offs_am[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
+    # B is read as a (BLOCK_K, BLOCK_N) tile whose contiguous dimension is K: the K-major
+    # layout that the FP8 tensor cores need.
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_bn[None, :].to(tl.int64) * stride_bn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+        b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        acc = _mma(a, b, acc, PRECISE_ACC, BLOCK_K)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    offs_cm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_cn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_offs = offs_cm[:, None] * stride_cm + offs_cn[None, :] * stride_cn
+    c_mask = (offs_cm[:, None] < M) & (offs_cn[None, :] < N)
+    c = acc * scale
+    if EPILOGUE == "gelu_grad":
+        c = c * _gelu_grad(tl.load(aux_ptr + c_offs, mask=c_mask, other=0.0).to(tl.float32))
+    tl.store(c_ptr + c_offs, c.to(c_ptr.dtype.element_ty), mask=c_mask)
+
+
+fp8_matmul_kernel = triton.autotune(configs=_matmul_configs(), key=["M", "N", "K", "PRECISE_ACC"])(
+    _fp8_matmul_kernel
+)
+
+
+def _set_tma_block_shapes(nargs: dict[str, Any]) -> None:
+    # Host-side TMA descriptors carry their box size, which depends on the config being run.
+    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    nargs["a_desc"].block_shape = [bm, bk]
+    nargs["b_desc"].block_shape = [bn, bk]
+    nargs["c_desc"].block_shape = [bm, bn // nargs["EPILOGUE_SPLIT"]]
+    nargs["aux_desc"].block_shape = [bm, bn // nargs["EPILOGUE_SPLIT"]]
+
+
+def _matmul_tma_configs() -> list[triton.Config]:
+    # The shapes µS uses: M = tokens per step (>= 16k), N and K in {d, 4d}. 128 x 256 x 128
+    # tiles with 8 warps (two consumer warpgroups) is the usual best on H100 for FP8; the
+    # smaller tiles cover the narrow weight-gradient outputs (N x K, few tiles).
+    return [
+        triton.Config(
+            {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPILOGUE_SPLIT": sp},
+            num_stages=s,
+            num_warps=w,
+            pre_hook=_set_tma_block_shapes,
+        )
+        for bm, bn, bk, s, w, sp in [
+            (128, 256, 128, 3, 8, 2),
+            (128, 256, 128, 4, 8, 4),
+            (128, 256, 64, 4, 8, 2),
+            (256, 128, 128, 3, 8, 2),
+            (128, 128, 128, 4, 8, 1),
+            (128, 128, 128, 5, 4, 2),
+        ]
+    ]
+
+
+@triton.jit
+def _fp8_matmul_tma_persistent_kernel(
+    # TMA descriptors: A (M, K) and B (N, K) in FP8, C (M, N) in the output dtype, and AUX
+    # (M, N) read by the epilogue (the GELU input for EPILOGUE="gelu_grad"; else C again)
+    a_desc,
+    b_desc,
+    c_desc,
+    aux_desc,
+    # Sizes
+    M,
+    N,
+    K,
+    # Static output multiplier, applied to the fp32 accumulator before the output cast
+    scale,
+    # Meta-parameters. DTYPES only keys the autotuner: descriptors, unlike tensors, do not
+    # put their dtypes into its cache key, and the best config depends on them.
+    DTYPES: tl.constexpr,
+    EPILOGUE: tl.constexpr,
+    PRECISE_ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    EPILOGUE_SPLIT: tl.constexpr,
+    NUM_SMS: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr = False,
+):
+    # One program per SM walks the output tiles with stride NUM_SMS. Flattening the tile and
+    # K loops lets the software pipeline issue the next tile's TMA loads while this tile's
+    # epilogue runs, which a one-tile-per-program grid cannot do.
+    start_pid = tl.program_id(axis=0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    num_tiles = num_pid_m * num_pid_n
+
+    # The epilogue recomputes its tile's coordinates from its own counter: sharing the loop
+    # variable between the prologue and the epilogue of the flattened loop defeats the
+    # pipeliner.
+    tile_id_c = start_pid - NUM_SMS
+    for tile_id in tl.range(
+        start_pid, num_tiles, NUM_SMS, flatten=True, warp_specialize=WARP_SPECIALIZE
+    ):
+        pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
+        offs_am = pid_m * BLOCK_M
+        offs_bn = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for ki in range(k_tiles):
+            offs_k = ki * BLOCK_K
+            a = a_desc.load([offs_am, offs_k])  # (BM, BK); out-of-bounds boxes read as zero
+            b = b_desc.load([offs_bn, offs_k])  # (BN, BK), K-major: .T is free
+            acc = _mma(a, b.T, acc, PRECISE_ACC, BLOCK_K)
+
+        tile_id_c += NUM_SMS
+        pid_m, pid_n = _tile_coords(tile_id_c, num_pid_m, num_pid_n, GROUP_M)
+        offs_cm = pid_m * BLOCK_M
+        offs_cn = pid_n * BLOCK_N
+        acc = acc * scale
+        # Storing the tile in EPILOGUE_SPLIT column slices shrinks the shared-memory staging
+        # buffer of the TMA store (a 128 x 256 fp32 tile is 128 KiB), leaving room for
+        # deeper operand pipelining.
+        if EPILOGUE_SPLIT == 1:
+            _store_slice(c_desc, aux_desc, acc, offs_cm, offs_cn, EPILOGUE)
+        elif EPILOGUE_SPLIT == 2:
+            acc = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+            acc0, acc1 = tl.split(acc)
+            _store_slice(c_desc, aux_desc, acc0, offs_cm, offs_cn, EPILOGUE)
+            _store_slice(c_desc, aux_desc, acc1, offs_cm, offs_cn + BLOCK_N // 2, EPILOGUE)
+        else:
+            tl.static_assert(EPILOGUE_SPLIT == 4, "EPILOGUE_SPLIT must be 1, 2 or 4")
+            acc = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+            left, right = tl.split(acc)
+            left = tl.permute(tl.reshape(left, (BLOCK_M, 2, BLOCK_N // 4)), (0, 2, 1))
+            right = tl.permute(tl.reshape(right, (BLOCK_M, 2, BLOCK_N // 4)), (0, 2, 1))
+            acc0, acc1 = tl.split(left)
+            acc2, acc3 = tl.split(right)
+            q = BLOCK_N // 4
+            _store_slice(c_desc, aux_desc, acc0, offs_cm, offs_cn, EPILOGUE)
+            _store_slice(c_desc, aux_desc, acc1, offs_cm, offs_cn + q, EPILOGUE)
+            _store_slice(c_desc, aux_desc, acc2, offs_cm, offs_cn + 2 * q, EPILOGUE)
+            _store_slice(c_desc, aux_desc, acc3, offs_cm, offs_cn + 3 * q, EPILOGUE)
+
+
+@triton.jit
+def _store_slice(c_desc, aux_desc, c, offs_m, offs_n, EPILOGUE: tl.constexpr):
+    # c: an fp32 slice of the scaled accumulator; the GELU gradient multiplies in here so
+    # that the layer below gets d loss / d (GELU input) without another pass over memory.
+    if EPILOGUE == "gelu_grad":
+        c = c * _gelu_grad(aux_desc.load([offs_m, offs_n]).to(tl.float32))
+    c_desc.store([offs_m, offs_n], c.to(c_desc.dtype))
+
+
+fp8_matmul_tma_persistent_kernel = triton.autotune(
+    configs=_matmul_tma_configs(), key=["M", "N", "K", "EPILOGUE", "PRECISE_ACC", "DTYPES"]
+)(_fp8_matmul_tma_persistent_kernel)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wrappers: check, allocate, launch
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_device(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.device.type == "cpu" and not INTERPRET:
+            raise ValueError("Triton FP8 kernels need CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
+
+
+def _fp8_max(dtype: torch.dtype) -> float:
+    if dtype not in FP8_DTYPES:
+        raise ValueError(f"FP8 dtype must be one of {FP8_DTYPES}, got {dtype}")
+    return float(torch.finfo(dtype).max)
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.cache
+def _has_tma(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+ACTIVATIONS = ("", "gelu")
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def saturating_cast(
+    x: torch.Tensor, dtype: torch.dtype, scale: float = 1.0, *, activation: str = ""
+) -> torch.Tensor:
+    """``fp8(clamp(act(x) * scale, ±max))`` of any float tensor, same shape, contiguous.
+
+    ``activation``: ``""`` (none) or ``"gelu"`` (exact GELU, computed in fp32).
+    """
+    _check_device(x)
+    _check_activation(activation)
+    fp8_max = _fp8_max(dtype)
+    x = x.contiguous()
+    y = torch.empty(x.shape, device=x.device, dtype=dtype)
+    n = x.numel()
+    if n == 0:
+        return y
+    block = 1024 if INTERPRET else 4096
+    grid = (triton.cdiv(n, block),)
+    saturating_cast_kernel[grid](
+        x,
+        y,
+        n,
+        scale,
+        FP8_MAX=fp8_max,
+        ACTIVATION=activation,
+        BLOCK_SIZE=block,
+        num_warps=1 if INTERPRET else 8,
+    )
+    return y
+
+
+def cast_transpose(
+    x: torch.Tensor,
+    dtype: torch.dtype,
+    scale: float = 1.0,
+    *,
+    activation: str = "",
+    rows: bool = True,
+    cols: bool = True,
+    config: dict[str, Any] | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Saturating cast of ``act(x) * scale`` for a 2-D ``x`` (M, N), as ``(y, yt)`` in one pass.
+
+    ``y`` is the row-major (M, N) copy and ``yt`` the transposed (N, M) one, both contiguous;
+    ``rows=False`` or ``cols=False`` skips writing (and allocating) one of them. ``activation``
+    is ``""`` or ``"gelu"``. ``config`` (BLOCK_M, BLOCK_N, num_warps) runs those
+    meta-parameters instead of autotuning.
+    """
+    _check_device(x)
+    _check_activation(activation)
+    if x.ndim != 2:
+        raise ValueError(f"cast_transpose takes a 2-D tensor, got shape {tuple(x.shape)}")
+    if not (rows or cols):
+        raise ValueError("nothing to write: rows and cols are both False")
+    fp8_max = _fp8_max(dtype)
+    M, N = x.shape
+    if cols and x.element_size() == 4 and not INTERPRET:
+        # Workaround: with triton 3.6 on an H100 the transposed store of this kernel wrote
+        # wrong elements for fp32 inputs, with every config (bf16 inputs: bit-exact with
+        # all). The row-major FP8 copy is exact in bf16, so the transposed copy is made from
+        # it by the bf16 path: one extra pass over 3 bytes per element, bit-exact.
+        y, _ = cast_transpose(x, dtype, scale, activation=activation, cols=False, config=config)
+        assert y is not None
+        _, yt = cast_transpose(y.to(torch.bfloat16), dtype, 1.0, rows=False, config=config)
+        return (y if rows else None), yt
+    y = torch.empty((M, N), device=x.device, dtype=dtype) if rows else None
+    yt = torch.empty((N, M), device=x.device, dtype=dtype) if cols else None
+    if x.numel() == 0:
+        return y, yt
+    y_arg = y if y is not None else yt
+    yt_arg = yt if yt is not None else y
+    args = (x, y_arg, yt_arg, M, N, x.stride(0), x.stride(1), scale)
+    meta = {"FP8_MAX": fp8_max, "ACTIVATION": activation, "WRITE_Y": rows, "WRITE_YT": cols}
+
+    def grid(meta: dict[str, Any]) -> tuple[int, int]:
+        return (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))
+
+    if INTERPRET and config is None:  # the interpreter cannot time configs
+        config = {"BLOCK_M": 32, "BLOCK_N": 32}
+    if config is None:
+        cast_transpose_kernel[grid](*args, **meta)
+    else:
+        _cast_transpose_kernel[grid](*args, **meta, **config)
+    return y, yt
+
+
+def _tma_aligned(*tensors: torch.Tensor) -> bool:
+    # TMA needs 16-byte aligned bases and row strides (K % 16 for FP8 operands).
+    return all(
+        t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in tensors
+    )
+
+
+def _tma_ok(*tensors: torch.Tensor) -> bool:
+    if INTERPRET or not _has_tma(tensors[0].device.index or 0):
+        return False
+    return _tma_aligned(*tensors)
+
+
+def fp8_matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    scale: float = 1.0,
+    out_dtype: torch.dtype = torch.bfloat16,
+    out: torch.Tensor | None = None,
+    gelu_grad_of: torch.Tensor | None = None,
+    precise_acc: bool = False,
+    kernel: str = "auto",
+    config: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """``(a @ b.T) * scale`` for FP8 ``a`` (M, K) and ``b`` (N, K), K-contiguous, in ``out_dtype``.
+
+    Args:
+        scale: static multiplier fused into the epilogue.
+        out_dtype: bf16 / fp16 / fp32; the output cast is fused into the epilogue too.
+        out: optional preallocated (M, N) output, contiguous, of ``out_dtype``.
+        gelu_grad_of: optional (M, N) tensor ``h``; the epilogue then multiplies by
+            ``GELU'(h)``: the product is a gradient with respect to the output of ``GELU(h)``,
+            and the result the gradient with respect to ``h``.
+        precise_acc: promote the tensor cores' partial sums to fp32 every BLOCK_K products.
+        kernel: ``"tma"`` (persistent, Hopper), ``"simple"`` (pointer loads), or ``"auto"``:
+            TMA where the device and the operands' alignment allow it.
+        config: run these meta-parameters instead of autotuning (benchmarks, interpreter):
+            BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages (+ EPILOGUE_SPLIT and
+            WARP_SPECIALIZE for the TMA kernel).
+    """
+    _check_device(a, b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need a (M, K) and b (N, K), got {tuple(a.shape)}, {tuple(b.shape)}")
+    if a.dtype not in FP8_DTYPES or b.dtype not in FP8_DTYPES:
+        raise ValueError(f"operands must be FP8, got {a.dtype}, {b.dtype}")
+    if a.dtype == b.dtype == torch.float8_e5m2:
+        raise ValueError("e5m2 x e5m2 has no FP8 tensor-core instruction; make one side e4m3")
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
+    if a.stride(1) != 1 or b.stride(1) != 1:
+        raise ValueError("both operands must be K-contiguous (row-major (M, K) and (N, K))")
+    M, K = a.shape
+    N = b.shape[0]
+    if out is None:
+        out = torch.empty((M, N), device=a.device, dtype=out_dtype)
+    elif out.shape != (M, N) or out.dtype != out_dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous ({M}, {N}) {out_dtype} tensor")
+    if gelu_grad_of is not None:
+        if gelu_grad_of.shape != (M, N):
+            raise ValueError(f"gelu_grad_of must have the output's shape ({M}, {N})")
+        gelu_grad_of = gelu_grad_of.contiguous()
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        return out.zero_()
+
+    if kernel not in ("auto", "tma", "simple"):
+        raise ValueError(f"kernel must be 'auto', 'tma' or 'simple', got {kernel!r}")
+    aux = out if gelu_grad_of is None else gelu_grad_of
+    if kernel == "tma" and not _tma_aligned(a, b, out, aux):
+        raise ValueError("the TMA kernel needs 16-byte aligned rows: K % 16 == 0 and N * bytes")
+    use_tma = kernel == "tma" or (kernel == "auto" and _tma_ok(a, b, out, aux))
+    epilogue = "" if gelu_grad_of is None else "gelu_grad"
+    launch = _launch_tma if use_tma else _launch_simple
+    launch(a, b, out, aux, scale, epilogue, precise_acc, config)
+    return out
+
+
+def _launch_simple(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    aux: torch.Tensor,
+    scale: float,
+    epilogue: str,
+    precise_acc: bool,
+    config: dict[str, Any] | None,
+) -> None:
+    M, K = a.shape
+    N = b.shape[0]
+    args = (a, b, c, aux, M, N, K, *a.stride(), *b.stride(), *c.stride(), scale)
+    meta = {"EPILOGUE": epilogue, "PRECISE_ACC": precise_acc}
+    if INTERPRET and config is None:
+        config = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}
+
+    def grid(meta: dict[str, Any]) -> tuple[int]:
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    if config is None:
+        fp8_matmul_kernel[grid](*args, **meta)
+    else:
+        _fp8_matmul_kernel[grid](*args, **meta, **config)
+
+
+def _launch_tma(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    aux: torch.Tensor,
+    scale: float,
+    epilogue: str,
+    precise_acc: bool,
+    config: dict[str, Any] | None,
+) -> None:
+    M, K = a.shape
+    N = b.shape[0]
+    num_sms = 4 if INTERPRET else _num_sms(a.device.index or 0)
+    # Box sizes are placeholders: the config's pre-hook sets them before every launch.
+    descs = {
+        name: TensorDescriptor.from_tensor(t, [64, 64])
+        for name, t in (("a_desc", a), ("b_desc", b), ("c_desc", c), ("aux_desc", aux))
+    }
+
+    def grid(meta: dict[str, Any]) -> tuple[int]:
+        tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
+        return (min(num_sms, tiles),)
+
+    args = (*descs.values(), M, N, K, scale)
+    meta = {
+        "DTYPES": f"{a.dtype},{b.dtype},{c.dtype}".replace("torch.", ""),
+        "EPILOGUE": epilogue,
+        "PRECISE_ACC": precise_acc,
+        "NUM_SMS": num_sms,
+    }
+    if config is None and not INTERPRET:
+        fp8_matmul_tma_persistent_kernel[grid](*args, **meta)
+        return
+    if config is None:
+        config = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}
+    meta = {"EPILOGUE_SPLIT": 1, **meta, **config}
+    _set_tma_block_shapes({**descs, **meta})
+    _fp8_matmul_tma_persistent_kernel[grid(meta)](*args, **meta)
+
+
+def best_configs() -> dict[str, dict[str, str]]:
+    """The autotuner's choice per key, for benchmark reports."""
+    tuned = {
+        "cast_transpose": cast_transpose_kernel,
+        "fp8_matmul_simple": fp8_matmul_kernel,
+        "fp8_matmul_tma_persistent": fp8_matmul_tma_persistent_kernel,
+    }
+    return {
+        name: {str(key): str(cfg) for key, cfg in kernel.cache.items()}
+        for name, kernel in tuned.items()
+    }
