@@ -660,6 +660,19 @@ def run_cancel(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
         typer.echo(f"run {run.id} {run.status}")
 
 
+@app.command("serve")
+def serve_command(
+    host: Annotated[
+        str, typer.Option(help="interface to bind; beyond loopback, reads need the token too")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
+) -> None:
+    """Run the REST API and the live dashboard (prints a token once if none is set)."""
+    from api import serve  # here, not at the top: the other commands need no web stack
+
+    serve(host, port)
+
+
 def main() -> None:
     """Entry point: click's usage errors become one line on stderr and exit code 2."""
     command = typer.main.get_command(app)

@@ -88,7 +88,7 @@ def start_sweep(database: db.Database, spec: SweepSpec) -> db.Sweep:
 
 def sweep_progress(database: db.Database, sweep_id: int) -> SweepProgress:
     sweep = db.get_sweep(database, sweep_id=sweep_id)
-    spec = SweepSpec.model_validate(sweep.spec)
+    spec = SweepSpec.stored(sweep.spec)
     trials = db.list_trials(database, sweep_id=sweep_id)
     return SweepProgress(sweep=sweep, spec=spec, trials=trials, planned=len(spec.plan()))
 
@@ -186,7 +186,7 @@ class RunProgress:
 def launch_run(database: db.Database, request: LaunchRequest) -> db.Run:
     """Transfer the sweep's optimum to the target width and start the full-size run."""
     transfer_id, result = transfer(database, sweep_id=request.sweep_id, to_width=request.to_width)
-    spec = SweepSpec.model_validate(db.get_sweep(database, sweep_id=request.sweep_id).spec)
+    spec = SweepSpec.stored(db.get_sweep(database, sweep_id=request.sweep_id).spec)
     try:
         config = launch_config(spec, result, request)
     except ValueError as e:  # a pydantic ValidationError is one too

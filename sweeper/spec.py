@@ -136,6 +136,11 @@ class SweepSpec(_Strict):
         return search
 
     @classmethod
+    def stored(cls, data: Any) -> SweepSpec:
+        """A spec read back from the database: its data file need not exist any more."""
+        return cls.model_validate(data, context={"check_files": False})
+
+    @classmethod
     def load(cls, path: str | Path) -> SweepSpec:
         """Read a spec from a ``.yaml``/``.yml`` or ``.json`` file."""
         text = Path(path).read_text()

@@ -76,3 +76,13 @@ def test_load_yaml_and_json(tmp_path):
 def test_example_spec_loads():
     example = SweepSpec.load(REPO / "examples" / "debug_sweep.yaml")
     assert len(example.plan()) == len(example.widths) * example.search.lr.points
+
+
+def test_a_stored_spec_outlives_its_data_file(tmp_path):
+    data = tmp_path / "corpus.txt"
+    data.write_text("x")
+    stored = spec(train=BASE["train"] | {"data": str(data)}).model_dump(mode="json")
+    data.unlink()
+    with pytest.raises(ValidationError, match="no such file"):
+        SweepSpec.model_validate(stored)
+    assert SweepSpec.stored(stored).train.data == str(data)

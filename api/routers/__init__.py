@@ -1,0 +1,1 @@
+"""One router per resource: sweeps, runs, the service itself, the dashboard."""

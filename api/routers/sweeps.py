@@ -1,0 +1,136 @@
+"""/sweeps: start, list, inspect, cancel and resume proxy sweeps; their curves."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+import db
+from api.deps import CurvesCacheDep, CurvesReaderDep, DatabaseDep, PageDep, Reader, Writer
+from api.schemas import (
+    ErrorBody,
+    Page,
+    SweepCreated,
+    SweepCurves,
+    SweepDetail,
+    SweepSummary,
+    TransferOut,
+    TransferRequest,
+    TrialOut,
+)
+from sweeper import service
+from sweeper.spec import SweepSpec
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "no token"},
+    403: {"model": ErrorBody, "description": "wrong token"},
+    404: {"model": ErrorBody, "description": "no such sweep"},
+}
+router = APIRouter(prefix="/sweeps", tags=["sweeps"], dependencies=[Reader], responses=ERRORS)
+
+
+@router.post(
+    "",
+    status_code=202,
+    dependencies=[Writer],
+    responses={422: {"model": ErrorBody, "description": "the spec is invalid (field named)"}},
+)
+def start_sweep(spec: SweepSpec, database: DatabaseDep, response: Response) -> SweepCreated:
+    """Store the sweep and start its driver; the sweep runs in the background."""
+    sweep = service.start_sweep(database, spec)
+    response.headers["Location"] = f"/sweeps/{sweep.id}"
+    return SweepCreated(id=sweep.id, name=sweep.name, status=sweep.status)
+
+
+@router.get("")
+def list_sweeps(database: DatabaseDep, page: PageDep) -> Page[SweepSummary]:
+    """Sweeps newest first, each with its progress."""
+    sweeps = service.list_sweeps(database, offset=page.offset, limit=page.limit)
+    items = [SweepSummary.of(service.sweep_progress(database, s.id)) for s in sweeps.items]
+    return Page(items=items, total=sweeps.total, offset=page.offset, limit=page.limit)
+
+
+@router.get("/{sweep_id}")
+def get_sweep(sweep_id: int, database: DatabaseDep) -> SweepDetail:
+    """A sweep's state, its spec and the best trial at each width."""
+    return SweepDetail.of(service.sweep_progress(database, sweep_id))
+
+
+@router.get("/{sweep_id}/trials")
+def list_trials(sweep_id: int, database: DatabaseDep, page: PageDep) -> Page[TrialOut]:
+    """A sweep's trials in the order they started."""
+    trials = db.list_trials(database, sweep_id=sweep_id)
+    window = trials[page.offset : page.offset + page.limit]
+    return Page(
+        items=[TrialOut.of(t) for t in window],
+        total=len(trials),
+        offset=page.offset,
+        limit=page.limit,
+    )
+
+
+@router.get(
+    "/{sweep_id}/curves",
+    response_model=SweepCurves,
+    responses={304: {"description": "unchanged since the ETag sent in If-None-Match"}},
+)
+async def get_curves(
+    sweep_id: int, request: Request, reader: CurvesReaderDep, cache: CurvesCacheDep
+) -> Response:
+    """Final eval loss against LR at each width (the LR curves, each width's best marked,
+    the latest transfer's fit when there is one) and every trial's training curve.
+
+    Served from memory: at most `SWEEPER_CURVES_TTL_S` (1 s) old plus one read while a
+    refresh is in flight; with an ETag, so a poller that sends If-None-Match gets 304 while
+    nothing changed.
+    """
+    compute = partial(reader.read, sweep_id)
+    entry = cache.serve(sweep_id, compute)
+    if entry is None:  # nothing in memory: read the database, off the event loop
+        entry = await run_in_threadpool(cache.get, sweep_id, compute)
+    headers = {"ETag": entry.etag, "Cache-Control": "no-cache"}
+    if request.headers.get("if-none-match") == entry.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(entry.body, media_type="application/json", headers=headers)
+
+
+@router.post(
+    "/{sweep_id}/transfer",
+    status_code=201,
+    dependencies=[Writer],
+    responses={422: {"model": ErrorBody, "description": "to_width invalid, or nothing to fit"}},
+)
+def transfer(
+    sweep_id: int, body: TransferRequest, database: DatabaseDep, cache: CurvesCacheDep
+) -> TransferOut:
+    """Fit each proxy width's optimum, measure the drift and give the target width's
+    per-group LR and WD (stored as a transfer; the LR curves show its fit)."""
+    transfer_id, result = service.transfer(database, sweep_id=sweep_id, to_width=body.to_width)
+    cache.drop(sweep_id)
+    return TransferOut(
+        id=transfer_id, sweep_id=sweep_id, to_width=body.to_width, result=result.to_dict()
+    )
+
+
+@router.post("/{sweep_id}/cancel", dependencies=[Writer], responses={409: {"model": ErrorBody}})
+def cancel_sweep(sweep_id: int, database: DatabaseDep, cache: CurvesCacheDep) -> SweepSummary:
+    """Stop the sweep's trials (within seconds); what was recorded stays."""
+    service.cancel_sweep(database, sweep_id)
+    cache.drop(sweep_id)
+    return SweepSummary.of(service.sweep_progress(database, sweep_id))
+
+
+@router.post(
+    "/{sweep_id}/resume",
+    status_code=202,
+    dependencies=[Writer],
+    responses={409: {"model": ErrorBody}},
+)
+def resume_sweep(sweep_id: int, database: DatabaseDep, cache: CurvesCacheDep) -> SweepSummary:
+    """Continue a sweep whose driver died, or that failed or was cancelled."""
+    service.resume_sweep(database, sweep_id)
+    cache.drop(sweep_id)
+    return SweepSummary.of(service.sweep_progress(database, sweep_id))

@@ -1,0 +1,182 @@
+"""Fixtures of the API tests: a fresh SQLite file, an app over it, a token, recorded sweeps.
+
+Every test gets its own database file and state directories through the environment, as
+the sweep drivers find them there. Route tests never start a driver (`no_driver`); the
+end-to-end tests in test_api_dashboard.py do, on a real Ray local cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+import pytest
+from fastapi.testclient import TestClient
+
+import db
+from api.config import Settings
+from api.main import create_app
+from sweeper import service
+from sweeper.spec import SweepSpec
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def spec_dict(data: str = "stdlib", **overrides: Any) -> dict[str, Any]:
+    """The tiny sweep of these tests: 2 widths x 2 LRs, 20 steps, fp32 on CPU."""
+    base: dict[str, Any] = {
+        "name": "api-test",
+        "train": {
+            "model": {"depth": 2, "head_dim": 16, "seq_len": 32},
+            "data": data,
+            "steps": 20,
+            "batch_size": 4,
+            "eval_interval": 10,
+            "eval_batches": 2,
+            "device": "cpu",
+            "precision": "fp32",
+        },
+        "widths": [16, 32],
+        "search": {"lr": {"min": 2**-6, "max": 2**-2, "points": 2}, "wd": [0.0]},
+        "resources": {"cpu": 1},
+    }
+    return base | overrides
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch) -> dict[str, str]:
+    values = {
+        db.ENV_VAR: f"sqlite:///{tmp_path / 'sweeper.db'}",
+        "SWEEPER_DATA_DIR": str(tmp_path / "data"),
+        "SWEEPER_API_TOKEN": TOKEN,
+        "SWEEPER_API_HOST": "127.0.0.1",
+        "SWEEPER_RAY_STORAGE": str(tmp_path / "ray_results"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("SWEEPER_RAY_ADDRESS", raising=False)
+    return values
+
+
+@pytest.fixture
+def database(env) -> Iterator[db.Database]:
+    database = db.connect(env[db.ENV_VAR])
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def launched(monkeypatch) -> list[tuple[str, int]]:
+    """Route tests start no driver: the (kind, id) it would have driven are recorded here."""
+    calls: list[tuple[str, int]] = []
+
+    def fake_launch(database: db.Database, kind: str, job_id: int) -> None:
+        calls.append((kind, job_id))
+
+    monkeypatch.setattr(service, "launch_driver", fake_launch)
+    return calls
+
+
+@pytest.fixture
+def make_client(env, database, launched) -> Iterator[Callable[..., TestClient]]:
+    """TestClients over fresh apps; keyword arguments override the settings. Curves are read
+    in-process unless a test asks for the worker (spawning one costs seconds)."""
+    clients: list[TestClient] = []
+
+    def make(**settings: Any) -> TestClient:
+        settings.setdefault("curves_worker", False)
+        client = TestClient(create_app(Settings(**settings)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client) -> TestClient:
+    return make_client()
+
+
+def loss_at(width: int, lr: float) -> float:
+    """A made-up LR curve: a parabola in log2(LR) with its minimum at 2^-4 at every width."""
+    return 3.0 - 0.1 * math.log2(width) + 0.05 * (math.log2(lr) + 4) ** 2
+
+
+def record_sweep(
+    database: db.Database,
+    spec: dict[str, Any],
+    *,
+    status: db.SweepStatus = db.SweepStatus.COMPLETED,
+    diverge_above: float = math.inf,
+) -> int:
+    """Store a sweep as its driver would have: every planned trial with its curve."""
+    plan = SweepSpec.model_validate(spec).plan()
+    steps, every = spec["train"]["steps"], spec["train"]["eval_interval"]
+    sweep_id = db.create_sweep(database, name=spec["name"], spec=spec)
+    db.set_sweep_status(database, sweep_id=sweep_id, status=db.SweepStatus.RUNNING)
+    for trial in plan:
+        trial_id = db.upsert_trial(
+            database, sweep_id=sweep_id, key=trial.key, width=trial.width, params=trial.params
+        )
+        final = loss_at(trial.width, trial.params["lr"])
+        diverged = trial.params["lr"] > diverge_above
+        points = [
+            db.MetricPoint(
+                step=step,
+                tokens=step * 128,
+                train_loss=math.nan if diverged else final + 1.0 / step,
+                eval_loss=math.nan if diverged else final + 0.5 / step,
+                time_s=step / 10,
+            )
+            for step in range(every, steps + 1, every)
+        ]
+        db.add_metric_points(database, trial_id=trial_id, points=points)
+        db.finish_trial(
+            database,
+            trial_id=trial_id,
+            status=db.TrialStatus.DIVERGED if diverged else db.TrialStatus.COMPLETED,
+            final_eval_loss=None if diverged else points[-1].eval_loss,
+            steps=steps,
+            tokens=steps * 128,
+            tokens_per_s=1000.0,
+        )
+    if status is not db.SweepStatus.RUNNING:
+        db.set_sweep_status(database, sweep_id=sweep_id, status=status)
+    return sweep_id
+
+
+def drivers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "sweeper.driver" in cmdline and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
+# The helpers above, as fixtures: test modules do not import conftest.
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return dict(AUTH)
+
+
+@pytest.fixture
+def make_spec() -> Callable[..., dict[str, Any]]:
+    return spec_dict
+
+
+@pytest.fixture
+def record(database) -> Callable[..., int]:
+    def record_in(spec: dict[str, Any], **kwargs: Any) -> int:
+        return record_sweep(database, spec, **kwargs)
+
+    return record_in

@@ -1,0 +1,110 @@
+"""/runs routes with FastAPI's test client; no driver runs (see `launched`)."""
+
+from __future__ import annotations
+
+import pytest
+
+import db
+
+
+@pytest.fixture
+def sweep_id(make_spec, record) -> int:
+    spec = make_spec(search={"lr": {"min": 2**-7, "max": 2**-1, "points": 7}, "wd": [0.0]})
+    return record(spec)
+
+
+def launch(client, auth, sweep_id, **overrides):
+    body = {"sweep_id": sweep_id, "to_width": 64, "steps": 30, "precision": "fp32"} | overrides
+    return client.post("/runs", json=body, headers=auth)
+
+
+def test_launch_run_returns_202_with_the_transferred_config(client, auth, sweep_id, launched):
+    response = launch(client, auth, sweep_id, depth=3)
+    assert response.status_code == 202, response.text
+    run = response.json()
+    assert response.headers["location"] == f"/runs/{run['id']}"
+    assert run["status"] == "queued" and run["sweep_id"] == sweep_id
+    assert run["transfer_id"] is not None
+    assert launched == [("run", run["id"])]
+    train = run["config"]["train"]
+    assert train["model"]["width"] == 64 and train["model"]["depth"] == 3
+    assert train["steps"] == 30 and train["precision"] == "fp32"
+    assert train["lr"] == pytest.approx(2**-4, rel=0.05)  # the made-up sweep's optimum
+
+
+def test_list_get_metrics_cancel(client, auth, sweep_id, database):
+    ids = [launch(client, auth, sweep_id).json()["id"] for _ in range(3)]
+    page = client.get("/runs", params={"limit": 2}).json()
+    assert page["total"] == 3 and [r["id"] for r in page["items"]] == ids[::-1][:2]
+    assert [r["id"] for r in client.get("/runs?offset=2").json()["items"]] == [ids[0]]
+
+    run_id = ids[0]
+    assert client.get(f"/runs/{run_id}").json()["id"] == run_id
+    empty = client.get(f"/runs/{run_id}/metrics").json()
+    assert empty == {
+        "run_id": run_id,
+        "status": "queued",
+        "step": [],
+        "tokens": [],
+        "train_loss": [],
+        "eval_loss": [],
+        "tokens_per_s": [],
+        "time_s": [],
+    }
+    db.set_run_status(database, run_id=run_id, status=db.RunStatus.RUNNING)
+    points = [
+        db.MetricPoint(step=s, tokens=s * 100, train_loss=5.0 - s / 10, time_s=s / 2)
+        for s in (1, 2, 3)
+    ]
+    db.add_metric_points(database, run_id=run_id, points=points)
+    metrics = client.get(f"/runs/{run_id}/metrics").json()
+    assert metrics["status"] == "running" and metrics["step"] == [1, 2, 3]
+    assert metrics["train_loss"] == pytest.approx([4.9, 4.8, 4.7])
+    assert metrics["eval_loss"] == [None, None, None]
+
+    cancelled = client.post(f"/runs/{run_id}/cancel", headers=auth)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    again = client.post(f"/runs/{run_id}/cancel", headers=auth)
+    assert again.status_code == 409 and again.json()["error"] == "conflict"
+
+
+def test_runs_need_the_token_to_change(client, auth, sweep_id, launched):
+    run_id = launch(client, auth, sweep_id).json()["id"]
+    launched.clear()
+    body = {"sweep_id": sweep_id, "to_width": 64, "steps": 30}
+    for path, payload in [("/runs", body), (f"/runs/{run_id}/cancel", None)]:
+        assert client.post(path, json=payload).status_code == 401
+        wrong = client.post(path, json=payload, headers={"Authorization": "Bearer x"})
+        assert wrong.status_code == 403
+    assert launched == []
+    assert client.get(f"/runs/{run_id}").json()["status"] == "queued"
+
+
+def test_missing_runs_answer_404(client, auth):
+    for method, path in [
+        ("GET", "/runs/999"),
+        ("GET", "/runs/999/metrics"),
+        ("POST", "/runs/999/cancel"),
+    ]:
+        response = client.request(method, path, headers=auth)
+        assert response.status_code == 404, path
+        assert response.json()["reason"] == "run 999 not found"
+    response = launch(client, auth, 999)
+    assert response.status_code == 404 and "sweep 999" in response.json()["reason"]
+
+
+def test_bad_launches_answer_422_naming_the_field(client, auth, sweep_id, launched):
+    cases = [
+        ({"to_width": 0}, "to_width"),
+        ({"to_width": 100}, "to_width"),  # not a multiple of head_dim
+        ({"steps": 0}, "steps"),
+        ({"precision": "fp4"}, "precision"),
+        ({"colour": "red"}, "colour"),
+    ]
+    for overrides, field in cases:
+        response = launch(client, auth, sweep_id, **overrides)
+        assert response.status_code == 422, overrides
+        assert response.json()["field"] == field, response.json()
+    missing = client.post("/runs", json={"sweep_id": sweep_id}, headers=auth).json()
+    assert {e["field"] for e in missing["errors"]} == {"to_width", "steps"}
+    assert launched == []
