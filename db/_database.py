@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ _PG_MIGRATION_LOCK = 0x5EE9E6_0001
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Alembic's `context` and `op` are module-level proxies: one migration at a time per process.
 _ALEMBIC_LOCK = threading.Lock()
+
+
+# Whether the transaction being opened in this context only reads (see `Database.session`).
+_READ_ONLY: ContextVar[bool] = ContextVar("sweeper_db_read_only", default=False)
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -99,14 +104,21 @@ class Database:
         return f"Database({self._engine.url!r})"
 
     @contextmanager
-    def session(self, what: str = "database operation") -> Iterator[Session]:
+    def session(
+        self, what: str = "database operation", *, read_only: bool = False
+    ) -> Iterator[Session]:
         """One transaction: commits on success, rolls back on any error.
+
+        A ``read_only`` transaction on SQLite starts deferred, so that readers (the API,
+        polled every few seconds) never queue behind a writer's lock; in WAL mode they see
+        the last committed state.
 
         SQLAlchemy errors leave as domain errors whose message starts with `what`:
         integrity violations as `Conflict`, a missing row as `NotFound`, the rest as
         `StorageError`.
         """
         session = self._sessions()
+        read_only_token = _READ_ONLY.set(read_only)
         try:
             yield session
             session.commit()
@@ -121,6 +133,7 @@ class Database:
             raise
         finally:
             session.close()
+            _READ_ONLY.reset(read_only_token)
 
     def migrate(self) -> None:
         """Upgrade the schema to the newest revision (a no-op when it is already there).
@@ -185,8 +198,9 @@ def _create_engine(url: URL) -> Engine:
     def _on_begin(connection: Connection) -> None:
         # IMMEDIATE takes the write lock at BEGIN, waiting up to the busy timeout for it.
         # A deferred transaction that reads and then writes fails at once with "database is
-        # locked" when another process wrote in between, and no timeout helps it.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # locked" when another process wrote in between, and no timeout helps it. A read-only
+        # transaction never writes, so it begins deferred and takes no lock.
+        connection.exec_driver_sql("BEGIN" if _READ_ONLY.get() else "BEGIN IMMEDIATE")
 
     return engine
 

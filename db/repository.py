@@ -143,7 +143,7 @@ def create_sweep(database: Database, *, name: str, spec: Mapping[str, Any]) -> i
 
 
 def get_sweep(database: Database, *, sweep_id: int) -> Sweep:
-    with database.session(f"reading sweep {sweep_id}") as s:
+    with database.session(f"reading sweep {sweep_id}", read_only=True) as s:
         return _record(Sweep, _get(s, SweepRow, sweep_id))
 
 
@@ -154,7 +154,7 @@ def list_sweeps(
     query = select(SweepRow)
     if status is not None:
         query = query.where(SweepRow.status == SweepStatus(status))
-    with database.session("listing sweeps") as s:
+    with database.session("listing sweeps", read_only=True) as s:
         rows, total = _page(s, query, SweepRow.id, offset=offset, limit=limit)
         return Page([_record(Sweep, row) for row in rows], total)
 
@@ -215,7 +215,7 @@ def latest_completed_sweep(database: Database) -> int | None:
         .order_by(SweepRow.finished_at.desc(), SweepRow.id.desc())
         .limit(1)
     )
-    with database.session("finding the latest completed sweep") as s:
+    with database.session("finding the latest completed sweep", read_only=True) as s:
         return s.scalars(query).first()
 
 
@@ -274,7 +274,7 @@ def upsert_trial(
 
 
 def get_trial(database: Database, *, trial_id: int) -> Trial:
-    with database.session(f"reading trial {trial_id}") as s:
+    with database.session(f"reading trial {trial_id}", read_only=True) as s:
         return _record(Trial, _get(s, TrialRow, trial_id))
 
 
@@ -314,7 +314,7 @@ def list_trials(
     query = select(TrialRow).where(TrialRow.sweep_id == sweep_id).order_by(TrialRow.id)
     if status is not None:
         query = query.where(TrialRow.status == TrialStatus(status))
-    with database.session(f"listing trials of sweep {sweep_id}") as s:
+    with database.session(f"listing trials of sweep {sweep_id}", read_only=True) as s:
         _get(s, SweepRow, sweep_id)
         return [_record(Trial, row) for row in s.scalars(query)]
 
@@ -368,7 +368,7 @@ def get_curves(database: Database, *, sweep_id: int) -> dict[int, list[MetricPoi
         .where(TrialRow.sweep_id == sweep_id)
         .order_by(TrialRow.id, MetricPointRow.step)
     )
-    with database.session(f"reading curves of sweep {sweep_id}") as s:
+    with database.session(f"reading curves of sweep {sweep_id}", read_only=True) as s:
         _get(s, SweepRow, sweep_id)
         curves: dict[int, list[MetricPoint]] = {}
         for trial_id, *values in s.execute(query):
@@ -381,7 +381,7 @@ def get_curves(database: Database, *, sweep_id: int) -> dict[int, list[MetricPoi
 def get_run_curve(database: Database, *, run_id: int) -> list[MetricPoint]:
     """A run's points by step."""
     query = select(*_POINT_COLUMNS).where(MetricPointRow.run_id == run_id)
-    with database.session(f"reading the curve of run {run_id}") as s:
+    with database.session(f"reading the curve of run {run_id}", read_only=True) as s:
         _get(s, RunRow, run_id)
         rows = s.execute(query.order_by(MetricPointRow.step))
         return [MetricPoint(**dict(zip(_POINT_FIELDS, row, strict=True))) for row in rows]
@@ -405,14 +405,14 @@ def create_transfer(
 
 
 def get_transfer(database: Database, *, transfer_id: int) -> Transfer:
-    with database.session(f"reading transfer {transfer_id}") as s:
+    with database.session(f"reading transfer {transfer_id}", read_only=True) as s:
         return _record(Transfer, _get(s, TransferRow, transfer_id))
 
 
 def list_transfers(database: Database, *, sweep_id: int) -> list[Transfer]:
     """A sweep's transfers, newest first."""
     query = select(TransferRow).where(TransferRow.sweep_id == sweep_id)
-    with database.session(f"listing transfers of sweep {sweep_id}") as s:
+    with database.session(f"listing transfers of sweep {sweep_id}", read_only=True) as s:
         _get(s, SweepRow, sweep_id)
         rows = s.scalars(query.order_by(TransferRow.id.desc()))
         return [_record(Transfer, row) for row in rows]
@@ -460,7 +460,7 @@ def create_run(
 
 
 def get_run(database: Database, *, run_id: int) -> Run:
-    with database.session(f"reading run {run_id}") as s:
+    with database.session(f"reading run {run_id}", read_only=True) as s:
         return _record(Run, _get(s, RunRow, run_id))
 
 
@@ -471,7 +471,7 @@ def list_runs(
     query = select(RunRow)
     if status is not None:
         query = query.where(RunRow.status == RunStatus(status))
-    with database.session("listing runs") as s:
+    with database.session("listing runs", read_only=True) as s:
         rows, total = _page(s, query, RunRow.id, offset=offset, limit=limit)
         return Page([_record(Run, row) for row in rows], total)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,19 @@ def test_two_processes_writing_at_once_do_not_lock_each_other_out(database_url: 
     finally:
         driver.dispose()
         api.dispose()
+
+
+def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """The API's reads run while a driver holds the write lock (WAL, deferred BEGIN)."""
+    url = f"sqlite:///{tmp_path / 'sweeper.db'}"
+    writer, reader = db.connect(url), db.connect(url)
+    sweep_id = db.create_sweep(writer, name="s", spec={})
+    with writer.session("holding the write lock") as s:
+        s.execute(text("UPDATE sweeper_sweeps SET name = 'renamed'"))
+        started = time.monotonic()
+        assert db.get_sweep(reader, sweep_id=sweep_id).name == "s"  # the committed state
+        assert db.list_sweeps(reader).total == 1
+        assert time.monotonic() - started < 1.0
+    assert db.get_sweep(reader, sweep_id=sweep_id).name == "renamed"
+    writer.dispose()
+    reader.dispose()
