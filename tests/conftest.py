@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -41,6 +42,28 @@ def shakespeare() -> str:
     if not SHAKESPEARE.is_file():
         pytest.skip(f"{SHAKESPEARE} is not here (../shared beside the checkout)")
     return str(SHAKESPEARE)
+
+
+def tiny_sweep(data: str, **overrides: Any) -> dict[str, Any]:
+    """The sweep that engine, API and deployment tests run: 2 widths x 2 LRs, 20 steps,
+    fp32 on CPU, one CPU per trial (as a spec dict: tests post it or validate it)."""
+    spec: dict[str, Any] = {
+        "name": "tiny",
+        "train": {
+            "model": {"depth": 2, "head_dim": 16, "seq_len": 32},
+            "data": data,
+            "steps": 20,
+            "batch_size": 4,
+            "eval_interval": 10,
+            "eval_batches": 2,
+            "device": "cpu",
+            "precision": "fp32",
+        },
+        "widths": [16, 32],
+        "search": {"lr": {"min": 2**-6, "max": 2**-2, "points": 2}, "wd": [0.0]},
+        "resources": {"cpu": 1},
+    }
+    return spec | overrides
 
 
 def debug_config(data: str, **overrides: object) -> TrainConfig:

@@ -22,6 +22,7 @@ import db
 from sweeper import service
 from sweeper.engine import optuna_study_name
 from sweeper.spec import SweepSpec
+from tests.conftest import tiny_sweep
 
 TIMEOUT_S = 240
 
@@ -50,23 +51,7 @@ def _drivers() -> list[psutil.Process]:
 
 
 def make_spec(shakespeare: str, **overrides) -> SweepSpec:
-    base = {
-        "name": "test",
-        "train": {
-            "model": {"depth": 2, "head_dim": 16, "seq_len": 32},
-            "data": shakespeare,
-            "steps": 20,
-            "batch_size": 4,
-            "eval_interval": 10,
-            "eval_batches": 2,
-            "device": "cpu",
-            "precision": "fp32",
-        },
-        "widths": [16, 32],
-        "search": {"lr": {"min": 2**-6, "max": 2**-2, "points": 2}, "wd": [0.0]},
-        "resources": {"cpu": 1},
-    }
-    return SweepSpec.model_validate(base | overrides)
+    return SweepSpec.model_validate(tiny_sweep(shakespeare, **overrides))
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:

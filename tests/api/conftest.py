@@ -21,30 +21,15 @@ from api.config import Settings
 from api.main import create_app
 from sweeper import service
 from sweeper.spec import SweepSpec
+from tests.conftest import tiny_sweep
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def spec_dict(data: str = "stdlib", **overrides: Any) -> dict[str, Any]:
-    """The tiny sweep of these tests: 2 widths x 2 LRs, 20 steps, fp32 on CPU."""
-    base: dict[str, Any] = {
-        "name": "api-test",
-        "train": {
-            "model": {"depth": 2, "head_dim": 16, "seq_len": 32},
-            "data": data,
-            "steps": 20,
-            "batch_size": 4,
-            "eval_interval": 10,
-            "eval_batches": 2,
-            "device": "cpu",
-            "precision": "fp32",
-        },
-        "widths": [16, 32],
-        "search": {"lr": {"min": 2**-6, "max": 2**-2, "points": 2}, "wd": [0.0]},
-        "resources": {"cpu": 1},
-    }
-    return base | overrides
+    """The tiny sweep of these tests (tests/conftest.py), named for the API tests."""
+    return tiny_sweep(data, **({"name": "api-test"} | overrides))
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import uvicorn
 import db
 from api.config import Settings
 from api.main import create_app
+from tests.conftest import tiny_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -109,23 +110,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
 
 
 def tiny_spec(data: str, **overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "name": "e2e",
-        "train": {
-            "model": {"depth": 2, "head_dim": 16, "seq_len": 32},
-            "data": data,
-            "steps": 20,
-            "batch_size": 4,
-            "eval_interval": 10,
-            "eval_batches": 2,
-            "device": "cpu",
-            "precision": "fp32",
-        },
-        "widths": [16, 32],
-        "search": {"lr": {"min": 2**-6, "max": 2**-2, "points": 2}, "wd": [0.0]},
-        "resources": {"cpu": 1},
-    }
-    return spec | overrides
+    return tiny_sweep(data, **({"name": "e2e"} | overrides))
 
 
 def run_to_end(live: Live, sweep_id: int) -> dict[str, Any]:
