@@ -10,6 +10,7 @@ under root the server runs as the `postgres` user (created by that package) or `
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -22,10 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 import torch
+from sqlalchemy import make_url
 
+from db import ENV_VAR
 from models import ModelConfig, TrainConfig, preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +68,24 @@ def tiny_sweep(data: str, **overrides: Any) -> dict[str, Any]:
         "resources": {"cpu": 1},
     }
     return spec | overrides
+
+
+def drivers_of(database_url: str) -> list[psutil.Process]:
+    """The sweep/run driver processes of one test's database (other runs' are left alone)."""
+    ours = _same_url(database_url)
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if "sweeper.driver" not in (proc.info["cmdline"] or []):
+            continue
+        with contextlib.suppress(psutil.Error):
+            if _same_url(proc.environ().get(ENV_VAR, "")) == ours:
+                found.append(proc)
+    return found
+
+
+def _same_url(url: str) -> str:
+    """One spelling of a database URL (the service hands drivers its own rendering)."""
+    return make_url(url).render_as_string(hide_password=False) if url else ""
 
 
 def debug_config(data: str, **overrides: object) -> TrainConfig:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,14 +14,13 @@ import time
 from collections.abc import Callable
 
 import optuna
-import psutil
 import pytest
 
 import db
 from sweeper import service
 from sweeper.engine import optuna_study_name
 from sweeper.spec import SweepSpec
-from tests.conftest import tiny_sweep
+from tests.conftest import drivers_of, tiny_sweep
 
 TIMEOUT_S = 240
 
@@ -36,18 +34,9 @@ def database(tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEPER_RAY_STORAGE", str(tmp_path / "ray_results"))
     database = db.connect(url)
     yield database
-    for proc in _drivers():  # never leave a driver behind a failed test
+    for proc in drivers_of(url):  # never leave a driver behind a failed test
         proc.kill()
     database.dispose()
-
-
-def _drivers() -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "sweeper.driver" in cmdline and proc.pid != os.getpid():
-            found.append(proc)
-    return found
 
 
 def make_spec(shakespeare: str, **overrides) -> SweepSpec:
@@ -124,7 +113,7 @@ def test_kill_driver_then_resume(database, shakespeare):
     sweep = service.start_sweep(database, spec)
     finished = lambda: [t for t in db.list_trials(database, sweep_id=sweep.id) if t.status.finished]  # noqa: E731
     wait_for(lambda: len(finished()) >= 2, "two finished trials")
-    (driver,) = _drivers()
+    (driver,) = drivers_of(database.url)
     before = {t.key: t for t in finished()}
     driver.send_signal(signal.SIGKILL)
     driver.wait(30)
@@ -155,7 +144,7 @@ def test_cancel_stops_trials_and_keeps_points(database, shakespeare):
     wait_for(lambda: any(db.get_curves(database, sweep_id=sweep.id).values()), "a recorded point")
     cancelled_at = time.monotonic()
     assert service.cancel_sweep(database, sweep.id).status is db.SweepStatus.CANCELLED
-    wait_for(lambda: not _drivers(), "the driver to stop", timeout=60)
+    wait_for(lambda: not drivers_of(database.url), "the driver to stop", timeout=60)
     assert time.monotonic() - cancelled_at < 60
     progress = service.sweep_progress(database, sweep.id)
     assert progress.sweep.status is db.SweepStatus.CANCELLED

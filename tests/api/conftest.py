@@ -8,11 +8,9 @@ end-to-end tests in test_api_dashboard.py do, on a real Ray local cluster.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psutil
 import pytest
 from fastapi.testclient import TestClient
 
@@ -137,15 +135,6 @@ def record_sweep(
     if status is not db.SweepStatus.RUNNING:
         db.set_sweep_status(database, sweep_id=sweep_id, status=status)
     return sweep_id
-
-
-def drivers() -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "sweeper.driver" in cmdline and proc.pid != os.getpid():
-            found.append(proc)
-    return found
 
 
 # The helpers above, as fixtures: test modules do not import conftest.

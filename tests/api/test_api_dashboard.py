@@ -25,7 +25,7 @@ import uvicorn
 import db
 from api.config import Settings
 from api.main import create_app
-from tests.conftest import tiny_sweep
+from tests.conftest import drivers_of, tiny_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -52,16 +52,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _drivers() -> list[Any]:
-    import psutil
-
-    return [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if "sweeper.driver" in (p.info["cmdline"] or []) and p.pid != os.getpid()
-    ]
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT_S) -> Any:
@@ -103,7 +93,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
             yield Live(url, client, app.state.database)
         finally:
             client.close()
-            for proc in _drivers():  # never leave a driver behind a failed test
+            for proc in drivers_of(app.state.database.url):  # none left behind a failure
                 proc.kill()
             server.should_exit = True
             thread.join(30)
@@ -147,7 +137,9 @@ def test_a_sweep_started_over_rest_completes_and_its_curves_come_back(live, fini
     assert len(curves["trials"]) == 4
     for trial in curves["trials"]:
         assert trial["step"] == [10, 20] and None not in trial["eval_loss"]
-    wait_for(lambda: not _drivers(), "the driver to end with its sweep", timeout=60)
+    wait_for(
+        lambda: not drivers_of(live.database.url), "the driver to end with its sweep", timeout=60
+    )
 
 
 # --- the browser ------------------------------------------------------------------------
@@ -266,7 +258,11 @@ def test_start_a_sweep_from_the_form_and_see_it_progress(live, page, shakespeare
     )
     page.click("#cancel-sweep")
     page.wait_for_selector("#sweep-meta .status.cancelled")
-    wait_for(lambda: not _drivers(), "the cancelled sweep's driver to stop", timeout=60)
+    wait_for(
+        lambda: not drivers_of(live.database.url),
+        "the cancelled sweep's driver to stop",
+        timeout=60,
+    )
 
 
 def test_runs_show_their_loss_curve(live, finished_sweep, page):

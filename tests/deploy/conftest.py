@@ -68,7 +68,9 @@ class RayNode:
     process: subprocess.Popen[bytes]
     log_path: Path
     node_id: str = ""
-    pids: set[int] = field(default_factory=set)
+    # Every process seen in the node's tree, kept as psutil objects: those refuse to signal
+    # a pid the system has since given to another process.
+    seen: dict[int, psutil.Process] = field(default_factory=dict)
 
     def processes(self) -> list[psutil.Process]:
         """The `ray start` process and its descendants (raylet, agents, workers, ...)."""
@@ -76,7 +78,8 @@ class RayNode:
         with contextlib.suppress(psutil.NoSuchProcess):
             root = psutil.Process(self.process.pid)
             found = [root, *root.children(recursive=True)]
-        self.pids |= {p.pid for p in found}  # remembered, so orphans are killed too
+        for proc in found:  # remembered, so orphans are killed too
+            self.seen.setdefault(proc.pid, proc)
         return found
 
     def worker_dirs(self) -> list[str]:
@@ -91,10 +94,8 @@ class RayNode:
 
     def kill(self) -> None:
         """SIGKILL the node's processes, as if its host had died: no graceful shutdown."""
-        procs = self.processes()
-        for pid in self.pids - {p.pid for p in procs}:
-            with contextlib.suppress(psutil.Error):
-                procs.append(psutil.Process(pid))
+        self.processes()
+        procs = list(self.seen.values())
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 proc.kill()

@@ -9,13 +9,13 @@ shared volume or a URI), exactly as in docker/compose.yaml.
 
 from __future__ import annotations
 
-import contextlib
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -25,6 +25,7 @@ import db
 from api.config import Settings
 from api.main import create_app
 from sweeper.spec import SweepSpec
+from tests.conftest import drivers_of, tiny_sweep
 
 TOKEN = "deploy-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -33,23 +34,16 @@ STEPS, EVAL_INTERVAL = 3000, 250  # ~10 s a trial on this machine: the kill land
 
 
 def spec_dict(data: str) -> dict[str, Any]:
-    """2 widths x 2 LRs, depth 2, fp32 on CPU, 1 CPU a trial: one trial on each node."""
-    return {
-        "name": "deploy-two-nodes",
-        "train": {
-            "model": {"depth": 2, "head_dim": 16, "seq_len": 32},
-            "data": data,
-            "steps": STEPS,
-            "batch_size": 4,
-            "eval_interval": EVAL_INTERVAL,
-            "eval_batches": 2,
-            "device": "cpu",
-            "precision": "fp32",
-        },
-        "widths": [16, 32],
-        "search": {"lr": {"min": 2**-6, "max": 2**-4, "points": 2}, "wd": [0.0]},
-        "resources": {"cpu": 1},
-    }
+    """The tiny sweep (2 widths x 2 LRs, depth 2, fp32 on CPU, 1 CPU a trial: one trial on
+    each node at a time), with trials long enough to be killed mid-way and LRs that all
+    converge."""
+    base = tiny_sweep(data)
+    return tiny_sweep(
+        data,
+        name="deploy-two-nodes",
+        train=base["train"] | {"steps": STEPS, "eval_interval": EVAL_INTERVAL},
+        search=base["search"] | {"lr": {"min": 2**-6, "max": 2**-4, "points": 2}},
+    )
 
 
 def wait_for(
@@ -68,18 +62,6 @@ def wait_for(
 def driver_log(state_home: Path) -> str:
     logs = sorted(state_home.rglob("sweep-*.log"))
     return "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-6000:]}" for log in logs)
-
-
-def drivers_of(database_url: str) -> list[psutil.Process]:
-    """The sweep drivers of this test's database (other tests' drivers are left alone)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if "sweeper.driver" not in (proc.info["cmdline"] or []):
-            continue
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get(db.ENV_VAR) == database_url:
-                found.append(proc)
-    return found
 
 
 @pytest.fixture
@@ -108,12 +90,22 @@ def api(two_node_cluster, database_url, tmp_path, monkeypatch) -> Iterator[TestC
         yield client
 
 
+@pytest.mark.slow
 def test_sweep_runs_on_both_nodes_and_survives_losing_one(
     two_node_cluster, api, database_url, shakespeare, tmp_path
 ):
     head, node = two_node_cluster.head, two_node_cluster.workers[0]
     spec = spec_dict(shakespeare)
     plan = SweepSpec.model_validate(spec).plan()
+    # docker/compose.yaml's health check of the Ray nodes, on this cluster, with its token.
+    health = subprocess.run(
+        ["ray", "health-check", f"--address={two_node_cluster.address}"],
+        env=os.environ | two_node_cluster.client_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert health.returncode == 0, health.stderr
     database = db.connect(database_url)
     try:
         response = api.post("/sweeps", json=spec, headers=AUTH)
@@ -135,9 +127,18 @@ def test_sweep_runs_on_both_nodes_and_survives_losing_one(
                 and any(t.ray_trial_id in cwd for cwd in cwds)
             ]
 
+        def driver_alive() -> None:
+            """Fail at once, saying so, when the sweep's driver is gone before its end (as
+            when another test run on this machine kills every `sweeper.driver` it sees)."""
+            if not drivers_of(database_url):
+                sweep = db.get_sweep(database, sweep_id=sweep_id)
+                if not sweep.status.finished:
+                    pytest.fail(f"the sweep's driver died, sweep {sweep.status}\n{state()}")
+
         def mid_trial_on_node1() -> bool:
             """A trial has ended on node1, and the one it runs now is past its first point
             and far from its end."""
+            driver_alive()
             if not any(t.status.finished and t.node_id == node.node_id for t in trials()):
                 return False
             curves = db.get_curves(database, sweep_id=sweep_id)
@@ -162,6 +163,7 @@ def test_sweep_runs_on_both_nodes_and_survives_losing_one(
         killed_at = time.monotonic()
 
         def ended() -> bool:
+            driver_alive()
             summary = api.get(f"/sweeps/{sweep_id}", headers=AUTH).json()
             return summary["status"] in ("completed", "failed", "cancelled")
 
