@@ -141,14 +141,16 @@ def test_compiled_matches_eager() -> None:
     assert torch.equal(x.grad, gx) and torch.equal(w.grad, gw)
 
 
-def test_gelu_and_its_gradient_match_torch() -> None:
+def test_gelu_and_its_gradient_match_float64_math() -> None:
     x = torch.randn(10_000) * 3
-    xg = x.clone().requires_grad_()
-    torch.nn.functional.gelu(xg).sum().backward()
-    assert xg.grad is not None
-    # 1 + erf(x) cancels in the negative tail: absolute error ~1e-6 there, as torch's own.
-    assert torch.allclose(kernels.fp8.gelu(x), torch.nn.functional.gelu(x), rtol=1e-5, atol=2e-6)
-    assert torch.allclose(kernels.fp8.gelu_grad(x), xg.grad, rtol=1e-5, atol=2e-6)
+    # An independent float64 reference from the standard library's erfc (torch's own fp32
+    # erf is a vectorised approximation whose accuracy in the tail depends on the CPU).
+    phi = torch.tensor(
+        [0.5 * math.erfc(-v / math.sqrt(2.0)) for v in x.tolist()], dtype=torch.float64
+    )
+    pdf = torch.exp(-0.5 * x.double() ** 2) / math.sqrt(2.0 * math.pi)
+    assert torch.allclose(kernels.fp8.gelu(x).double(), x * phi, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(kernels.fp8.gelu_grad(x).double(), phi + x * pdf, rtol=1e-5, atol=1e-6)
 
 
 def test_reference_gelu_activation_is_the_composition() -> None:
