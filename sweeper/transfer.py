@@ -172,6 +172,24 @@ def drift(optima: Sequence[WidthOptimum]) -> Drift | None:
     return Drift(slope, math.sqrt(1 / sxx))
 
 
+def drift_warning(d: Drift) -> str | None:
+    """A drift beyond the threshold by two standard errors makes transfer unreliable; one
+    that the proxies cannot tell from that (beyond it, but within the noise, or too noisy
+    to say) asks for a finer sweep rather than condemning the setup."""
+    measured = (
+        f"{d.slope:+.2f} ± {d.uncertainty:.2f} log2 per doubling of width"
+        f" (threshold ±{DRIFT_THRESHOLD})"
+    )
+    if abs(d.slope) - 2 * d.uncertainty > DRIFT_THRESHOLD:
+        return f"the optimal LR drifts by {measured}: transfer is not reliable for this setup"
+    if abs(d.slope) > DRIFT_THRESHOLD or d.uncertainty > DRIFT_THRESHOLD:
+        return (
+            f"the drift of the optimal LR is uncertain, {measured}: sweep more LR points or"
+            " more widths before trusting the transfer"
+        )
+    return None
+
+
 def compute_transfer(
     outcomes: Iterable[TrialOutcome], *, model: ModelConfig, to_width: int
 ) -> TransferResult:
@@ -202,12 +220,8 @@ def compute_transfer(
         raise ValueError("no width has a finite result: nothing to transfer")
 
     slope = drift(optima)
-    if slope is not None and abs(slope.slope) > DRIFT_THRESHOLD:
-        warnings.append(
-            f"the optimal LR drifts by {slope.slope:+.2f} ± {slope.uncertainty:.2f} log2 per"
-            f" doubling of width (threshold ±{DRIFT_THRESHOLD}): transfer is not reliable for"
-            " this setup"
-        )
+    if slope is not None and (warning := drift_warning(slope)):
+        warnings.append(warning)
     weights = [o.width / max(o.lr.log2_uncertainty, 1e-3) ** 2 for o in optima]
     log2_lr = sum(w * math.log2(o.lr.value) for w, o in zip(weights, optima, strict=True))
     base_lr = 2 ** (log2_lr / sum(weights))

@@ -9,7 +9,7 @@ import pytest
 
 from models import ModelConfig
 from models.width_rules import group_rule
-from sweeper.transfer import TrialOutcome, compute_transfer, fit_log_optimum
+from sweeper.transfer import Drift, TrialOutcome, compute_transfer, drift_warning, fit_log_optimum
 
 MODEL = ModelConfig(head_dim=16)
 LOG2_LRS = np.arange(-12.0, -1.0, 1.0)
@@ -47,6 +47,15 @@ def test_drift_recovered(true_slope):
         assert math.log2(result.base_lr) == pytest.approx(-5.0, abs=0.2)
     else:  # the drift line at the target continues the trend
         assert math.log2(result.extrapolated_lr) == pytest.approx(-5.0 + true_slope * 5, abs=0.6)
+
+
+def test_a_drift_within_the_noise_asks_for_a_finer_sweep_instead():
+    assert drift_warning(Drift(slope=0.05, uncertainty=0.1)) is None
+    assert "not reliable" in (drift_warning(Drift(slope=-1.0, uncertainty=0.1)) or "")
+    for noisy in (Drift(slope=-0.67, uncertainty=0.71), Drift(slope=0.0, uncertainty=0.4)):
+        warning = drift_warning(noisy) or ""
+        assert "uncertain" in warning and "more LR points" in warning
+        assert "not reliable" not in warning
 
 
 def test_edge_warnings():
