@@ -2,8 +2,8 @@
 
     uvicorn --factory api.main:create_app        # or: sweeper serve
 
-At start the service opens (and migrates) the database and resumes every sweep whose
-driver died while no service was watching. The API process never trains: sweeps run in
+At start the service opens (and migrates) the database and resumes every sweep and run
+whose driver died while no service was watching. The API process never trains: sweeps run in
 driver processes that the service layer starts.
 """
 
@@ -40,9 +40,9 @@ need the token otherwise. Errors are JSON: `{"error", "reason", "field", "errors
 def _open(settings: Settings) -> db.Database:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = db.connect(settings.database_url)
-    resumed = service.resume_orphaned_sweeps(database)
+    resumed = service.resume_orphaned_jobs(database)
     if resumed:
-        log.info("resumed sweeps whose driver had died: %s", resumed)
+        log.info("resumed jobs whose driver had died: %s", ", ".join(resumed))
     return database
 
 

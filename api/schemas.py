@@ -50,13 +50,13 @@ class Health(BaseModel):
 class SweepCreated(BaseModel):
     id: int
     name: str
-    status: db.SweepStatus
+    status: db.JobStatus
 
 
 class SweepSummary(BaseModel):
     id: int
     name: str
-    status: db.SweepStatus
+    status: db.JobStatus
     planned: int = Field(description="trials in the plan")
     finished: int = Field(description="trials with a result (completed, diverged, pruned)")
     widths: list[int]
@@ -150,7 +150,7 @@ class TrialCurve(BaseModel):
 
 class SweepCurves(BaseModel):
     sweep_id: int
-    status: db.SweepStatus
+    status: db.JobStatus
     planned: int
     finished: int
     widths: list[WidthCurve]
@@ -181,9 +181,11 @@ class RunOut(BaseModel):
     sweep_id: int | None
     transfer_id: int | None
     name: str
-    status: db.RunStatus
+    status: db.JobStatus
     config: dict[str, Any]
     checkpoint_path: str | None
+    restarts: int = Field(description="times the run resumed from a checkpoint")
+    resumed_from_step: int | None = Field(description="the step of the latest resume")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -196,7 +198,7 @@ class RunOut(BaseModel):
 
 class RunMetrics(BaseModel):
     run_id: int
-    status: db.RunStatus
+    status: db.JobStatus
     step: list[int]
     tokens: list[int]
     train_loss: list[float | None]

@@ -13,7 +13,7 @@ database: give it `database.url`.
 """
 
 from db._database import ENV_VAR, Database, connect, resolve_url
-from db._schema import RunStatus, SweepStatus, TrialStatus
+from db._schema import JobStatus, TrialStatus
 from db.errors import Conflict, NotFound, StorageError
 from db.repository import (
     MetricPoint,
@@ -53,14 +53,13 @@ __all__ = [
     "ENV_VAR",
     "Conflict",
     "Database",
+    "JobStatus",
     "MetricPoint",
     "NotFound",
     "Page",
     "Run",
-    "RunStatus",
     "StorageError",
     "Sweep",
-    "SweepStatus",
     "Transfer",
     "Trial",
     "TrialStatus",

@@ -41,8 +41,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
-class SweepStatus(enum.StrEnum):
-    """Life of a sweep; `completed`, `failed` and `cancelled` are final until a resume."""
+class JobStatus(enum.StrEnum):
+    """Life of a sweep or a full-size run; `completed`, `failed` and `cancelled` are final
+    until a resume."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -52,21 +53,7 @@ class SweepStatus(enum.StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self in _FINISHED_JOB_STATUSES
-
-
-class RunStatus(enum.StrEnum):
-    """Life of a full-size run; the same states as a sweep."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in _FINISHED_JOB_STATUSES
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 # Alembic's bookkeeping table for these migrations (Optuna uses the default name).
@@ -91,9 +78,6 @@ class TrialStatus(enum.StrEnum):
     @property
     def finished(self) -> bool:
         return self in (TrialStatus.COMPLETED, TrialStatus.DIVERGED, TrialStatus.PRUNED)
-
-
-_FINISHED_JOB_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
 class FiniteFloat(TypeDecorator[float]):
@@ -178,12 +162,12 @@ class Base(DeclarativeBase):
 
 class SweepRow(Base):
     __tablename__ = "sweeper_sweeps"
-    __table_args__ = (_status_check(SweepStatus), {"sqlite_autoincrement": True})
+    __table_args__ = (_status_check(JobStatus), {"sqlite_autoincrement": True})
 
     # AUTOINCREMENT on SQLite: ids are shown to users, so a deleted sweep's id is never reused.
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[SweepStatus] = mapped_column(_status_type(SweepStatus))
+    status: Mapped[JobStatus] = mapped_column(_status_type(JobStatus))
     spec: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
@@ -242,7 +226,7 @@ class TransferRow(Base):
 
 class RunRow(Base):
     __tablename__ = "sweeper_runs"
-    __table_args__ = (_status_check(RunStatus), {"sqlite_autoincrement": True})
+    __table_args__ = (_status_check(JobStatus), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # A run is a real training job with checkpoints: it outlives the sweep it came from.
@@ -253,7 +237,7 @@ class RunRow(Base):
         ForeignKey("sweeper_transfers.id", ondelete="SET NULL"), index=True
     )
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[RunStatus] = mapped_column(_status_type(RunStatus))
+    status: Mapped[JobStatus] = mapped_column(_status_type(JobStatus))
     config: Mapped[dict[str, Any]]
     checkpoint_path: Mapped[str | None] = mapped_column(Text)
     # Restarts after a failure, and the step of the checkpoint the last one resumed from.

@@ -32,11 +32,10 @@ from sqlalchemy.orm import Session
 from db._database import Database
 from db._schema import (
     Base,
+    JobStatus,
     MetricPointRow,
     RunRow,
-    RunStatus,
     SweepRow,
-    SweepStatus,
     TransferRow,
     TrialRow,
     TrialStatus,
@@ -54,7 +53,7 @@ T = TypeVar("T")
 class Sweep:
     id: int
     name: str
-    status: SweepStatus
+    status: JobStatus
     spec: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
@@ -110,7 +109,7 @@ class Run:
     sweep_id: int | None
     transfer_id: int | None
     name: str
-    status: RunStatus
+    status: JobStatus
     config: dict[str, Any]
     checkpoint_path: str | None
     restarts: int
@@ -136,7 +135,7 @@ class Page(Generic[T]):
 def create_sweep(database: Database, *, name: str, spec: Mapping[str, Any]) -> int:
     """Store a new `queued` sweep with its whole spec; returns its id."""
     with database.session(f"creating sweep {name!r}") as s:
-        row = SweepRow(name=name, status=SweepStatus.QUEUED, spec=dict(spec), created_at=utcnow())
+        row = SweepRow(name=name, status=JobStatus.QUEUED, spec=dict(spec), created_at=utcnow())
         s.add(row)
         s.flush()
         return row.id
@@ -148,12 +147,12 @@ def get_sweep(database: Database, *, sweep_id: int) -> Sweep:
 
 
 def list_sweeps(
-    database: Database, *, offset: int = 0, limit: int = 50, status: SweepStatus | None = None
+    database: Database, *, offset: int = 0, limit: int = 50, status: JobStatus | None = None
 ) -> Page[Sweep]:
     """Sweeps newest first, optionally only those in `status`."""
     query = select(SweepRow)
     if status is not None:
-        query = query.where(SweepRow.status == SweepStatus(status))
+        query = query.where(SweepRow.status == JobStatus(status))
     with database.session("listing sweeps", read_only=True) as s:
         rows, total = _page(s, query, SweepRow.id, offset=offset, limit=limit)
         return Page([_record(Sweep, row) for row in rows], total)
@@ -163,9 +162,9 @@ def set_sweep_status(
     database: Database,
     *,
     sweep_id: int,
-    status: SweepStatus,
+    status: JobStatus,
     error: str | None = None,
-    expected: Collection[SweepStatus] | None = None,
+    expected: Collection[JobStatus] | None = None,
 ) -> Sweep:
     """Move a sweep to `status` and return it.
 
@@ -175,12 +174,10 @@ def set_sweep_status(
     if the sweep is in one of those statuses, else `Conflict`: e.g. a driver finishing must
     not overwrite a cancel that the API stored meanwhile.
     """
-    status = SweepStatus(status)
+    status = JobStatus(status)
     with database.session(f"setting sweep {sweep_id} to {status}") as s:
         row = _get(s, SweepRow, sweep_id)
-        _check_expected("sweep", sweep_id, row.status, expected)
-        _set_job_status(row, status.finished, status is SweepStatus.RUNNING, error)
-        row.status = status
+        _move_job(row, f"sweep {sweep_id}", status, error, expected)
         s.flush()
         return _record(Sweep, row)
 
@@ -211,7 +208,7 @@ def latest_completed_sweep(database: Database) -> int | None:
     """The id of the sweep that completed last, or None when none has."""
     query = (
         select(SweepRow.id)
-        .where(SweepRow.status == SweepStatus.COMPLETED)
+        .where(SweepRow.status == JobStatus.COMPLETED)
         .order_by(SweepRow.finished_at.desc(), SweepRow.id.desc())
         .limit(1)
     )
@@ -447,7 +444,7 @@ def create_run(
             _get(s, SweepRow, sweep_id)
         row = RunRow(
             name=name,
-            status=RunStatus.QUEUED,
+            status=JobStatus.QUEUED,
             config=dict(config),
             sweep_id=sweep_id,
             transfer_id=transfer_id,
@@ -465,12 +462,12 @@ def get_run(database: Database, *, run_id: int) -> Run:
 
 
 def list_runs(
-    database: Database, *, offset: int = 0, limit: int = 50, status: RunStatus | None = None
+    database: Database, *, offset: int = 0, limit: int = 50, status: JobStatus | None = None
 ) -> Page[Run]:
     """Runs newest first, optionally only those in `status`."""
     query = select(RunRow)
     if status is not None:
-        query = query.where(RunRow.status == RunStatus(status))
+        query = query.where(RunRow.status == JobStatus(status))
     with database.session("listing runs", read_only=True) as s:
         rows, total = _page(s, query, RunRow.id, offset=offset, limit=limit)
         return Page([_record(Run, row) for row in rows], total)
@@ -480,17 +477,15 @@ def set_run_status(
     database: Database,
     *,
     run_id: int,
-    status: RunStatus,
+    status: JobStatus,
     error: str | None = None,
-    expected: Collection[RunStatus] | None = None,
+    expected: Collection[JobStatus] | None = None,
 ) -> Run:
     """Move a run to `status` and return it; the same rules as `set_sweep_status`."""
-    status = RunStatus(status)
+    status = JobStatus(status)
     with database.session(f"setting run {run_id} to {status}") as s:
         row = _get(s, RunRow, run_id)
-        _check_expected("run", run_id, row.status, expected)
-        _set_job_status(row, status.finished, status is RunStatus.RUNNING, error)
-        row.status = status
+        _move_job(row, f"run {run_id}", status, error, expected)
         s.flush()
         return _record(Run, row)
 
@@ -549,20 +544,23 @@ def _page(
     return rows, total or 0
 
 
-def _check_expected(noun: str, row_id: int, current: str, expected: Collection[str] | None) -> None:
-    if expected is not None and current not in expected:
-        wanted = " or ".join(sorted(str(e) for e in expected))
-        raise Conflict(f"{noun} {row_id} is {current}, not {wanted}")
-
-
-def _set_job_status(
-    row: SweepRow | RunRow, finished: bool, running: bool, error: str | None
+def _move_job(
+    row: SweepRow | RunRow,
+    what: str,
+    status: JobStatus,
+    error: str | None,
+    expected: Collection[JobStatus] | None,
 ) -> None:
+    if expected is not None and row.status not in expected:
+        raise Conflict(f"{what} is {row.status}, not {' or '.join(sorted(expected))}")
     now = utcnow()
-    if running and row.started_at is None:
+    if status is JobStatus.RUNNING and row.started_at is None:
         row.started_at = now
-    row.finished_at = now if finished else None
+    if status is JobStatus.QUEUED:  # a driver is starting: its grace period begins now
+        row.driver_heartbeat_at = now
+    row.finished_at = now if status.finished else None
     row.error = error
+    row.status = status
 
 
 def _touch(database: Database, model: type[SweepRow] | type[RunRow], row_id: int) -> None:

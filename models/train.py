@@ -26,7 +26,7 @@ from models.data import EVAL_SEED, Batches, split_corpus
 from models.gpt import GPT, default_fp8_grad_scale, use_fp8
 from models.optim import build_optimizer
 
-RunStatus = Literal["completed", "diverged"]
+TrainStatus = Literal["completed", "diverged"]
 # A train loss this many times the untrained model's means the run blew up, finite or not.
 EXPLOSION_FACTOR = 1.5
 
@@ -45,7 +45,7 @@ class MetricPoint:
 
 @dataclass(frozen=True)
 class TrainResult:
-    status: RunStatus
+    status: TrainStatus
     steps: int
     tokens: int
     final_eval_loss: float  # NaN when the run diverged before a finite evaluation
@@ -221,7 +221,7 @@ def train(
         batches.index = step
     interval_loss = torch.zeros((), device=device)
     interval_steps = 0
-    status: RunStatus = "completed"
+    status: TrainStatus = "completed"
     while step < config.steps:
         t0 = time.perf_counter()
         loss = train_step(step_fn, optimizer, scheduler, batches.next(device), config)

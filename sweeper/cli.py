@@ -470,12 +470,16 @@ def _print_transfer(sweep_id: int, result: TransferResult) -> None:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
+SweepOption = Annotated[
+    int | None,
+    typer.Option("--sweep", help="the sweep to transfer from [default: the latest completed]"),
+]
+
+
 @app.command("transfer")
 def transfer_command(
     to_width: Annotated[int, typer.Option("--to-width", help="the target model's width")],
-    sweep_id: Annotated[
-        int | None, typer.Option("--sweep", help="sweep id [default: latest completed]")
-    ] = None,
+    sweep_id: SweepOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Fit the proxies' optima, check their drift, and give the target width's LR/WD."""
@@ -552,9 +556,9 @@ def _watch_run(database: db.Database, run_id: int) -> service.RunProgress:
 
 @app.command("launch")
 def launch_command(
-    sweep_id: Annotated[int, typer.Option("--sweep", help="the sweep to transfer from")],
     to_width: Annotated[int, typer.Option("--to-width", help="the target model's width")],
     steps: Annotated[int, typer.Option(help="optimizer steps of the full-size run")],
+    sweep_id: SweepOption = None,
     depth: Annotated[int | None, typer.Option(help="[default: the sweep's depth]")] = None,
     workers: Annotated[int, typer.Option(help="data-parallel workers")] = 1,
     gpus_per_worker: Annotated[float, typer.Option(help="0: train on CPUs")] = 0.0,
@@ -658,6 +662,17 @@ def run_cancel(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
         _print_json({"id": run.id, "status": str(run.status)})
     else:
         typer.echo(f"run {run.id} {run.status}")
+
+
+@run_app.command("resume")
+def run_resume(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
+    """Continue a run whose driver died (or that failed or was cancelled) from its latest
+    checkpoint."""
+    run = service.resume_run(db.connect(), run_id)
+    if json_output:
+        _print_json({"id": run.id, "resumed": True})
+    else:
+        typer.echo(f"run {run.id} resumed")
 
 
 @app.command("serve")

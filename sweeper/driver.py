@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     kind, job_id = args[0], int(args[1])
     database = db.connect()
-    status: db.SweepStatus | db.RunStatus
+    status: db.JobStatus
     if kind == "sweep":
         from sweeper.engine import run_sweep
 

@@ -12,7 +12,6 @@ be a searched parameter), stored by Optuna's RDBStorage in the same database.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -29,16 +28,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 import db
 from models import MetricPoint, train
-from sweeper.jobs import DatabaseHandle, Heartbeat, ensure_ray, ray_storage_path
+from sweeper.jobs import DatabaseHandle, Job, ensure_ray, ray_storage_path
 from sweeper.spec import SweepSpec, TrialPlan
 
 log = logging.getLogger(__name__)
 
 OBJECTIVE = "objective"
-# A driver may (re)start a sweep in these states; a completed sweep has nothing left to run.
-RESUMABLE = frozenset(
-    {db.SweepStatus.QUEUED, db.SweepStatus.RUNNING, db.SweepStatus.FAILED, db.SweepStatus.CANCELLED}
-)
 # Optuna and ASHA need a number for a diverged trial: anything worse than an untrained
 # model (whose loss is about ln(vocab)) ranks it last without poisoning TPE's density fit.
 DIVERGED_PENALTY = 2.0
@@ -148,7 +143,7 @@ class _SweepAware(DatabaseHandle):
 
     def sweep_cancelled(self) -> bool:
         sweep = db.get_sweep(self.database, sweep_id=self.sweep_id)
-        return sweep.status is db.SweepStatus.CANCELLED
+        return sweep.status is db.JobStatus.CANCELLED
 
 
 class SweepRecorder(_SweepAware, tune.Callback):
@@ -329,21 +324,14 @@ def build_tuner(
     )
 
 
-def run_sweep(database: db.Database, sweep_id: int) -> db.SweepStatus:
+def run_sweep(database: db.Database, sweep_id: int) -> db.JobStatus:
     """Drive sweep ``sweep_id`` to its end; returns the status it ends in.
 
     Connects to ``RAY_ADDRESS`` when set, else starts a local Ray cluster.
     """
-    sweep = db.get_sweep(database, sweep_id=sweep_id)
-    spec = SweepSpec.model_validate(sweep.spec)
-    touch = functools.partial(db.touch_sweep_heartbeat, database, sweep_id=sweep_id)
-    with Heartbeat(touch, f"sweep {sweep_id}"):
-        db.set_sweep_status(
-            database,
-            sweep_id=sweep_id,
-            status=db.SweepStatus.RUNNING,
-            expected=RESUMABLE,
-        )
+    spec = SweepSpec.model_validate(db.get_sweep(database, sweep_id=sweep_id).spec)
+    job = Job(database, "sweep", sweep_id)
+    with job.driving():
         remaining = remaining_plan(database, sweep_id, spec)
         if remaining:
             ensure_ray()
@@ -351,22 +339,18 @@ def run_sweep(database: db.Database, sweep_id: int) -> db.SweepStatus:
                 build_tuner(database, sweep_id, spec, remaining).fit()
             except Exception as e:
                 log.exception("sweep %s failed", sweep_id)
-                return _finish(
-                    database, sweep_id, db.SweepStatus.FAILED, f"{type(e).__name__}: {e}"
-                )
-        if db.get_sweep(database, sweep_id=sweep_id).status is db.SweepStatus.CANCELLED:
+                return job.finish(db.JobStatus.FAILED, f"{type(e).__name__}: {e}")
+        if job.status() is db.JobStatus.CANCELLED:
             _close_cancelled_trials(database, sweep_id)
-            return db.SweepStatus.CANCELLED
+            return db.JobStatus.CANCELLED
         left = remaining_plan(database, sweep_id, spec)
         if left:
-            return _finish(
-                database,
-                sweep_id,
-                db.SweepStatus.FAILED,
+            return job.finish(
+                db.JobStatus.FAILED,
                 f"{len(left)} of {len(spec.plan())} trials did not finish (see their errors);"
                 " resume to re-run them",
             )
-        return _finish(database, sweep_id, db.SweepStatus.COMPLETED)
+        return job.finish(db.JobStatus.COMPLETED)
 
 
 def _close_cancelled_trials(database: db.Database, sweep_id: int) -> None:
@@ -384,20 +368,3 @@ def _close_cancelled_trials(database: db.Database, sweep_id: int) -> None:
             tokens=last[0].tokens if last else 0,
             tokens_per_s=last[0].tokens_per_s if last else None,
         )
-
-
-def _finish(
-    database: db.Database, sweep_id: int, status: db.SweepStatus, error: str | None = None
-) -> db.SweepStatus:
-    """Set a final status unless the sweep was cancelled meanwhile (the cancel wins)."""
-    try:
-        db.set_sweep_status(
-            database,
-            sweep_id=sweep_id,
-            status=status,
-            error=error,
-            expected={db.SweepStatus.RUNNING},
-        )
-    except db.Conflict:
-        return db.get_sweep(database, sweep_id=sweep_id).status
-    return status

@@ -1,4 +1,4 @@
-"""What sweep and run drivers share: Ray's connection and storage, and the heartbeat.
+"""What sweep and run drivers share: the job's row and heartbeat, Ray's connection and storage.
 
 A driver is a process of its own (`python -m sweeper.driver sweep|run ID`) started by the
 service; its heartbeat in the database tells a live driver from a dead one.
@@ -9,8 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 import ray
@@ -20,6 +23,10 @@ import db
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
+# What a driver process drives.
+JobKind = Literal["sweep", "run"]
+# A driver may (re)start a job in these states; a completed one has nothing left to do.
+RESUMABLE = frozenset(set(db.JobStatus) - {db.JobStatus.COMPLETED})
 
 
 def ray_storage_path() -> str:
@@ -79,3 +86,55 @@ class DatabaseHandle:
         assert isinstance(url, str)
         self.database = db.connect(url)
         self.__dict__.update(state)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A sweep's or a run's row, as the driver that drives it moves it."""
+
+    database: db.Database
+    kind: JobKind
+    id: int
+
+    def status(self) -> db.JobStatus:
+        if self.kind == "sweep":
+            return db.get_sweep(self.database, sweep_id=self.id).status
+        return db.get_run(self.database, run_id=self.id).status
+
+    def set_status(
+        self,
+        status: db.JobStatus,
+        *,
+        error: str | None = None,
+        expected: frozenset[db.JobStatus] | None = None,
+    ) -> None:
+        if self.kind == "sweep":
+            db.set_sweep_status(
+                self.database, sweep_id=self.id, status=status, error=error, expected=expected
+            )
+        else:
+            db.set_run_status(
+                self.database, run_id=self.id, status=status, error=error, expected=expected
+            )
+
+    def touch(self) -> None:
+        if self.kind == "sweep":
+            db.touch_sweep_heartbeat(self.database, sweep_id=self.id)
+        else:
+            db.touch_run_heartbeat(self.database, run_id=self.id)
+
+    @contextmanager
+    def driving(self) -> Iterator[None]:
+        """Mark the job running and beat its heartbeat for as long as the block runs."""
+        with Heartbeat(self.touch, f"{self.kind} {self.id}"):
+            self.set_status(db.JobStatus.RUNNING, expected=RESUMABLE)
+            yield
+
+    def finish(self, status: db.JobStatus, error: str | None = None) -> db.JobStatus:
+        """Set the final status unless the job was cancelled meanwhile (the cancel wins);
+        returns the status the job ends in."""
+        try:
+            self.set_status(status, error=error, expected=frozenset({db.JobStatus.RUNNING}))
+        except db.Conflict:
+            return self.status()
+        return status

@@ -27,7 +27,7 @@ import db
 from models import MetricPoint, ModelConfig, TrainConfig, train
 from models.gpt import GPT, Block
 from models.train import Checkpointing, Parallel, resolve_device
-from sweeper.jobs import DatabaseHandle, Heartbeat, ensure_ray, ray_storage_path
+from sweeper.jobs import DatabaseHandle, Job, ensure_ray, ray_storage_path
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult
 
@@ -46,7 +46,7 @@ class LaunchRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sweep_id: int = Field(ge=1)
+    sweep_id: int | None = Field(None, ge=1, description="default: the latest completed sweep")
     to_width: int = Field(ge=1, description="the target model's width")
     steps: int = Field(ge=1)
     depth: int | None = Field(None, ge=1, description="default: the sweep's depth")
@@ -180,7 +180,7 @@ class RunRecorder(DatabaseHandle, UserCallback):
             db.set_run_checkpoint(
                 self.database, run_id=self.run_id, checkpoint_path=checkpoint.path
             )
-        if db.get_run(self.database, run_id=self.run_id).status is db.RunStatus.CANCELLED:
+        if db.get_run(self.database, run_id=self.run_id).status is db.JobStatus.CANCELLED:
             raise RunCancelled(f"run {self.run_id} was cancelled")
 
 
@@ -188,19 +188,13 @@ class RunCancelled(Exception):
     pass
 
 
-def run_launch(database: db.Database, run_id: int) -> db.RunStatus:
+def run_launch(database: db.Database, run_id: int) -> db.JobStatus:
     """Drive run ``run_id`` to its end on Ray Train; returns the status it ends in."""
     run = db.get_run(database, run_id=run_id)
     request = LaunchRequest.model_validate(run.config["launch"])
     config = TrainConfig.model_validate(run.config["train"])
-    touch = functools.partial(db.touch_run_heartbeat, database, run_id=run_id)
-    with Heartbeat(touch, f"run {run_id}"):
-        db.set_run_status(
-            database,
-            run_id=run_id,
-            status=db.RunStatus.RUNNING,
-            expected={db.RunStatus.QUEUED, db.RunStatus.RUNNING, db.RunStatus.FAILED},
-        )
+    job = Job(database, "run", run_id)
+    with job.driving():
         ensure_ray()
         trainer = TorchTrainer(
             train_worker,
@@ -227,20 +221,8 @@ def run_launch(database: db.Database, run_id: int) -> db.RunStatus:
         try:
             trainer.fit()
         except Exception as e:
-            if db.get_run(database, run_id=run_id).status is db.RunStatus.CANCELLED:
-                return db.RunStatus.CANCELLED
+            if job.status() is db.JobStatus.CANCELLED:
+                return db.JobStatus.CANCELLED
             log.exception("run %s failed", run_id)
-            return _finish(database, run_id, db.RunStatus.FAILED, f"{type(e).__name__}: {e}")
-        return _finish(database, run_id, db.RunStatus.COMPLETED)
-
-
-def _finish(
-    database: db.Database, run_id: int, status: db.RunStatus, error: str | None = None
-) -> db.RunStatus:
-    try:
-        db.set_run_status(
-            database, run_id=run_id, status=status, error=error, expected={db.RunStatus.RUNNING}
-        )
-    except db.Conflict:  # cancelled meanwhile: the cancel wins
-        return db.get_run(database, run_id=run_id).status
-    return status
+            return job.finish(db.JobStatus.FAILED, f"{type(e).__name__}: {e}")
+        return job.finish(db.JobStatus.COMPLETED)

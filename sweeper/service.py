@@ -1,9 +1,10 @@
 """The service layer: what the CLI and the REST API both call. They stay thin shells.
 
-Sweeps run in a driver process of their own (`python -m sweeper.driver ID`), never in the
-caller: starting returns at once with the id. The driver's heartbeat in the database tells
-a live driver from a dead one, so `resume_sweep` (and `resume_orphaned_sweeps`, which the
-service runs at start) can continue exactly the sweeps whose driver died.
+Sweeps and runs run in a driver process of their own (`python -m sweeper.driver KIND ID`),
+never in the caller: starting returns at once with the id. The driver's heartbeat in the
+database tells a live driver from a dead one, so `resume_sweep`/`resume_run` (and
+`resume_orphaned_jobs`, which the service runs at start) can continue exactly the jobs whose
+driver died.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import platformdirs
 
 import db
+from sweeper.jobs import Job, JobKind
 from sweeper.launch import LaunchRequest, launch_config
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult, TrialOutcome, compute_transfer
 
 # A driver beats every 2 s; this much silence means it is gone.
 DRIVER_STALE_S = 30.0
-CANCELLABLE = frozenset({db.SweepStatus.QUEUED, db.SweepStatus.RUNNING})
+CANCELLABLE = frozenset({db.JobStatus.QUEUED, db.JobStatus.RUNNING})
 
 
 class InvalidInput(ValueError):
@@ -64,7 +65,7 @@ def log_dir() -> Path:
     return path
 
 
-def launch_driver(database: db.Database, kind: Literal["sweep", "run"], job_id: int) -> Path:
+def launch_driver(database: db.Database, kind: JobKind, job_id: int) -> Path:
     """Start the detached process that drives a sweep or a run; returns its log file."""
     log_path = log_dir() / f"{kind}-{job_id}.log"
     with log_path.open("ab") as log_file:
@@ -100,12 +101,15 @@ def list_sweeps(database: db.Database, *, offset: int = 0, limit: int = 50) -> d
 def cancel_sweep(database: db.Database, sweep_id: int) -> db.Sweep:
     """Mark the sweep cancelled; its driver sees that within a second and stops its trials.
     What was recorded stays."""
-    sweep = db.get_sweep(database, sweep_id=sweep_id)
-    if sweep.status not in CANCELLABLE:
-        raise db.Conflict(f"sweep {sweep_id} is {sweep.status}: nothing to cancel")
+    _check_cancellable("sweep", db.get_sweep(database, sweep_id=sweep_id))
     return db.set_sweep_status(
-        database, sweep_id=sweep_id, status=db.SweepStatus.CANCELLED, expected=CANCELLABLE
+        database, sweep_id=sweep_id, status=db.JobStatus.CANCELLED, expected=CANCELLABLE
     )
+
+
+def _check_cancellable(kind: JobKind, job: db.Sweep | db.Run) -> None:
+    if job.status not in CANCELLABLE:
+        raise db.Conflict(f"{kind} {job.id} is {job.status}: nothing to cancel")
 
 
 def driver_alive(job: db.Sweep | db.Run, *, now: datetime | None = None) -> bool:
@@ -119,23 +123,50 @@ def driver_alive(job: db.Sweep | db.Run, *, now: datetime | None = None) -> bool
 def resume_sweep(database: db.Database, sweep_id: int) -> db.Sweep:
     """Continue a sweep whose driver died, or that failed or was cancelled: finished trials
     are kept, the rest run (again)."""
-    sweep = db.get_sweep(database, sweep_id=sweep_id)
-    if sweep.status is db.SweepStatus.COMPLETED:
-        raise db.Conflict(f"sweep {sweep_id} is completed: nothing to resume")
-    if sweep.status in CANCELLABLE and driver_alive(sweep):
-        raise db.Conflict(f"sweep {sweep_id} is {sweep.status} and its driver is alive")
-    launch_driver(database, "sweep", sweep_id)
-    return sweep
+    _resume(database, "sweep", db.get_sweep(database, sweep_id=sweep_id))
+    return db.get_sweep(database, sweep_id=sweep_id)
 
 
-def resume_orphaned_sweeps(database: db.Database) -> list[int]:
-    """Resume every queued or running sweep whose driver is dead (run at service start)."""
-    resumed = []
+def resume_run(database: db.Database, run_id: int) -> db.Run:
+    """Continue a run whose driver died, or that failed or was cancelled, from its latest
+    checkpoint (Ray Train finds it under the run's name in its storage path)."""
+    _resume(database, "run", db.get_run(database, run_id=run_id))
+    return db.get_run(database, run_id=run_id)
+
+
+def _resume(database: db.Database, kind: JobKind, job: db.Sweep | db.Run) -> None:
+    _check_resumable(kind, job)
+    # Queued at once (not when the driver starts), so a watcher does not read the old final
+    # status as the end; queuing also restarts the heartbeat's grace period.
+    Job(database, kind, job.id).set_status(db.JobStatus.QUEUED, expected=frozenset({job.status}))
+    launch_driver(database, kind, job.id)
+
+
+def _check_resumable(kind: JobKind, job: db.Sweep | db.Run) -> None:
+    if job.status is db.JobStatus.COMPLETED:
+        raise db.Conflict(f"{kind} {job.id} is completed: nothing to resume")
+    if job.status in CANCELLABLE and driver_alive(job):
+        raise db.Conflict(f"{kind} {job.id} is {job.status} and its driver is alive")
+
+
+def resume_orphaned_jobs(database: db.Database) -> list[str]:
+    """Resume every queued or running sweep and run whose driver is dead (run at service
+    start); returns them as "sweep 3", "run 1"."""
+    # All listed before any is resumed: a resume moves a job to `queued`, a listed state.
+    sweeps: list[db.Sweep] = []
+    runs: list[db.Run] = []
     for status in CANCELLABLE:
-        for sweep in db.list_sweeps(database, status=status, limit=10_000).items:
-            if not driver_alive(sweep):
-                launch_driver(database, "sweep", sweep.id)
-                resumed.append(sweep.id)
+        sweeps += db.list_sweeps(database, status=status, limit=10_000).items
+        runs += db.list_runs(database, status=status, limit=10_000).items
+    resumed = []
+    for sweep in sweeps:
+        if not driver_alive(sweep):
+            resume_sweep(database, sweep.id)
+            resumed.append(f"sweep {sweep.id}")
+    for run in runs:
+        if not driver_alive(run):
+            resume_run(database, run.id)
+            resumed.append(f"run {run.id}")
     return resumed
 
 
@@ -144,10 +175,7 @@ def transfer(
 ) -> tuple[int, TransferResult]:
     """Fit the sweep's proxies (the latest completed sweep when ``sweep_id`` is None),
     compute the target width's values and store the result as a transfer record."""
-    if sweep_id is None:
-        sweep_id = db.latest_completed_sweep(database)
-        if sweep_id is None:
-            raise db.NotFound("no completed sweep to transfer from")
+    sweep_id = _sweep_or_latest(database, sweep_id)
     progress = sweep_progress(database, sweep_id)
     model = progress.spec.train.model
     if to_width < 1 or to_width % model.head_dim:
@@ -177,6 +205,15 @@ def transfer(
     return transfer_id, result
 
 
+def _sweep_or_latest(database: db.Database, sweep_id: int | None) -> int:
+    if sweep_id is not None:
+        return sweep_id
+    latest = db.latest_completed_sweep(database)
+    if latest is None:
+        raise db.NotFound("no completed sweep to transfer from")
+    return latest
+
+
 @dataclass(frozen=True)
 class RunProgress:
     run: db.Run
@@ -184,9 +221,12 @@ class RunProgress:
 
 
 def launch_run(database: db.Database, request: LaunchRequest) -> db.Run:
-    """Transfer the sweep's optimum to the target width and start the full-size run."""
-    transfer_id, result = transfer(database, sweep_id=request.sweep_id, to_width=request.to_width)
-    spec = SweepSpec.stored(db.get_sweep(database, sweep_id=request.sweep_id).spec)
+    """Transfer the sweep's optimum (the latest completed sweep's when the request names
+    none) to the target width and start the full-size run."""
+    sweep_id = _sweep_or_latest(database, request.sweep_id)
+    request = request.model_copy(update={"sweep_id": sweep_id})  # stored as it ran
+    transfer_id, result = transfer(database, sweep_id=sweep_id, to_width=request.to_width)
+    spec = SweepSpec.stored(db.get_sweep(database, sweep_id=sweep_id).spec)
     try:
         config = launch_config(spec, result, request)
     except ValueError as e:  # a pydantic ValidationError is one too
@@ -196,7 +236,7 @@ def launch_run(database: db.Database, request: LaunchRequest) -> db.Run:
         database,
         name=name,
         config={"launch": request.model_dump(mode="json"), "train": config.model_dump(mode="json")},
-        sweep_id=request.sweep_id,
+        sweep_id=sweep_id,
         transfer_id=transfer_id,
     )
     launch_driver(database, "run", run_id)
@@ -215,12 +255,7 @@ def list_runs(database: db.Database, *, offset: int = 0, limit: int = 50) -> db.
 
 def cancel_run(database: db.Database, run_id: int) -> db.Run:
     """Mark the run cancelled; its workers stop at their next report. Checkpoints stay."""
-    run = db.get_run(database, run_id=run_id)
-    if run.status not in (db.RunStatus.QUEUED, db.RunStatus.RUNNING):
-        raise db.Conflict(f"run {run_id} is {run.status}: nothing to cancel")
+    _check_cancellable("run", db.get_run(database, run_id=run_id))
     return db.set_run_status(
-        database,
-        run_id=run_id,
-        status=db.RunStatus.CANCELLED,
-        expected={db.RunStatus.QUEUED, db.RunStatus.RUNNING},
+        database, run_id=run_id, status=db.JobStatus.CANCELLED, expected=CANCELLABLE
     )

@@ -15,6 +15,7 @@ import db
 from models.width_rules import group_rule
 from sweeper import service
 from sweeper.launch import LaunchRequest
+from tests.conftest import drivers_of
 from tests.test_sweep_engine import make_spec, run_to_end, wait_for
 
 
@@ -33,7 +34,7 @@ def swept(tmp_path_factory, shakespeare):
         database = db.connect()
         spec = make_spec(shakespeare, search={"lr": {"min": 2**-8, "max": 2**-1, "points": 4}})
         sweep = service.start_sweep(database, spec)
-        assert run_to_end(database, sweep.id).sweep.status is db.SweepStatus.COMPLETED
+        assert run_to_end(database, sweep.id).sweep.status is db.JobStatus.COMPLETED
         yield database, sweep.id, env
     database.dispose()
 
@@ -96,7 +97,7 @@ def test_launch_two_workers_resumes_after_a_worker_dies(swept):
     workers[0].send_signal(signal.SIGKILL)
     wait_for(lambda: db.get_run(database, run_id=run.id).status.finished, "the run to end")
     finished = db.get_run(database, run_id=run.id)
-    assert finished.status is db.RunStatus.COMPLETED, finished.error
+    assert finished.status is db.JobStatus.COMPLETED, finished.error
     assert finished.restarts == 1 and finished.resumed_from_step >= 10
     curve = db.get_run_curve(database, run_id=run.id)
     assert [p.step for p in curve] == list(range(10, 151, 10))  # whole, and stored once
@@ -105,6 +106,34 @@ def test_launch_two_workers_resumes_after_a_worker_dies(swept):
     assert [r["id"] for r in listed["runs"]] == [run.id]
     done = cli(env, "run", "cancel", str(run.id))
     assert done.returncode == 1 and "nothing to cancel" in done.stderr
+
+
+def test_a_run_whose_driver_dies_resumes_from_its_checkpoint(swept, monkeypatch):
+    database, sweep_id, env = swept
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    request = LaunchRequest(sweep_id=sweep_id, to_width=64, steps=100, precision="fp32")
+    run = service.launch_run(database, request)
+    wait_for(
+        lambda: db.get_run(database, run_id=run.id).checkpoint_path is not None, "a checkpoint"
+    )
+    (driver,) = drivers_of(database.url)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(30)
+    assert db.get_run(database, run_id=run.id).status is db.JobStatus.RUNNING
+    with pytest.raises(db.Conflict):  # its heartbeat is fresh: it might still be alive
+        service.resume_run(database, run.id)
+    # What the heartbeat's staleness looks like is the sweep test's concern; skip the wait.
+    monkeypatch.setattr(service, "DRIVER_STALE_S", 0.0)
+    assert service.resume_run(database, run.id).status is db.JobStatus.QUEUED
+    wait_for(lambda: db.get_run(database, run_id=run.id).status.finished, "the resumed run")
+    finished = db.get_run(database, run_id=run.id)
+    assert finished.status is db.JobStatus.COMPLETED, finished.error
+    assert finished.restarts == 1 and finished.resumed_from_step >= 10
+    curve = db.get_run_curve(database, run_id=run.id)
+    assert [p.step for p in curve] == list(range(10, 101, 10))  # whole, and stored once
+    again = cli(env, "run", "resume", str(run.id))
+    assert again.returncode == 1 and "nothing to resume" in again.stderr
 
 
 def test_fsdp_and_ddp_train_the_same_model(swept):
@@ -128,7 +157,7 @@ def test_fsdp_and_ddp_train_the_same_model(swept):
                 lambda run=run: db.get_run(database, run_id=run.id).status.finished,
                 f"the {strategy} run",
             )
-            assert db.get_run(database, run_id=run.id).status is db.RunStatus.COMPLETED
+            assert db.get_run(database, run_id=run.id).status is db.JobStatus.COMPLETED
             curves[strategy] = [p.eval_loss for p in db.get_run_curve(database, run_id=run.id)]
     assert len(curves["fsdp"]) == 2
     assert curves["fsdp"] == pytest.approx(curves["ddp"], rel=1e-4)

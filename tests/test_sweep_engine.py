@@ -64,7 +64,7 @@ def test_grid_sweep_with_a_diverging_lr(database, shakespeare):
     spec = make_spec(shakespeare, search={"lr": {"min": 2**-6, "max": 1e4, "points": 3}})
     sweep = service.start_sweep(database, spec)
     progress = run_to_end(database, sweep.id)
-    assert progress.sweep.status is db.SweepStatus.COMPLETED, progress.sweep.error
+    assert progress.sweep.status is db.JobStatus.COMPLETED, progress.sweep.error
     assert progress.planned == len(progress.trials) == 6
     for trial in progress.trials:
         expected = db.TrialStatus.COMPLETED if trial.params["lr"] < 1 else db.TrialStatus.DIVERGED
@@ -92,7 +92,7 @@ def test_tpe_sweep_shares_the_database_with_optuna(database, shakespeare):
     )
     sweep = service.start_sweep(database, spec)
     progress = run_to_end(database, sweep.id)
-    assert progress.sweep.status is db.SweepStatus.COMPLETED, progress.sweep.error
+    assert progress.sweep.status is db.JobStatus.COMPLETED, progress.sweep.error
     assert len(progress.trials) == 6
     storage = optuna.storages.RDBStorage(database.url)
     for width in spec.widths:
@@ -117,14 +117,14 @@ def test_kill_driver_then_resume(database, shakespeare):
     before = {t.key: t for t in finished()}
     driver.send_signal(signal.SIGKILL)
     driver.wait(30)
-    assert service.sweep_progress(database, sweep.id).sweep.status is db.SweepStatus.RUNNING
+    assert service.sweep_progress(database, sweep.id).sweep.status is db.JobStatus.RUNNING
 
     with pytest.raises(db.Conflict):  # the heartbeat is fresh: it might still be alive
         service.resume_sweep(database, sweep.id)
     time.sleep(service.DRIVER_STALE_S)
     service.resume_sweep(database, sweep.id)
     progress = run_to_end(database, sweep.id)
-    assert progress.sweep.status is db.SweepStatus.COMPLETED, progress.sweep.error
+    assert progress.sweep.status is db.JobStatus.COMPLETED, progress.sweep.error
     assert len(progress.trials) == len(spec.plan()) == 8
     assert len({t.key for t in progress.trials}) == 8
     for key, trial in before.items():  # finished trials were not re-run
@@ -143,11 +143,11 @@ def test_cancel_stops_trials_and_keeps_points(database, shakespeare):
     sweep = service.start_sweep(database, spec)
     wait_for(lambda: any(db.get_curves(database, sweep_id=sweep.id).values()), "a recorded point")
     cancelled_at = time.monotonic()
-    assert service.cancel_sweep(database, sweep.id).status is db.SweepStatus.CANCELLED
+    assert service.cancel_sweep(database, sweep.id).status is db.JobStatus.CANCELLED
     wait_for(lambda: not drivers_of(database.url), "the driver to stop", timeout=60)
     assert time.monotonic() - cancelled_at < 60
     progress = service.sweep_progress(database, sweep.id)
-    assert progress.sweep.status is db.SweepStatus.CANCELLED
+    assert progress.sweep.status is db.JobStatus.CANCELLED
     assert progress.trials and all(t.status is not db.TrialStatus.RUNNING for t in progress.trials)
     assert all(t.steps is None or t.steps < 5000 for t in progress.trials)
     assert sum(len(c) for c in db.get_curves(database, sweep_id=sweep.id).values()) > 0

@@ -59,3 +59,15 @@ def get_run_metrics(run_id: int, database: DatabaseDep) -> RunMetrics:
 def cancel_run(run_id: int, database: DatabaseDep) -> RunOut:
     """Stop the run at its next report; its checkpoints stay."""
     return RunOut.of(service.cancel_run(database, run_id))
+
+
+@router.post(
+    "/{run_id}/resume",
+    status_code=202,
+    dependencies=[Writer],
+    responses={409: {"model": ErrorBody}},
+)
+def resume_run(run_id: int, database: DatabaseDep) -> RunOut:
+    """Continue a run whose driver died, or that failed or was cancelled, from its latest
+    checkpoint."""
+    return RunOut.of(service.resume_run(database, run_id))

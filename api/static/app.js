@@ -505,9 +505,9 @@ function showSweep(id) {
   const meta = h("div", { class: "row", id: "sweep-meta" });
   const errorLine = h("div", { class: "error-text", id: "sweep-error" });
   const cancel = h("button", { class: "danger", id: "cancel-sweep", onclick: () =>
-    act("POST", `/sweeps/${id}/cancel`) }, "Cancel");
+    act(`/sweeps/${id}/cancel`, refresh) }, "Cancel");
   const resume = h("button", { id: "resume-sweep", onclick: () =>
-    act("POST", `/sweeps/${id}/resume`) }, "Resume");
+    act(`/sweeps/${id}/resume`, refresh) }, "Resume");
   const lrPlot = h("div", { class: "plot", id: "lr-plot" });
   const trainPlot = h("div", { class: "plot", id: "train-plot" });
   const which = h("select", { id: "train-which" },
@@ -557,18 +557,20 @@ function showSweep(id) {
     return !(FINISHED.has(detail.status) && FINISHED.has(curves.status));
   }
 
-  async function act(method, path) {
-    try {
-      await api(method, path);
-      showBanner("");
-    } catch (error) {
-      showBanner(explain(error));
-    }
-    generation += 1; // restart polling: a resumed sweep changes again
-    poll(refresh);
-  }
-
   return poll(refresh);
+}
+
+// POST an action (cancel, resume) on the page's sweep or run, then poll it afresh: polling
+// may have stopped at a final status, and a resumed job changes again.
+async function act(path, refresh) {
+  try {
+    await api("POST", path);
+    showBanner("");
+  } catch (error) {
+    showBanner(explain(error));
+  }
+  generation += 1;
+  poll(refresh);
 }
 
 // --- the transfer panel ----------------------------------------------------------------
@@ -776,18 +778,14 @@ function showRun(id) {
   const title = h("h1", { id: "run-title", text: `Run ${id}` });
   const meta = h("div", { class: "row", id: "run-meta" });
   const errorLine = h("div", { class: "error-text" });
-  const cancel = h("button", { class: "danger", id: "cancel-run", onclick: async () => {
-    try {
-      await api("POST", `/runs/${id}/cancel`);
-    } catch (e) {
-      showBanner(explain(e));
-    }
-    generation += 1;
-    poll(refresh);
-  } }, "Cancel");
+  const cancel = h("button", { class: "danger", id: "cancel-run", onclick: () =>
+    act(`/runs/${id}/cancel`, refresh) }, "Cancel");
+  const resume = h("button", { id: "resume-run", onclick: () =>
+    act(`/runs/${id}/resume`, refresh) }, "Resume");
   const plot = h("div", { class: "plot", id: "run-plot" });
   const config = h("pre", { class: "mono" });
-  setView(h("div", { class: "row" }, title, h("div", { class: "actions" }, cancel)), meta,
+  setView(h("div", { class: "row" }, title, h("div", { class: "actions" }, cancel, resume)),
+    meta,
     errorLine, h("div", { class: "panel" }, plot),
     h("details", {}, h("summary", {}, "config"), config));
 
@@ -800,10 +798,14 @@ function showRun(id) {
       h("span", {}, `step ${last} of ${runConfig(run).steps ?? "?"}`),
       run.sweep_id ? h("a", { href: `#/sweeps/${run.sweep_id}` }, `from sweep ${run.sweep_id}`)
         : null,
+      run.restarts ? h("span", { id: "run-restarts", text:
+        `resumed ${run.restarts}× (last from the checkpoint of step ${run.resumed_from_step})` })
+        : null,
       h("span", { class: "muted", text: `took ${fmt.duration(run.started_at, run.finished_at)}` }));
     errorLine.textContent = run.error || "";
     config.textContent = JSON.stringify(run.config, null, 2);
     cancel.disabled = FINISHED.has(run.status);
+    resume.disabled = run.status === "completed" || !FINISHED.has(run.status);
     Plotly.react(plot, [
       { x: metrics.step, y: metrics.train_loss, mode: "lines", name: "train loss",
         line: { color: COLORS[0] } },

@@ -98,14 +98,14 @@ def record_sweep(
     database: db.Database,
     spec: dict[str, Any],
     *,
-    status: db.SweepStatus = db.SweepStatus.COMPLETED,
+    status: db.JobStatus = db.JobStatus.COMPLETED,
     diverge_above: float = math.inf,
 ) -> int:
     """Store a sweep as its driver would have: every planned trial with its curve."""
     plan = SweepSpec.model_validate(spec).plan()
     steps, every = spec["train"]["steps"], spec["train"]["eval_interval"]
     sweep_id = db.create_sweep(database, name=spec["name"], spec=spec)
-    db.set_sweep_status(database, sweep_id=sweep_id, status=db.SweepStatus.RUNNING)
+    db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.RUNNING)
     for trial in plan:
         trial_id = db.upsert_trial(
             database, sweep_id=sweep_id, key=trial.key, width=trial.width, params=trial.params
@@ -132,7 +132,7 @@ def record_sweep(
             tokens=steps * 128,
             tokens_per_s=1000.0,
         )
-    if status is not db.SweepStatus.RUNNING:
+    if status is not db.JobStatus.RUNNING:
         db.set_sweep_status(database, sweep_id=sweep_id, status=status)
     return sweep_id
 

@@ -273,7 +273,7 @@ def test_runs_show_their_loss_curve(live, finished_sweep, page):
         config={"launch": {"to_width": 128, "steps": 30}, "train": {"steps": 30}},
         sweep_id=finished_sweep,
     )
-    db.set_run_status(live.database, run_id=run_id, status=db.RunStatus.RUNNING)
+    db.set_run_status(live.database, run_id=run_id, status=db.JobStatus.RUNNING)
     points = [
         db.MetricPoint(step=s, tokens=s * 128, train_loss=5 - s / 10, eval_loss=None, time_s=s / 10)
         for s in range(1, 11)
@@ -292,6 +292,10 @@ def test_runs_show_their_loss_curve(live, finished_sweep, page):
     db.add_metric_points(live.database, run_id=run_id, points=more)
     page.wait_for_function(f"() => ({curve})() === 15")  # live: the page polls
     assert "step 15 of 30" in page.inner_text("#run-meta")
-    db.set_run_status(live.database, run_id=run_id, status=db.RunStatus.COMPLETED)
+    assert page.is_disabled("#resume-run") and page.is_enabled("#cancel-run")
+    db.note_run_resumed(live.database, run_id=run_id, step=10)
+    page.wait_for_selector("#run-restarts")
+    assert "resumed 1× (last from the checkpoint of step 10)" in page.inner_text("#run-restarts")
+    db.set_run_status(live.database, run_id=run_id, status=db.JobStatus.COMPLETED)
     page.wait_for_selector("#run-meta .status.completed")
-    assert page.is_disabled("#cancel-run")
+    assert page.is_disabled("#cancel-run") and page.is_disabled("#resume-run")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+from sqlalchemy import update
 
 import db
+from db._schema import RunRow, SweepRow
+from sweeper import service
 
 
 @pytest.fixture
@@ -51,7 +56,7 @@ def test_list_get_metrics_cancel(client, auth, sweep_id, database):
         "tokens_per_s": [],
         "time_s": [],
     }
-    db.set_run_status(database, run_id=run_id, status=db.RunStatus.RUNNING)
+    db.set_run_status(database, run_id=run_id, status=db.JobStatus.RUNNING)
     points = [
         db.MetricPoint(step=s, tokens=s * 100, train_loss=5.0 - s / 10, time_s=s / 2)
         for s in (1, 2, 3)
@@ -72,7 +77,8 @@ def test_runs_need_the_token_to_change(client, auth, sweep_id, launched):
     run_id = launch(client, auth, sweep_id).json()["id"]
     launched.clear()
     body = {"sweep_id": sweep_id, "to_width": 64, "steps": 30}
-    for path, payload in [("/runs", body), (f"/runs/{run_id}/cancel", None)]:
+    paths = [("/runs", body), (f"/runs/{run_id}/cancel", None), (f"/runs/{run_id}/resume", None)]
+    for path, payload in paths:
         assert client.post(path, json=payload).status_code == 401
         wrong = client.post(path, json=payload, headers={"Authorization": "Bearer x"})
         assert wrong.status_code == 403
@@ -108,3 +114,55 @@ def test_bad_launches_answer_422_naming_the_field(client, auth, sweep_id, launch
     missing = client.post("/runs", json={"sweep_id": sweep_id}, headers=auth).json()
     assert {e["field"] for e in missing["errors"]} == {"to_width", "steps"}
     assert launched == []
+
+
+def test_a_launch_without_a_sweep_takes_the_latest_completed_one(
+    client, auth, make_spec, record, launched
+):
+    body = {"to_width": 64, "steps": 30}
+    assert client.post("/runs", json=body, headers=auth).status_code == 404  # none yet
+    spec = make_spec(search={"lr": {"min": 2**-7, "max": 2**-1, "points": 7}, "wd": [0.0]})
+    older, latest = record(spec), record(spec)
+    record(spec, status=db.JobStatus.RUNNING)  # not completed: not a candidate
+    run = client.post("/runs", json=body, headers=auth).json()
+    assert older < latest and run["sweep_id"] == latest
+    assert run["config"]["launch"]["sweep_id"] == latest and launched == [("run", run["id"])]
+
+
+def test_resume_a_cancelled_run_but_not_a_completed_one(client, auth, sweep_id, launched):
+    run_id = launch(client, auth, sweep_id).json()["id"]
+    assert client.post(f"/runs/{run_id}/resume", headers=auth).status_code == 409  # alive
+    assert client.post(f"/runs/{run_id}/cancel", headers=auth).json()["status"] == "cancelled"
+    resumed = client.post(f"/runs/{run_id}/resume", headers=auth)
+    assert resumed.status_code == 202 and resumed.json()["status"] == "queued"
+    assert launched == [("run", run_id), ("run", run_id)]
+    assert client.post("/runs/999/resume", headers=auth).status_code == 404
+
+
+def test_resume_of_a_completed_run_is_a_conflict(client, auth, sweep_id, database, launched):
+    run_id = launch(client, auth, sweep_id).json()["id"]
+    db.set_run_status(database, run_id=run_id, status=db.JobStatus.COMPLETED)
+    response = client.post(f"/runs/{run_id}/resume", headers=auth)
+    assert response.status_code == 409 and "completed" in response.json()["reason"]
+    assert launched == [("run", run_id)]
+
+
+def test_service_start_resumes_sweeps_and_runs_whose_driver_died(
+    make_client, auth, sweep_id, database, launched, make_spec, record
+):
+    client = make_client()
+    dead, alive = (launch(client, auth, sweep_id).json()["id"] for _ in range(2))
+    for run_id in (dead, alive):
+        db.set_run_status(database, run_id=run_id, status=db.JobStatus.RUNNING)
+    db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.RUNNING)
+    long_ago = datetime.now(UTC) - timedelta(seconds=2 * service.DRIVER_STALE_S)
+    with database.session("making two drivers look dead") as s:  # as a kill -9 leaves them
+        for row, job_id in ((RunRow, dead), (SweepRow, sweep_id)):
+            s.execute(update(row).where(row.id == job_id).values(driver_heartbeat_at=long_ago))
+    record(make_spec())  # completed: left alone
+    launched.clear()
+    make_client()  # a service starting
+    assert sorted(launched) == [("run", dead), ("sweep", sweep_id)]
+    assert db.get_run(database, run_id=dead).status is db.JobStatus.QUEUED
+    assert db.get_run(database, run_id=alive).status is db.JobStatus.RUNNING
+    assert db.get_sweep(database, sweep_id=sweep_id).status is db.JobStatus.QUEUED

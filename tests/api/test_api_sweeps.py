@@ -18,7 +18,7 @@ def test_start_sweep_returns_202_and_starts_a_driver(client, auth, make_spec, la
 
 
 def test_mutating_routes_need_the_token(client, make_spec, record, launched):
-    sweep_id = record(make_spec(), status=db.SweepStatus.RUNNING)
+    sweep_id = record(make_spec(), status=db.JobStatus.RUNNING)
     routes = [
         ("/sweeps", make_spec()),
         (f"/sweeps/{sweep_id}/cancel", None),
@@ -169,7 +169,7 @@ def test_curves_carry_an_etag(client, make_spec, record):
 
 def test_curves_of_a_running_sweep_follow_its_writes(make_client, make_spec, record, database):
     client = make_client(curves_ttl_s=0.0)  # no cache: every read sees the latest write
-    sweep_id = record(make_spec(), status=db.SweepStatus.RUNNING)
+    sweep_id = record(make_spec(), status=db.JobStatus.RUNNING)
     trial_id = db.upsert_trial(
         database, sweep_id=sweep_id, key="extra", width=16, params={"lr": 0.1, "wd": 0.0}
     )
@@ -183,7 +183,7 @@ def test_curves_of_a_running_sweep_follow_its_writes(make_client, make_spec, rec
 
 
 def test_cancel_then_resume(client, auth, make_spec, record, launched):
-    sweep_id = record(make_spec(), status=db.SweepStatus.RUNNING)
+    sweep_id = record(make_spec(), status=db.JobStatus.RUNNING)
     response = client.post(f"/sweeps/{sweep_id}/cancel", headers=auth)
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     again = client.post(f"/sweeps/{sweep_id}/cancel", headers=auth)

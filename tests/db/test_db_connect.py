@@ -76,14 +76,14 @@ def test_sqlite_file_uses_wal_foreign_keys_and_a_busy_timeout(tmp_path: Path) ->
 
 def test_session_commits_on_success(database: db.Database) -> None:
     with database.session() as s:
-        s.add(SweepRow(name="a", status=db.SweepStatus.QUEUED, spec={}, created_at=utcnow()))
+        s.add(SweepRow(name="a", status=db.JobStatus.QUEUED, spec={}, created_at=utcnow()))
     with database.session() as s:
         assert s.scalars(select(SweepRow.name)).all() == ["a"]
 
 
 def test_session_rolls_back_and_reraises_other_errors(database: db.Database) -> None:
     with pytest.raises(KeyError), database.session() as s:
-        s.add(SweepRow(name="a", status=db.SweepStatus.QUEUED, spec={}, created_at=utcnow()))
+        s.add(SweepRow(name="a", status=db.JobStatus.QUEUED, spec={}, created_at=utcnow()))
         s.flush()
         raise KeyError("boom")
     assert db.list_sweeps(database).total == 0
@@ -95,7 +95,7 @@ def test_session_turns_integrity_errors_into_conflict(database: db.Database) -> 
     conflict = pytest.raises(db.Conflict, match=r"^marking sweep failed: .*status")
     with conflict, database.session("marking sweep") as s:
         s.execute(update, {"id": sweep_id})
-    assert db.get_sweep(database, sweep_id=sweep_id).status is db.SweepStatus.QUEUED
+    assert db.get_sweep(database, sweep_id=sweep_id).status is db.JobStatus.QUEUED
 
 
 def test_session_turns_other_sql_errors_into_storage_error(database: db.Database) -> None:

@@ -31,7 +31,7 @@ def test_create_and_get_sweep(database: db.Database) -> None:
 
     sweep = db.get_sweep(database, sweep_id=sweep_id)
     assert (sweep.id, sweep.name, sweep.spec) == (sweep_id, "lr-wd", spec)
-    assert sweep.status is db.SweepStatus.QUEUED
+    assert sweep.status is db.JobStatus.QUEUED
     assert before <= sweep.created_at <= datetime.now(UTC)
     assert sweep.created_at.tzinfo is not None
     assert sweep.started_at is sweep.finished_at is sweep.error is None
@@ -45,26 +45,26 @@ def test_get_missing_sweep_is_not_found(database: db.Database) -> None:
 
 def test_list_sweeper_sweeps_pages_newest_first_with_total(database: db.Database) -> None:
     ids = [db.create_sweep(database, name=f"s{i}", spec={}) for i in range(5)]
-    db.set_sweep_status(database, sweep_id=ids[1], status=db.SweepStatus.RUNNING)
-    db.set_sweep_status(database, sweep_id=ids[3], status=db.SweepStatus.RUNNING)
+    db.set_sweep_status(database, sweep_id=ids[1], status=db.JobStatus.RUNNING)
+    db.set_sweep_status(database, sweep_id=ids[3], status=db.JobStatus.RUNNING)
 
     first = db.list_sweeps(database, offset=0, limit=2)
     assert ([s.id for s in first.items], first.total) == ([ids[4], ids[3]], 5)
     last = db.list_sweeps(database, offset=4, limit=2)
     assert ([s.id for s in last.items], last.total) == ([ids[0]], 5)
-    running = db.list_sweeps(database, status=db.SweepStatus.RUNNING)
+    running = db.list_sweeps(database, status=db.JobStatus.RUNNING)
     assert ([s.id for s in running.items], running.total) == ([ids[3], ids[1]], 2)
     with pytest.raises(ValueError, match="limit"):
         db.list_sweeps(database, limit=0)
 
 
 def test_sweep_status_lifecycle_with_resume(database: db.Database, sweep_id: int) -> None:
-    running = db.set_sweep_status(database, sweep_id=sweep_id, status=db.SweepStatus.RUNNING)
-    assert running.status is db.SweepStatus.RUNNING
+    running = db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.RUNNING)
+    assert running.status is db.JobStatus.RUNNING
     assert running.started_at is not None and running.finished_at is None
 
     failed = db.set_sweep_status(
-        database, sweep_id=sweep_id, status=db.SweepStatus.FAILED, error="driver died"
+        database, sweep_id=sweep_id, status=db.JobStatus.FAILED, error="driver died"
     )
     assert failed.finished_at is not None and failed.finished_at >= running.started_at
     assert failed.error == "driver died"
@@ -78,22 +78,22 @@ def test_sweep_status_lifecycle_with_resume(database: db.Database, sweep_id: int
 def test_set_sweep_status_with_expected_refuses_a_stale_transition(
     database: db.Database, sweep_id: int
 ) -> None:
-    db.set_sweep_status(database, sweep_id=sweep_id, status=db.SweepStatus.CANCELLED)
+    db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.CANCELLED)
     with pytest.raises(db.Conflict, match=r"sweep .* is cancelled, not running"):
         db.set_sweep_status(
             database,
             sweep_id=sweep_id,
-            status=db.SweepStatus.COMPLETED,
-            expected={db.SweepStatus.RUNNING},
+            status=db.JobStatus.COMPLETED,
+            expected={db.JobStatus.RUNNING},
         )
-    assert db.get_sweep(database, sweep_id=sweep_id).status is db.SweepStatus.CANCELLED
+    assert db.get_sweep(database, sweep_id=sweep_id).status is db.JobStatus.CANCELLED
 
 
 def test_set_sweep_status_errors(database: db.Database, sweep_id: int) -> None:
-    with pytest.raises(ValueError, match="'paused' is not a valid SweepStatus"):
+    with pytest.raises(ValueError, match="'paused' is not a valid JobStatus"):
         db.set_sweep_status(database, sweep_id=sweep_id, status="paused")  # type: ignore[arg-type]
     with pytest.raises(db.NotFound, match="sweep 404"):
-        db.set_sweep_status(database, sweep_id=404, status=db.SweepStatus.RUNNING)
+        db.set_sweep_status(database, sweep_id=404, status=db.JobStatus.RUNNING)
 
 
 def test_heartbeat_and_optuna_study(database: db.Database, sweep_id: int) -> None:
@@ -115,9 +115,9 @@ def test_heartbeat_and_optuna_study(database: db.Database, sweep_id: int) -> Non
 def test_latest_completed_sweep_is_the_last_to_complete(database: db.Database) -> None:
     assert db.latest_completed_sweep(database) is None
     older, newer, running = (db.create_sweep(database, name=n, spec={}) for n in "abc")
-    db.set_sweep_status(database, sweep_id=newer, status=db.SweepStatus.COMPLETED)
-    db.set_sweep_status(database, sweep_id=older, status=db.SweepStatus.COMPLETED)
-    db.set_sweep_status(database, sweep_id=running, status=db.SweepStatus.RUNNING)
+    db.set_sweep_status(database, sweep_id=newer, status=db.JobStatus.COMPLETED)
+    db.set_sweep_status(database, sweep_id=older, status=db.JobStatus.COMPLETED)
+    db.set_sweep_status(database, sweep_id=running, status=db.JobStatus.RUNNING)
     assert db.latest_completed_sweep(database) == older
 
 
@@ -430,7 +430,7 @@ def test_create_and_get_run(database: db.Database, sweep_id: int) -> None:
     run = db.get_run(database, run_id=run_id)
     assert (run.name, run.config, run.transfer_id) == ("target", config, transfer_id)
     assert run.sweep_id == sweep_id  # taken from the transfer
-    assert run.status is db.RunStatus.QUEUED
+    assert run.status is db.JobStatus.QUEUED
     assert run.checkpoint_path is run.started_at is run.driver_heartbeat_at is None
 
     standalone = db.get_run(database, run_id=db.create_run(database, name="solo", config={}))
@@ -452,16 +452,16 @@ def test_create_run_errors(database: db.Database, sweep_id: int) -> None:
 
 def test_list_runs(database: db.Database) -> None:
     ids = [db.create_run(database, name=f"r{i}", config={}) for i in range(3)]
-    db.set_run_status(database, run_id=ids[0], status=db.RunStatus.RUNNING)
+    db.set_run_status(database, run_id=ids[0], status=db.JobStatus.RUNNING)
     page = db.list_runs(database, offset=1, limit=1)
     assert ([r.id for r in page.items], page.total) == ([ids[1]], 3)
-    running = db.list_runs(database, status=db.RunStatus.RUNNING)
+    running = db.list_runs(database, status=db.JobStatus.RUNNING)
     assert ([r.id for r in running.items], running.total) == ([ids[0]], 1)
 
 
 def test_run_lifecycle(database: db.Database) -> None:
     run_id = db.create_run(database, name="r", config={})
-    running = db.set_run_status(database, run_id=run_id, status=db.RunStatus.RUNNING)
+    running = db.set_run_status(database, run_id=run_id, status=db.JobStatus.RUNNING)
     assert running.started_at is not None and running.finished_at is None
 
     db.touch_run_heartbeat(database, run_id=run_id)
@@ -472,18 +472,18 @@ def test_run_lifecycle(database: db.Database) -> None:
     assert (resumed.restarts, resumed.resumed_from_step) == (1, 100)
     with pytest.raises(db.Conflict, match=r"run .* is running, not queued"):
         db.set_run_status(
-            database, run_id=run_id, status=db.RunStatus.RUNNING, expected={db.RunStatus.QUEUED}
+            database, run_id=run_id, status=db.JobStatus.RUNNING, expected={db.JobStatus.QUEUED}
         )
     done = db.set_run_status(
-        database, run_id=run_id, status=db.RunStatus.COMPLETED, expected={db.RunStatus.RUNNING}
+        database, run_id=run_id, status=db.JobStatus.COMPLETED, expected={db.JobStatus.RUNNING}
     )
-    assert done.status is db.RunStatus.COMPLETED
+    assert done.status is db.JobStatus.COMPLETED
     assert done.checkpoint_path == "/ckpt/step-100"
     assert done.driver_heartbeat_at is not None
     assert done.finished_at is not None and done.finished_at >= running.started_at
 
     for call in (
-        lambda: db.set_run_status(database, run_id=404, status=db.RunStatus.FAILED),
+        lambda: db.set_run_status(database, run_id=404, status=db.JobStatus.FAILED),
         lambda: db.set_run_checkpoint(database, run_id=404, checkpoint_path="x"),
         lambda: db.touch_run_heartbeat(database, run_id=404),
         lambda: db.note_run_resumed(database, run_id=404, step=1),
