@@ -230,6 +230,7 @@ def main() -> None:
     server = start_server(env, port, args.access_log)
     base = f"http://{HOST}:{port}"
     client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"})
+    sweep_id = None
     try:
         wait_until(lambda: client.get("/health").status_code == 200, "the server", 60)
         created = client.post("/sweeps", json=writer_spec(args.data))
@@ -255,8 +256,9 @@ def main() -> None:
             writes.append(written)
             print(json.dumps(result), file=sys.stderr)
         status = client.get(f"/sweeps/{sweep_id}").json()["status"]
-        client.post(f"/sweeps/{sweep_id}/cancel")
     finally:
+        if sweep_id is not None:  # its driver would train on after the server is gone
+            client.post(f"/sweeps/{sweep_id}/cancel")
         client.close()
         server.terminate()
         server.wait(30)
