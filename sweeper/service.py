@@ -158,15 +158,17 @@ def resume_orphaned_jobs(database: db.Database) -> list[str]:
     for status in CANCELLABLE:
         sweeps += db.list_sweeps(database, status=status, limit=10_000).items
         runs += db.list_runs(database, status=status, limit=10_000).items
+    orphans: list[tuple[JobKind, db.Sweep | db.Run]] = [("sweep", s) for s in sweeps]
+    orphans += [("run", r) for r in runs]
     resumed = []
-    for sweep in sweeps:
-        if not driver_alive(sweep):
-            resume_sweep(database, sweep.id)
-            resumed.append(f"sweep {sweep.id}")
-    for run in runs:
-        if not driver_alive(run):
-            resume_run(database, run.id)
-            resumed.append(f"run {run.id}")
+    for kind, job in orphans:
+        if driver_alive(job):
+            continue
+        try:
+            _resume(database, kind, job)
+        except db.Conflict:  # another service process (a second API worker) was first
+            continue
+        resumed.append(f"{kind} {job.id}")
     return resumed
 
 

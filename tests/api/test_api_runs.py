@@ -147,18 +147,22 @@ def test_resume_of_a_completed_run_is_a_conflict(client, auth, sweep_id, databas
     assert launched == [("run", run_id)]
 
 
+def kill_drivers(database: db.Database, *jobs: tuple[type[RunRow] | type[SweepRow], int]) -> None:
+    """Leave the jobs as a kill -9 of their drivers does: running, with a stale heartbeat."""
+    long_ago = datetime.now(UTC) - timedelta(seconds=2 * service.DRIVER_STALE_S)
+    with database.session("making drivers look dead") as s:
+        for row, job_id in jobs:
+            values = {"status": db.JobStatus.RUNNING, "driver_heartbeat_at": long_ago}
+            s.execute(update(row).where(row.id == job_id).values(**values))
+
+
 def test_service_start_resumes_sweeps_and_runs_whose_driver_died(
     make_client, auth, sweep_id, database, launched, make_spec, record
 ):
     client = make_client()
     dead, alive = (launch(client, auth, sweep_id).json()["id"] for _ in range(2))
-    for run_id in (dead, alive):
-        db.set_run_status(database, run_id=run_id, status=db.JobStatus.RUNNING)
-    db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.RUNNING)
-    long_ago = datetime.now(UTC) - timedelta(seconds=2 * service.DRIVER_STALE_S)
-    with database.session("making two drivers look dead") as s:  # as a kill -9 leaves them
-        for row, job_id in ((RunRow, dead), (SweepRow, sweep_id)):
-            s.execute(update(row).where(row.id == job_id).values(driver_heartbeat_at=long_ago))
+    db.set_run_status(database, run_id=alive, status=db.JobStatus.RUNNING)
+    kill_drivers(database, (RunRow, dead), (SweepRow, sweep_id))
     record(make_spec())  # completed: left alone
     launched.clear()
     make_client()  # a service starting
@@ -166,3 +170,23 @@ def test_service_start_resumes_sweeps_and_runs_whose_driver_died(
     assert db.get_run(database, run_id=dead).status is db.JobStatus.QUEUED
     assert db.get_run(database, run_id=alive).status is db.JobStatus.RUNNING
     assert db.get_sweep(database, sweep_id=sweep_id).status is db.JobStatus.QUEUED
+
+
+def test_two_services_starting_at_once_resume_an_orphan_once(
+    client, auth, sweep_id, database, launched, monkeypatch
+):
+    run_id = launch(client, auth, sweep_id).json()["id"]
+    kill_drivers(database, (RunRow, run_id))
+    # Both services list the orphan before either resumes it.
+    seen_by_both = db.list_runs(database, status=db.JobStatus.RUNNING)
+    monkeypatch.setattr(
+        db,
+        "list_runs",
+        lambda *a, status=None, **k: (
+            seen_by_both if status is db.JobStatus.RUNNING else db.Page([], 0)
+        ),
+    )
+    launched.clear()
+    assert service.resume_orphaned_jobs(database) == [f"run {run_id}"]
+    assert service.resume_orphaned_jobs(database) == []  # the second finds it taken
+    assert launched == [("run", run_id)]
