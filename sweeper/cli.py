@@ -417,16 +417,39 @@ def sweep_resume(
     """Continue a sweep whose driver died (or that failed or was cancelled)."""
     database = db.connect()
     service.resume_sweep(database, sweep_id)
-    if wait:
-        progress = _watch(database, sweep_id)
-        if json_output:
-            _print_json(_progress_json(progress))
+    _after_resume(
+        "sweep",
+        sweep_id,
+        watch=functools.partial(_watch, database, sweep_id) if wait else None,
+        as_json=_progress_json if json_output else None,
+        show=_print_progress,
+    )
+
+
+ProgressT = TypeVar("ProgressT")
+
+
+def _after_resume(
+    kind: str,
+    job_id: int,
+    *,
+    watch: Callable[[], ProgressT] | None,
+    as_json: Callable[[ProgressT], dict[str, Any]] | None,
+    show: Callable[[ProgressT], None],
+) -> None:
+    """Follow a resumed job to its end when there is a ``watch`` (--wait), else say that it
+    resumed; in JSON when there is ``as_json`` (--json)."""
+    if watch is None:
+        if as_json is None:
+            typer.echo(f"{kind} {job_id} resumed")
         else:
-            _print_progress(progress)
-    elif json_output:
-        _print_json({"id": sweep_id, "resumed": True})
+            _print_json({"id": job_id, "resumed": True})
+        return
+    progress = watch()
+    if as_json is None:
+        show(progress)
     else:
-        typer.echo(f"sweep {sweep_id} resumed")
+        _print_json(as_json(progress))
 
 
 def _print_transfer(sweep_id: int, result: TransferResult) -> None:
@@ -665,14 +688,22 @@ def run_cancel(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
 
 
 @run_app.command("resume")
-def run_resume(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
+def run_resume(
+    run_id: RunIdArgument,
+    wait: Annotated[bool, typer.Option("--wait", help="follow the run until it ends")] = False,
+    json_output: JsonOption = False,
+) -> None:
     """Continue a run whose driver died (or that failed or was cancelled) from its latest
     checkpoint."""
-    run = service.resume_run(db.connect(), run_id)
-    if json_output:
-        _print_json({"id": run.id, "resumed": True})
-    else:
-        typer.echo(f"run {run.id} resumed")
+    database = db.connect()
+    service.resume_run(database, run_id)
+    _after_resume(
+        "run",
+        run_id,
+        watch=functools.partial(_watch_run, database, run_id) if wait else None,
+        as_json=_run_json if json_output else None,
+        show=_print_run,
+    )
 
 
 @app.command("serve")

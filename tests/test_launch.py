@@ -136,6 +136,26 @@ def test_a_run_whose_driver_dies_resumes_from_its_checkpoint(swept, monkeypatch)
     assert again.returncode == 1 and "nothing to resume" in again.stderr
 
 
+def test_cancel_then_resume_with_the_cli_continues_from_the_checkpoint(swept):
+    database, sweep_id, env = swept
+    started = cli(env, "launch", "--to-width", "64", "--steps", "100", "--precision", "fp32")
+    assert started.returncode == 0, started.stderr
+    run_id = int(started.stdout)
+    assert db.get_run(database, run_id=run_id).sweep_id == sweep_id  # the latest completed
+    wait_for(lambda: db.get_run(database, run_id=run_id).checkpoint_path is not None, "a ckpt")
+    assert cli(env, "run", "cancel", str(run_id)).returncode == 0
+    wait_for(lambda: not drivers_of(database.url), "the cancelled run's driver to stop")
+    stopped_at = db.get_run_curve(database, run_id=run_id)[-1].step
+    assert db.get_run(database, run_id=run_id).status is db.JobStatus.CANCELLED
+
+    resumed = cli(env, "run", "resume", str(run_id), "--wait", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    run = json.loads(resumed.stdout)
+    assert run["status"] == "completed" and run["restarts"] == 1
+    assert 10 <= run["resumed_from_step"] <= stopped_at
+    assert [p["step"] for p in run["curve"]] == list(range(10, 101, 10))
+
+
 def test_fsdp_and_ddp_train_the_same_model(swept):
     """FSDP2 (each block sharded over 2 CPU workers, gloo) matches DDP step for step."""
     database, sweep_id, env = swept
