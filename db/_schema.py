@@ -200,7 +200,8 @@ class TrialRow(Base):
     final_eval_loss: Mapped[float | None]
     steps: Mapped[int | None]
     tokens: Mapped[int | None]
-    tokens_per_s: Mapped[float | None]
+    tokens_per_s: Mapped[float | None]  # steady state: startup excluded
+    startup_s: Mapped[float | None]  # seconds before the first steady-state step
     node_id: Mapped[str | None] = mapped_column(String(200))
     ray_trial_id: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
@@ -275,5 +276,6 @@ class MetricPointRow(Base):
     # NULL when not finite (a diverged trial's last points); eval_loss also when not measured.
     train_loss: Mapped[float | None]
     eval_loss: Mapped[float | None]
-    tokens_per_s: Mapped[float | None]
+    tokens_per_s: Mapped[float | None]  # steady state: startup excluded
+    startup_s: Mapped[float | None]  # seconds before the first steady-state step
     time_s: Mapped[float]  # seconds since the trial (or run) started

@@ -74,7 +74,8 @@ class Trial:
     final_eval_loss: float | None  # None while running, or when not finite
     steps: int | None
     tokens: int | None
-    tokens_per_s: float | None
+    tokens_per_s: float | None  # steady state: startup excluded
+    startup_s: float | None  # seconds before the first steady-state step
     node_id: str | None
     ray_trial_id: str | None
     error: str | None
@@ -90,7 +91,8 @@ class MetricPoint:
     tokens: int
     train_loss: float | None  # None when not finite
     eval_loss: float | None = None  # None when not measured at this step, or not finite
-    tokens_per_s: float | None = None
+    tokens_per_s: float | None = None  # steady state: startup excluded
+    startup_s: float | None = None  # seconds before the first steady-state step
     time_s: float  # seconds since the trial (or run) started
 
 
@@ -263,7 +265,7 @@ def upsert_trial(
         if not row.status.finished:
             s.execute(delete(MetricPointRow).where(MetricPointRow.trial_id == row.id))
             row.status = TrialStatus.RUNNING
-            row.final_eval_loss = row.steps = row.tokens = row.tokens_per_s = None
+            row.final_eval_loss = row.steps = row.tokens = row.tokens_per_s = row.startup_s = None
             row.error = row.finished_at = None
             row.ray_trial_id = ray_trial_id
             row.node_id = node_id
@@ -284,6 +286,7 @@ def finish_trial(
     steps: int,
     tokens: int,
     tokens_per_s: float | None,
+    startup_s: float | None = None,
     error: str | None = None,
     node_id: str | None = None,
 ) -> None:
@@ -298,6 +301,7 @@ def finish_trial(
         row.steps = steps
         row.tokens = tokens
         row.tokens_per_s = tokens_per_s
+        row.startup_s = startup_s
         row.error = error
         row.finished_at = utcnow()
         if node_id is not None:

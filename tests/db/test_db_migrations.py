@@ -39,7 +39,7 @@ def _revision(engine: Engine) -> str | None:
 
 def test_connect_creates_the_schema_at_the_newest_revision(database: db.Database) -> None:
     assert set(inspect(database.engine).get_table_names()) == TABLES | {"sweeper_alembic_version"}
-    assert _revision(database.engine) == _head() == "0001"
+    assert _revision(database.engine) == _head() == "0002"
 
 
 def test_optuna_shares_the_database(database: db.Database) -> None:
@@ -87,6 +87,34 @@ def test_downgrade_to_base_and_upgrade_again(database: db.Database) -> None:
     database.migrate()
     assert set(inspect(database.engine).get_table_names()) == TABLES | {"sweeper_alembic_version"}
     assert db.create_sweep(database, name="after", spec={}) == 1
+
+
+def test_startup_time_revision_keeps_the_stored_curves(database: db.Database) -> None:
+    """0001 -> 0002 adds `startup_s` to trials and points; what was stored stays, as NULL."""
+    with database.engine.begin() as connection:
+        command.downgrade(alembic_config(connection=connection), "0001")
+    columns = {c["name"] for c in inspect(database.engine).get_columns("sweeper_trials")}
+    assert "startup_s" not in columns
+    with database.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO sweeper_sweeps (id, name, status, spec, created_at)"
+            " VALUES (1, 'old', 'completed', '{}', CURRENT_TIMESTAMP)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO sweeper_trials (id, sweep_id, key, width, params, status, created_at)"
+            " VALUES (1, 1, 'w64-a', 64, '{}', 'completed', CURRENT_TIMESTAMP)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO sweeper_metric_points (trial_id, step, tokens, train_loss, time_s)"
+            " VALUES (1, 10, 640, 2.5, 1.0)"
+        )
+
+    database.migrate()
+    assert _revision(database.engine) == _head()
+    trial = db.get_trial(database, trial_id=1)
+    assert trial.key == "w64-a" and trial.startup_s is None
+    [point] = db.get_curves(database, sweep_id=1)[1]
+    assert (point.step, point.train_loss, point.startup_s) == (10, 2.5, None)
 
 
 def test_processes_connecting_at_once_to_a_fresh_database_migrate_it_once(
