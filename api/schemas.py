@@ -91,7 +91,8 @@ class TrialOut(BaseModel):
     final_eval_loss: float | None
     steps: int | None
     tokens: int | None
-    tokens_per_s: float | None
+    tokens_per_s: float | None = Field(description="steady state: startup excluded")
+    startup_s: float | None = Field(description="seconds before the first steady-state step")
     node_id: str | None
     error: str | None
     created_at: datetime
@@ -204,6 +205,7 @@ class RunMetrics(BaseModel):
     train_loss: list[float | None]
     eval_loss: list[float | None]
     tokens_per_s: list[float | None]
+    startup_s: list[float | None]
     time_s: list[float]
 
     @classmethod
@@ -217,6 +219,7 @@ class RunMetrics(BaseModel):
             train_loss=[p.train_loss for p in curve],
             eval_loss=[p.eval_loss for p in curve],
             tokens_per_s=[p.tokens_per_s for p in curve],
+            startup_s=[p.startup_s for p in curve],
             time_s=[p.time_s for p in curve],
         )
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU side of the kernels' work, for one call of the device machine (see docs/KERNELS.md).
-#   bash benchmarks/run_gpu.sh STAGE...   stages: env tests gemm sweep mlp parity
+#   bash benchmarks/run_gpu.sh STAGE...   stages: env tests gemm sweep mlp parity graphs profile
+#                                          steady startup proxy-sweep
 # LIMIT_<stage>=seconds stops a stage early (the device call has a hard limit); its JSON,
 # written as it goes, is still copied.
 # Wheels in .whl/ (pydantic for the models' config, torchao for the MLP baseline) are
@@ -22,6 +23,7 @@ t() {  # t STAGE CMD...: run CMD under the stage's time limit
 }
 for stage in "$@"; do
     start=$SECONDS
+    marker=$(mktemp) && touch "$marker"
     case "$stage" in
         env) nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu \
                  --format=csv
@@ -32,11 +34,20 @@ for stage in "$@"; do
         mlp) t mlp python3 -m benchmarks.bench_mlp ${MLP_ARGS:-} 2>&1 | tee "$OUT/mlp.log" ;;
         parity) t parity python3 -m benchmarks.fp8_training_parity --data .devdata/shakespeare.txt \
                     2>&1 | tee "$OUT/parity.log" ;;
+        graphs) t graphs python3 -m pytest -q --tb=short -p no:logging tests/test_cuda_graphs_gpu.py \
+                    2>&1 | tee "$OUT/graphs.log" ;;
+        profile) t profile python3 -m benchmarks.profile_proxy_step --data .devdata/shakespeare.txt \
+                    2>&1 | tee "$OUT/profile.log" ;;
+        steady|startup|proxy-sweep)
+            t "${stage//-/_}" python3 -m benchmarks.proxy_speed "${stage#proxy-}" \
+                --data .devdata/shakespeare.txt --log "$OUT/proxy_speed.jsonl" 2>&1 \
+                | tee -a "$OUT/proxy_speed.log" ;;
         *) echo "unknown stage $stage"; exit 2 ;;
     esac
     rc=${PIPESTATUS[0]}
     [ "$rc" -ne 0 ] && status=$rc
     echo "== stage $stage: rc=$rc, $((SECONDS - start)) s"
-    cp benchmarks/results/{gemm,gemm_sweep,mlp,fp8_training_parity}.json "$OUT/" 2>/dev/null
+    # only what this stage wrote: at most 8 files come back from a device call
+    find benchmarks/results -name '*.json' -newer "$marker" -exec cp {} "$OUT/" \;
 done
 exit $status

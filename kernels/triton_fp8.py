@@ -18,8 +18,11 @@ kernel, each in the shape of the Triton tutorials (``03-matrix-multiplication``,
   variants: a persistent kernel whose operands arrive through TMA descriptors (Hopper, the
   fast one), and the tutorial's pointer kernel (any GPU, any alignment, the interpreter).
 
-The wrappers at the bottom check, allocate and launch. They accept CPU tensors only under
-``TRITON_INTERPRET=1`` (Triton's CPU interpreter), which is how CI runs these kernels.
+The wrappers at the bottom check, allocate and launch. Each kernel's meta-parameters are
+chosen per shape by a `kernels.tuning.Tuner`: timed once per machine, kept on disk, then
+launched directly. The wrappers accept CPU tensors only under ``TRITON_INTERPRET=1``
+(Triton's CPU interpreter, which cannot time configs and runs fixed small tiles), which is
+how CI runs these kernels.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
+
+from kernels.tuning import Tuner
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -150,9 +155,7 @@ def _cast_transpose_kernel(
         tl.store(yt_ptr + offs_n[:, None] * M + offs_m[None, :], yt, mask=mask_t)
 
 
-cast_transpose_kernel = triton.autotune(
-    configs=_cast_transpose_configs(), key=["M", "N", "ACTIVATION", "WRITE_Y", "WRITE_YT"]
-)(_cast_transpose_kernel)
+CAST_TRANSPOSE = Tuner("cast_transpose", _cast_transpose_kernel, _cast_transpose_configs())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +188,7 @@ def _mma(a, b, acc, PRECISE_ACC: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 def _matmul_configs() -> list[triton.Config]:
+    # Tutorial-style tiles, plus narrow ones for the proxies' small N and K.
     return [
         triton.Config(
             {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w
@@ -194,6 +198,7 @@ def _matmul_configs() -> list[triton.Config]:
             (128, 128, 128, 4, 8),
             (128, 128, 128, 4, 4),
             (64, 128, 128, 4, 4),
+            (64, 64, 64, 4, 4),
         ]
     ]
 
@@ -259,30 +264,19 @@ def _fp8_matmul_kernel(
     tl.store(c_ptr + c_offs, c.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
-fp8_matmul_kernel = triton.autotune(configs=_matmul_configs(), key=["M", "N", "K", "PRECISE_ACC"])(
-    _fp8_matmul_kernel
-)
-
-
-def _set_tma_block_shapes(nargs: dict[str, Any]) -> None:
-    # Host-side TMA descriptors carry their box size, which depends on the config being run.
-    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
-    nargs["a_desc"].block_shape = [bm, bk]
-    nargs["b_desc"].block_shape = [bn, bk]
-    nargs["c_desc"].block_shape = [bm, bn // nargs["EPILOGUE_SPLIT"]]
-    nargs["aux_desc"].block_shape = [bm, bn // nargs["EPILOGUE_SPLIT"]]
+FP8_MATMUL_SIMPLE = Tuner("fp8_matmul_simple", _fp8_matmul_kernel, _matmul_configs())
 
 
 def _matmul_tma_configs() -> list[triton.Config]:
-    # The shapes µS uses: M = tokens per step (>= 16k), N and K in {d, 4d}. 128 x 256 x 128
-    # tiles with 8 warps (two consumer warpgroups) is the usual best on H100 for FP8; the
-    # smaller tiles cover the narrow weight-gradient outputs (N x K, few tiles).
+    # The shapes µS uses: M = tokens per step, N and K in {d, 4d}. 128 x 256 x 128 tiles
+    # with 8 warps (two consumer warpgroups) is the usual best on H100 for FP8 at full size;
+    # the smaller tiles cover the narrow weight-gradient outputs (N x K, few tiles) and the
+    # proxies, whose d of 128-512 leaves a large tile with most SMs idle.
     return [
         triton.Config(
             {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPILOGUE_SPLIT": sp},
             num_stages=s,
             num_warps=w,
-            pre_hook=_set_tma_block_shapes,
         )
         for bm, bn, bk, s, w, sp in [
             (128, 256, 128, 3, 8, 2),
@@ -291,6 +285,10 @@ def _matmul_tma_configs() -> list[triton.Config]:
             (256, 128, 128, 3, 8, 2),
             (128, 128, 128, 4, 8, 1),
             (128, 128, 128, 5, 4, 2),
+            (128, 64, 128, 4, 4, 1),
+            (64, 128, 128, 4, 4, 1),
+            (64, 64, 128, 4, 4, 1),
+            (64, 64, 64, 3, 4, 1),
         ]
     ]
 
@@ -309,9 +307,7 @@ def _fp8_matmul_tma_persistent_kernel(
     K,
     # Static output multiplier, applied to the fp32 accumulator before the output cast
     scale,
-    # Meta-parameters. DTYPES only keys the autotuner: descriptors, unlike tensors, do not
-    # put their dtypes into its cache key, and the best config depends on them.
-    DTYPES: tl.constexpr,
+    # Meta-parameters
     EPILOGUE: tl.constexpr,
     PRECISE_ACC: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -387,9 +383,7 @@ def _store_slice(c_desc, aux_desc, c, offs_m, offs_n, EPILOGUE: tl.constexpr):
     c_desc.store([offs_m, offs_n], c.to(c_desc.dtype))
 
 
-fp8_matmul_tma_persistent_kernel = triton.autotune(
-    configs=_matmul_tma_configs(), key=["M", "N", "K", "EPILOGUE", "PRECISE_ACC", "DTYPES"]
-)(_fp8_matmul_tma_persistent_kernel)
+FP8_MATMUL_TMA = Tuner("fp8_matmul_tma", _fp8_matmul_tma_persistent_kernel, _matmul_tma_configs())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,15 +494,16 @@ def cast_transpose(
     args = (x, y_arg, yt_arg, M, N, x.stride(0), x.stride(1), scale)
     meta = {"FP8_MAX": fp8_max, "ACTIVATION": activation, "WRITE_Y": rows, "WRITE_YT": cols}
 
-    def grid(meta: dict[str, Any]) -> tuple[int, int]:
-        return (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))
+    def launch(config: dict[str, Any]) -> None:
+        grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]))
+        _cast_transpose_kernel[grid](*args, **meta, **config)
 
-    if INTERPRET and config is None:  # the interpreter cannot time configs
+    if config is None and INTERPRET:  # the interpreter cannot time configs
         config = {"BLOCK_M": 32, "BLOCK_N": 32}
     if config is None:
-        cast_transpose_kernel[grid](*args, **meta)
-    else:
-        _cast_transpose_kernel[grid](*args, **meta, **config)
+        key = (M, N, x.dtype, dtype, x.stride(1) == 1, activation, rows, cols)
+        config = CAST_TRANSPOSE.config(key, lambda c: launch(c.all_kwargs())).all_kwargs()
+    launch(config)
     return y, yt
 
 
@@ -605,16 +600,17 @@ def _launch_simple(
     N = b.shape[0]
     args = (a, b, c, aux, M, N, K, *a.stride(), *b.stride(), *c.stride(), scale)
     meta = {"EPILOGUE": epilogue, "PRECISE_ACC": precise_acc}
-    if INTERPRET and config is None:
-        config = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}
 
-    def grid(meta: dict[str, Any]) -> tuple[int]:
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-
-    if config is None:
-        fp8_matmul_kernel[grid](*args, **meta)
-    else:
+    def launch(config: dict[str, Any]) -> None:
+        grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
         _fp8_matmul_kernel[grid](*args, **meta, **config)
+
+    if config is None and INTERPRET:  # the interpreter cannot time configs
+        config = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}
+    if config is None:
+        key = (M, N, K, a.dtype, b.dtype, c.dtype, epilogue, precise_acc)
+        config = FP8_MATMUL_SIMPLE.config(key, lambda cfg: launch(cfg.all_kwargs())).all_kwargs()
+    launch(config)
 
 
 def _launch_tma(
@@ -630,41 +626,31 @@ def _launch_tma(
     M, K = a.shape
     N = b.shape[0]
     num_sms = 4 if INTERPRET else _num_sms(a.device.index or 0)
-    # Box sizes are placeholders: the config's pre-hook sets them before every launch.
-    descs = {
-        name: TensorDescriptor.from_tensor(t, [64, 64])
-        for name, t in (("a_desc", a), ("b_desc", b), ("c_desc", c), ("aux_desc", aux))
-    }
+    meta = {"EPILOGUE": epilogue, "PRECISE_ACC": precise_acc, "NUM_SMS": num_sms}
 
-    def grid(meta: dict[str, Any]) -> tuple[int]:
-        tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
-        return (min(num_sms, tiles),)
+    def launch(config: dict[str, Any]) -> None:
+        config = {"EPILOGUE_SPLIT": 1, **config}
+        # Host-side TMA descriptors carry their box size, which depends on the config.
+        bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+        c_box = [bm, bn // config["EPILOGUE_SPLIT"]]
+        descs = (
+            TensorDescriptor.from_tensor(a, [bm, bk]),
+            TensorDescriptor.from_tensor(b, [bn, bk]),
+            TensorDescriptor.from_tensor(c, c_box),
+            TensorDescriptor.from_tensor(aux, c_box),
+        )
+        grid = (min(num_sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)),)
+        _fp8_matmul_tma_persistent_kernel[grid](*descs, M, N, K, scale, **meta, **config)
 
-    args = (*descs.values(), M, N, K, scale)
-    meta = {
-        "DTYPES": f"{a.dtype},{b.dtype},{c.dtype}".replace("torch.", ""),
-        "EPILOGUE": epilogue,
-        "PRECISE_ACC": precise_acc,
-        "NUM_SMS": num_sms,
-    }
-    if config is None and not INTERPRET:
-        fp8_matmul_tma_persistent_kernel[grid](*args, **meta)
-        return
-    if config is None:
+    if config is None and INTERPRET:  # the interpreter cannot time configs
         config = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}
-    meta = {"EPILOGUE_SPLIT": 1, **meta, **config}
-    _set_tma_block_shapes({**descs, **meta})
-    _fp8_matmul_tma_persistent_kernel[grid(meta)](*args, **meta)
+    if config is None:
+        key = (M, N, K, a.dtype, b.dtype, c.dtype, epilogue, precise_acc)
+        config = FP8_MATMUL_TMA.config(key, lambda cfg: launch(cfg.all_kwargs())).all_kwargs()
+    launch(config)
 
 
-def best_configs() -> dict[str, dict[str, str]]:
-    """The autotuner's choice per key, for benchmark reports."""
-    tuned = {
-        "cast_transpose": cast_transpose_kernel,
-        "fp8_matmul_simple": fp8_matmul_kernel,
-        "fp8_matmul_tma_persistent": fp8_matmul_tma_persistent_kernel,
-    }
-    return {
-        name: {str(key): str(cfg) for key, cfg in kernel.cache.items()}
-        for name, kernel in tuned.items()
-    }
+def best_configs() -> dict[str, dict[str, dict[str, Any]]]:
+    """The tuned choice per key in this process, for benchmark reports."""
+    tuners = (CAST_TRANSPOSE, FP8_MATMUL_SIMPLE, FP8_MATMUL_TMA)
+    return {tuner.name: tuner.chosen() for tuner in tuners}

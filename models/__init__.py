@@ -2,7 +2,7 @@
 
 from models.config import PRESETS, ModelConfig, TrainConfig, preset
 from models.gpt import GPT
-from models.train import MetricPoint, TrainResult, train
+from models.train import MetricPoint, TrainResult, train, warm_up
 
 __all__ = [
     "GPT",
@@ -13,4 +13,5 @@ __all__ = [
     "TrainResult",
     "preset",
     "train",
+    "warm_up",
 ]

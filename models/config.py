@@ -81,6 +81,11 @@ class TrainConfig(BaseModel):
     eval_batches: int = Field(8, ge=1, description="batches of batch_size in each evaluation")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     compile: bool = Field(False, description="torch.compile the model")
+    cuda_graphs: bool = Field(
+        True,
+        description="replay each step from CUDA graphs (one GPU; ignored on CPU and when"
+        " data-parallel)",
+    )
 
     @model_validator(mode="after")
     def _data_exists(self, info: ValidationInfo) -> TrainConfig:

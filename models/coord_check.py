@@ -17,7 +17,8 @@ from models.config import TrainConfig
 from models.data import Batches, split_corpus
 from models.gpt import GPT, hidden_linears
 from models.optim import build_optimizer
-from models.train import build_model, precision_context, resolve_device, train_step
+from models.steps import precision_context, train_step
+from models.train import build_model, resolve_device
 
 LayerRMS = dict[str, float]
 

@@ -15,7 +15,7 @@ import torch
 from kernels import E4M3, E5M2, saturating_cast
 from models.config import TrainConfig
 from models.gpt import GPT, ScaledLinear, hidden_linears
-from models.train import loss_fn, precision_context
+from models.steps import loss_fn, precision_context
 
 
 @dataclass

@@ -56,14 +56,24 @@ def param_groups(model: GPT, config: TrainConfig) -> list[dict[str, Any]]:
 
 
 def build_optimizer(
-    model: GPT, config: TrainConfig
+    model: GPT, config: TrainConfig, *, capturable: bool = False
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the width-rule groups and the schedule that scales every group's LR by s_t."""
-    device_type = next(model.parameters()).device.type
+    """AdamW over the width-rule groups and the schedule that scales every group's LR by s_t.
+
+    ``capturable``: the step may be captured in a CUDA graph. Its step counts then live on
+    the GPU and each group's LR is a GPU tensor that the schedule fills in place: a float LR
+    would be frozen into the graph at its value during capture.
+    """
+    device = next(model.parameters()).device
+    groups = param_groups(model, config)
+    if capturable:
+        for group in groups:
+            group["lr"] = torch.tensor(group["lr"], device=device)
     optimizer = torch.optim.AdamW(
-        param_groups(model, config),
+        groups,
         betas=(config.beta1, config.beta2),
-        fused=device_type == "cuda",
+        fused=device.type == "cuda",
+        capturable=capturable,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step, config)

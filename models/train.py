@@ -2,6 +2,10 @@
 
 A run ends ``completed``, or ``diverged`` when the loss turns NaN/inf or explodes: divergence
 is a result the sweep records (its curve included), never an exception.
+
+Its first steps are startup, not training speed: they tune and compile kernels and capture
+CUDA graphs (`models.steps`). Their wall time is reported as ``startup_s`` and left out of
+``tokens_per_s``, which is the steady state a user compares precisions by.
 """
 
 from __future__ import annotations
@@ -9,12 +13,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -25,6 +27,7 @@ from models.config import TrainConfig
 from models.data import EVAL_SEED, Batches, split_corpus
 from models.gpt import GPT, default_fp8_grad_scale, use_fp8
 from models.optim import build_optimizer
+from models.steps import EagerSteps, GraphedSteps, steps_for, uses_cuda_graphs
 
 TrainStatus = Literal["completed", "diverged"]
 # A train loss this many times the untrained model's means the run blew up, finite or not.
@@ -39,8 +42,9 @@ class MetricPoint:
     tokens: int
     train_loss: float  # mean over the steps since the previous report
     eval_loss: float
-    tokens_per_s: float  # training throughput so far, evaluation time excluded
+    tokens_per_s: float  # steady-state training throughput: startup and evaluation excluded
     time_s: float  # wall time since the run started
+    startup_s: float  # wall time before the first steady-state step (see the module doc)
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class TrainResult:
     steps: int
     tokens: int
     final_eval_loss: float  # NaN when the run diverged before a finite evaluation
-    tokens_per_s: float
+    tokens_per_s: float  # steady state, as MetricPoint's
+    startup_s: float
     wall_s: float
     curve: list[MetricPoint] = field(default_factory=list)
 
@@ -71,13 +76,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def precision_context(config: TrainConfig, device: torch.device) -> AbstractContextManager[Any]:
-    """bf16 autocast for everything but fp32 runs (FP8 layers manage their own casts)."""
-    if config.precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def build_model(config: TrainConfig, device: torch.device) -> GPT:
     """The model of ``config`` on ``device``, seeded, with FP8 routing when asked for."""
     torch.manual_seed(config.seed)
@@ -90,30 +88,7 @@ def build_model(config: TrainConfig, device: torch.device) -> GPT:
     return model
 
 
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-
-
-def train_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    batch: tuple[torch.Tensor, torch.Tensor],
-    config: TrainConfig,
-) -> torch.Tensor:
-    """One optimizer step on ``batch``; returns the (unsynchronised) loss."""
-    x, y = batch
-    with precision_context(config, x.device):
-        loss = loss_fn(model(x), y)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> float:
+def evaluate(steps: EagerSteps, config: TrainConfig, device: torch.device) -> float:
     """Mean validation loss over ``eval_batches`` fixed batches (the same for every run)."""
     _, val_tokens = split_corpus(config.data)
     batches = Batches(
@@ -121,9 +96,7 @@ def evaluate(model: torch.nn.Module, config: TrainConfig, device: torch.device) 
     )
     total = torch.zeros((), device=device)
     for _ in range(config.eval_batches):
-        x, y = batches.next(device)
-        with precision_context(config, device):
-            total += loss_fn(model(x), y)
+        total += steps.eval_loss(batches.next(device))
     return (total / config.eval_batches).item()
 
 
@@ -177,6 +150,25 @@ def _mean_over_ranks(value: torch.Tensor, parallel: Parallel | None) -> torch.Te
     return value
 
 
+def warm_up(config: TrainConfig) -> float:
+    """Tune and compile every kernel a run of ``config``'s shapes needs, capture its graphs,
+    and return the seconds it took. The tuned choices land in the on-disk cache
+    (`kernels.tuning`), so later processes with these shapes start warm."""
+    steps = GraphedSteps.warmup_steps + 1  # through the capture and one replay
+    short = config.model_copy(update={"steps": steps, "eval_interval": steps, "eval_batches": 1})
+    return train(short).startup_s
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _throughput(tokens: int, seconds: float) -> float:
+    """Tokens per second, NaN while no steady-state step has been timed."""
+    return tokens / seconds if tokens and seconds > 0 else math.nan
+
+
 def train(
     config: TrainConfig,
     report: Reporter | None = None,
@@ -200,12 +192,14 @@ def train(
     )
     gpt = build_model(config, device)
     model = gpt if parallel is None else parallel.wrap(gpt)
-    optimizer, scheduler = build_optimizer(gpt, config)  # the groups come from the GPT itself
+    graphed = uses_cuda_graphs(config, device, world_size=world_size)
+    # The groups come from the GPT itself, whatever wraps it.
+    optimizer, scheduler = build_optimizer(gpt, config, capturable=graphed)
     step_fn: torch.nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
 
     curve: list[MetricPoint] = []
     initial_loss = math.inf  # the untrained model's loss: the yardstick of an explosion
-    step, train_time = 0, 0.0
+    step, steady_steps, steady_time = 0, 0, 0.0
     if checkpointing is not None and checkpointing.restored is not None:
         state = checkpointing.restored
         set_state_dict(
@@ -216,42 +210,55 @@ def train(
             options=StateDictOptions(full_state_dict=True),
         )
         scheduler.load_state_dict(state["scheduler"])
-        step, train_time, initial_loss = state["step"], state["train_time"], state["initial_loss"]
+        step, initial_loss = state["step"], state["initial_loss"]
+        steady_steps, steady_time = state["steady_steps"], state["steady_time"]
         curve = [MetricPoint(**p) for p in state["curve"]]
         batches.index = step
+    steps = steps_for(step_fn, optimizer, scheduler, config, graphed=graphed)
+    warmup_until = min(config.steps, step + steps.warmup_steps)  # a resumed process warms up too
+    startup_s = math.nan
+    clock: float | None = None  # start of the current steady-state stretch
     interval_loss = torch.zeros((), device=device)
     interval_steps = 0
     status: TrainStatus = "completed"
     while step < config.steps:
-        t0 = time.perf_counter()
-        loss = train_step(step_fn, optimizer, scheduler, batches.next(device), config)
+        batch = batches.next(device)
+        loss = steps.train(batch)
         if step == 0:
             initial_loss = _mean_over_ranks(loss.clone(), parallel).item()
         interval_loss += loss
         interval_steps += 1
         step += 1
+        if clock is not None:
+            steady_steps += 1
+        if step == warmup_until:
+            steps.warmed_up(batch)
+            _synchronize(device)
+            clock = time.perf_counter()
+            startup_s = clock - started
         if step % config.eval_interval and step != config.steps:
-            train_time += time.perf_counter() - t0
             continue
-        # .item() syncs, so the timing is complete
+        # .item() syncs, so the stretch's timing is complete
         train_loss = _mean_over_ranks(interval_loss / interval_steps, parallel).item()
-        train_time += time.perf_counter() - t0
+        if clock is not None:
+            steady_time += time.perf_counter() - clock
         finite = math.isfinite(train_loss) and train_loss < EXPLOSION_FACTOR * initial_loss
-        eval_loss = evaluate(step_fn, config, device) if finite else math.nan
-        tokens = step * config.tokens_per_step
+        eval_loss = evaluate(steps, config, device) if finite else math.nan
         point = MetricPoint(
             step=step,
-            tokens=tokens,
+            tokens=step * config.tokens_per_step,
             train_loss=train_loss,
             eval_loss=eval_loss,
-            tokens_per_s=tokens / train_time,
+            tokens_per_s=_throughput(steady_steps * config.tokens_per_step, steady_time),
             time_s=time.perf_counter() - started,
+            startup_s=startup_s,
         )
         curve.append(point)
         if checkpointing is not None and step % checkpointing.every == 0 and finite:
             extra = {
                 "step": step,
-                "train_time": train_time,
+                "steady_steps": steady_steps,
+                "steady_time": steady_time,
                 "initial_loss": initial_loss,
                 "curve": [asdict(p) for p in curve],
             }
@@ -263,13 +270,16 @@ def train(
             break
         interval_loss.zero_()
         interval_steps = 0
+        if clock is not None:
+            clock = time.perf_counter()  # evaluation and reporting are not training time
 
     return TrainResult(
         status=status,
         steps=step,
         tokens=step * config.tokens_per_step,
         final_eval_loss=curve[-1].eval_loss,
-        tokens_per_s=step * config.tokens_per_step / train_time,
+        tokens_per_s=_throughput(steady_steps * config.tokens_per_step, steady_time),
+        startup_s=startup_s,
         wall_s=time.perf_counter() - started,
         curve=curve,
     )

@@ -168,7 +168,7 @@ def train_command(
                 task,
                 completed=point.step,
                 description=f"train {point.train_loss:.3f}  eval {point.eval_loss:.3f}  "
-                f"{point.tokens_per_s:,.0f} tok/s",
+                f"{point.tokens_per_s:,.0f} tok/s (startup {point.startup_s:.1f} s)",
             )
 
         result = train(config, report=report)
@@ -179,6 +179,7 @@ def train_command(
     typer.echo(
         f"{result.status} after {result.steps} steps: eval loss "
         f"{'n/a' if loss is None else f'{loss:.4f}'}, {result.tokens_per_s:,.0f} tokens/s"
+        f" after {result.startup_s:.1f} s of startup"
     )
 
 
@@ -261,6 +262,7 @@ def _trial_json(trial: db.Trial) -> dict[str, Any]:
         "final_eval_loss": trial.final_eval_loss,
         "steps": trial.steps,
         "tokens_per_s": trial.tokens_per_s,
+        "startup_s": trial.startup_s,
         "node_id": trial.node_id,
         "error": trial.error,
     }
@@ -292,12 +294,13 @@ def _print_progress(progress: service.SweepProgress) -> None:
     if sweep.error:
         console.print(f"error: {sweep.error}", highlight=False)
     table = Table()
-    for column in ("key", "status", "final eval loss", "steps", "tokens/s"):
+    for column in ("key", "status", "final eval loss", "steps", "tokens/s", "startup s"):
         table.add_column(column)
     for t in progress.trials:
         loss = "-" if t.final_eval_loss is None else f"{t.final_eval_loss:.4f}"
         speed = "-" if t.tokens_per_s is None else f"{t.tokens_per_s:,.0f}"
-        table.add_row(t.key, str(t.status), loss, str(t.steps or "-"), speed)
+        startup = "-" if t.startup_s is None else f"{t.startup_s:.1f}"
+        table.add_row(t.key, str(t.status), loss, str(t.steps or "-"), speed, startup)
     console.print(table)
     for width, best in progress.best_per_width().items():
         console.print(f"best at width {width}: {best.key} (eval loss {best.final_eval_loss:.4f})")
@@ -546,8 +549,10 @@ def _print_run(progress: service.RunProgress) -> None:
     if progress.curve:
         last = progress.curve[-1]
         eval_loss = "-" if last.eval_loss is None else f"{last.eval_loss:.4f}"
+        startup = "-" if last.startup_s is None else f"{last.startup_s:.1f}"
         console.print(
             f"step {last.step}: eval loss {eval_loss}, {last.tokens_per_s or 0:,.0f} tok/s"
+            f" (startup {startup} s)"
         )
 
 

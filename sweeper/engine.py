@@ -27,7 +27,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 import db
-from models import MetricPoint, train
+from models import MetricPoint, TrainConfig, train, warm_up
 from sweeper.jobs import DatabaseHandle, Job, ensure_ray, ray_storage_path
 from sweeper.spec import SweepSpec, TrialPlan
 
@@ -58,7 +58,31 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     train(train_config, report=report)
 
 
+def warm_up_widths(configs: list[dict[str, Any]]) -> list[float]:
+    """One per width, one after another in one process: the kernels' tuning times each
+    candidate alone on the GPU, and the packed trials that follow start from the cache."""
+    return [warm_up(TrainConfig.model_validate(c)) for c in configs]
+
+
 # --- in the driver ----------------------------------------------------------------------
+
+
+def warm_kernel_caches(spec: SweepSpec, remaining: list[TrialPlan]) -> None:
+    """Before FP8 trials are packed onto GPUs, tune each width's kernels once.
+
+    Otherwise every trial of a width starts at once, cold, and each tunes the same shapes
+    while the others load the GPU (slower, and noisier choices). BF16 and CPU trials have
+    nothing to tune.
+    """
+    if spec.train.precision != "fp8" or spec.resources.gpu == 0:
+        return
+    widths = sorted({p.width for p in remaining})
+    configs = [spec.trial_config(w, {"lr": spec.train.lr, "wd": spec.train.wd}) for w in widths]
+    task = ray.remote(warm_up_widths).options(
+        num_cpus=spec.resources.cpu, num_gpus=min(spec.resources.gpu, 1.0)
+    )
+    seconds = ray.get(task.remote([c.model_dump(mode="json") for c in configs]))
+    log.info("kernel caches warm for widths %s (%s s)", widths, [round(s, 1) for s in seconds])
 
 
 class PerWidthOptuna(Searcher):
@@ -205,6 +229,7 @@ class SweepRecorder(_SweepAware, tune.Callback):
             steps=step,
             tokens=int(last.get("tokens", 0)),
             tokens_per_s=last.get("tokens_per_s"),
+            startup_s=last.get("startup_s"),
             node_id=last.get("node_id"),
         )
 
@@ -220,6 +245,7 @@ class SweepRecorder(_SweepAware, tune.Callback):
             steps=int(last.get("step", 0)),
             tokens=int(last.get("tokens", 0)),
             tokens_per_s=last.get("tokens_per_s"),
+            startup_s=last.get("startup_s"),
             error=_error_text(trial),
             node_id=last.get("node_id"),
         )
@@ -336,6 +362,7 @@ def run_sweep(database: db.Database, sweep_id: int) -> db.JobStatus:
         if remaining:
             ensure_ray()
             try:
+                warm_kernel_caches(spec, remaining)
                 build_tuner(database, sweep_id, spec, remaining).fit()
             except Exception as e:
                 log.exception("sweep %s failed", sweep_id)
@@ -367,4 +394,5 @@ def _close_cancelled_trials(database: db.Database, sweep_id: int) -> None:
             steps=last[0].step if last else 0,
             tokens=last[0].tokens if last else 0,
             tokens_per_s=last[0].tokens_per_s if last else None,
+            startup_s=last[0].startup_s if last else None,
         )

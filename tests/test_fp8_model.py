@@ -8,7 +8,8 @@ from models.data import Batches, split_corpus
 from models.fp8_health import measure_fp8_health
 from models.gpt import ScaledLinear, hidden_linears
 from models.optim import build_optimizer
-from models.train import build_model, train_step
+from models.steps import train_step
+from models.train import build_model
 from tests.conftest import debug_config
 
 

@@ -74,6 +74,9 @@ def test_grid_sweep_with_a_diverging_lr(database, shakespeare):
         steps = [p.step for p in curves[trial.id]]
         if trial.status is db.TrialStatus.COMPLETED:
             assert steps == [10, 20] and trial.final_eval_loss is not None
+            # startup is reported apart from the steady-state speed, and stored with both
+            assert trial.startup_s is not None and trial.startup_s > 0
+            assert {p.startup_s for p in curves[trial.id]} == {trial.startup_s}
         else:
             assert steps and steps == sorted(set(steps))  # the diverged curve is kept
         assert trial.node_id

@@ -484,7 +484,7 @@ function trialsTable(trials, best) {
   const bestIds = new Set(Object.values(best).map((t) => t.id));
   const hasTau = trials.some((t) => t.params.tau !== undefined);
   const columns = ["key", "width", "lr", "wd", ...(hasTau ? ["tau"] : []), "status",
-    "final eval loss", "steps", "tokens/s", "node"];
+    "final eval loss", "steps", "tokens/s", "startup s", "node"];
   return h("table", { id: "trials-table" },
     h("thead", {}, h("tr", {}, columns.map((c) => h("th", { text: c })))),
     h("tbody", {}, trials.map((t) => h("tr", { class: bestIds.has(t.id) ? "best" : "" },
@@ -497,6 +497,7 @@ function trialsTable(trials, best) {
       h("td", { class: "num", text: fmt.loss(t.final_eval_loss) }),
       h("td", { class: "num", text: fmt.int(t.steps) }),
       h("td", { class: "num", text: fmt.int(t.tokens_per_s && Math.round(t.tokens_per_s)) }),
+      h("td", { class: "num", text: fmt.num(t.startup_s, 2) }),
       h("td", { class: "mono", text: t.node_id ? t.node_id.slice(0, 8) : "–" })))));
 }
 
@@ -793,9 +794,12 @@ function showRun(id) {
     const [run, metrics] = await Promise.all([
       api("GET", `/runs/${id}`), api("GET", `/runs/${id}/metrics`)]);
     title.textContent = `Run ${run.id}: ${run.name}`;
-    const last = metrics.step.length ? metrics.step[metrics.step.length - 1] : 0;
+    const n = metrics.step.length;
+    const last = n ? metrics.step[n - 1] : 0;
     meta.replaceChildren(statusBadge(run.status),
       h("span", {}, `step ${last} of ${runConfig(run).steps ?? "?"}`),
+      n ? h("span", { id: "run-speed", text: `${fmt.int(Math.round(metrics.tokens_per_s[n - 1]))}`
+        + ` tok/s, startup ${fmt.num(metrics.startup_s[n - 1], 2)} s` }) : null,
       run.sweep_id ? h("a", { href: `#/sweeps/${run.sweep_id}` }, `from sweep ${run.sweep_id}`)
         : null,
       run.restarts ? h("span", { id: "run-restarts", text:

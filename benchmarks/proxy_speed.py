@@ -1,0 +1,238 @@
+"""Proxy trials in FP8 against BF16: steady-state speed, startup, and a real sweep, on one GPU.
+
+Three stages, each printing JSON and writing ``benchmarks/results/proxy_speed_<stage>.json``
+(and a JSON line per measurement to ``--log`` as it goes, for runs cut short):
+
+* ``steady``: tokens/s after warm-up and the in-process startup of µS FP8, µS BF16 and SP
+  BF16 trials (depth 4, seq 128, head_dim 64) at each width and tokens per step, eagerly and
+  with CUDA graphs, all in one process, with FP8/BF16 ratios side by side.
+* ``startup``: the startup of a new process with an empty kernel cache (cold) and again
+  with the cache that the first one filled (warm), as a sweep's trials see it.
+* ``sweep``: the real engine (Ray Tune, SQLite): one 21-trial grid (3 widths x 7 LRs,
+  500 steps, 0.125 GPU per trial) in µS FP8 and the same in µS BF16; wall time of each and
+  the GPU's busy fraction while it runs.
+
+    python -m benchmarks.proxy_speed steady startup sweep --data .devdata/shakespeare.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import environment, write_json
+from models import ModelConfig, TrainConfig, train
+
+WIDTHS = (128, 256, 512, 1024, 2048)
+TOKENS_PER_STEP = (4096, 16384)
+SEQ_LEN = 128
+# name -> (parametrization, precision)
+VARIANTS = {"mus-fp8": ("mus", "fp8"), "mus-bf16": ("mus", "bf16"), "sp-bf16": ("sp", "bf16")}
+
+
+def trial_config(
+    variant: str, width: int, tokens: int, *, graphs: bool, steps: int, data: str
+) -> TrainConfig:
+    parametrization, precision = VARIANTS[variant]
+    return TrainConfig(
+        model=ModelConfig(
+            width=width, depth=4, head_dim=64, seq_len=SEQ_LEN, parametrization=parametrization
+        ),
+        data=data,
+        steps=steps,
+        batch_size=tokens // SEQ_LEN,
+        precision=precision,
+        lr=2**-5 if parametrization == "mus" else 2**-10,
+        eval_interval=steps,
+        eval_batches=1,
+        device="cuda",
+        cuda_graphs=graphs,
+    )
+
+
+def measure(config: TrainConfig) -> dict[str, Any]:
+    result = train(config)
+    return {
+        "status": result.status,
+        "tokens_per_s": result.tokens_per_s,
+        "startup_s": result.startup_s,
+        "wall_s": result.wall_s,
+        "final_eval_loss": result.final_eval_loss,
+    }
+
+
+class Log:
+    """JSON lines as they come, so a run stopped at its time limit keeps what it measured."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record)
+        print(line, flush=True)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(line + "\n")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or b == 0:
+        return None
+    return a / b
+
+
+def stage_steady(args: argparse.Namespace, log: Log) -> dict[str, Any]:
+    rows = []
+    for graphs in (True, False):
+        # Eager FP8 at proxy widths is what this work removes: a few steps time it well.
+        steps = args.steps if graphs else max(10, args.steps // 5)
+        for tokens in TOKENS_PER_STEP:
+            for width in WIDTHS:
+                row: dict[str, Any] = {"width": width, "tokens_per_step": tokens, "graphs": graphs}
+                for variant in VARIANTS:
+                    config = trial_config(
+                        variant, width, tokens, graphs=graphs, steps=steps, data=args.data
+                    )
+                    row[variant] = measure(config)
+                row["fp8_over_bf16"] = _ratio(
+                    row["mus-fp8"]["tokens_per_s"], row["mus-bf16"]["tokens_per_s"]
+                )
+                row["fp8_over_sp_bf16"] = _ratio(
+                    row["mus-fp8"]["tokens_per_s"], row["sp-bf16"]["tokens_per_s"]
+                )
+                log.write({"stage": "steady", **row})
+                rows.append(row)
+    return {"rows": rows, "steps_graphs": args.steps}
+
+
+def stage_startup(args: argparse.Namespace, log: Log) -> dict[str, Any]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        caches = {
+            "SWEEPER_KERNEL_CACHE": f"{tmp}/kernels",
+            "TRITON_CACHE_DIR": f"{tmp}/triton",
+            "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor",
+        }
+        for width in WIDTHS:
+            for variant in ("mus-fp8", "mus-bf16"):
+                config = trial_config(
+                    variant, width, TOKENS_PER_STEP[0], graphs=True, steps=20, data=args.data
+                )
+                row: dict[str, Any] = {"width": width, "variant": variant}
+                for cache in ("cold", "warm"):  # the warm process finds the cold one's cache
+                    row[cache] = _in_new_process(config, caches)
+                log.write({"stage": "startup", **row})
+                rows.append(row)
+    return {"rows": rows}
+
+
+def _in_new_process(config: TrainConfig, env: dict[str, str]) -> dict[str, Any]:
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.proxy_speed", "--one", config.model_dump_json()],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    record: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    record["process_wall_s"] = time.perf_counter() - started  # imports and CUDA context too
+    return record
+
+
+def sweep_spec(precision: str, data: str, steps: int) -> dict[str, Any]:
+    return {
+        "name": f"proxy-speed-{precision}",
+        "train": {
+            "model": {"depth": 4, "head_dim": 64, "seq_len": SEQ_LEN},
+            "data": data,
+            "steps": steps,
+            "batch_size": TOKENS_PER_STEP[0] // SEQ_LEN,
+            "precision": precision,
+            "eval_interval": steps // 5,
+            "eval_batches": 4,
+            "device": "cuda",
+        },
+        "widths": [128, 256, 512],
+        "search": {"lr": {"min": 2**-8, "max": 2**-2, "points": 7}},
+        "resources": {"cpu": 1, "gpu": 0.125},
+    }
+
+
+def stage_sweep(args: argparse.Namespace, log: Log) -> dict[str, Any]:
+    import ray
+
+    import db
+    from benchmarks.sweep_packing import GpuSampler
+    from sweeper.engine import run_sweep
+    from sweeper.spec import SweepSpec
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    sampler = GpuSampler()
+    out: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["SWEEPER_KERNEL_CACHE"] = f"{tmp}/kernels"  # starts cold: part of wall
+            database = db.connect(f"sqlite:///{tmp}/bench.db")
+            for precision in ("fp8", "bf16"):
+                spec = SweepSpec.model_validate(sweep_spec(precision, args.data, args.sweep_steps))
+                sweep_id = db.create_sweep(
+                    database, name=spec.name, spec=spec.model_dump(mode="json")
+                )
+                start = time.time()
+                status = run_sweep(database, sweep_id)
+                end = time.time()
+                trials = db.list_trials(database, sweep_id=sweep_id)
+                record = {
+                    "precision": precision,
+                    "status": str(status),
+                    "trials": len(trials),
+                    "wall_s": end - start,
+                    "gpu_busy_fraction": sampler.busy(start, end),
+                    "trial_tokens_per_s": [t.tokens_per_s for t in trials],
+                    "trial_startup_s": [t.startup_s for t in trials],
+                }
+                log.write({"stage": "sweep", **record})
+                out[precision] = record
+    finally:
+        sampler.stop()
+        ray.shutdown()
+    out["wall_ratio_fp8_over_bf16"] = _ratio(out["fp8"]["wall_s"], out["bf16"]["wall_s"])
+    return out
+
+
+STAGES = {"steady": stage_steady, "startup": stage_startup, "sweep": stage_sweep}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stages", nargs="*", choices=sorted(STAGES))
+    parser.add_argument("--data", default="stdlib")
+    parser.add_argument("--steps", type=int, default=100, help="steps of a graphed run")
+    parser.add_argument("--sweep-steps", type=int, default=500)
+    parser.add_argument("--log", type=Path, help="append a JSON line per measurement")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a TrainConfig, in this process
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(TrainConfig.model_validate_json(args.one))))
+        return
+    log = Log(args.log)
+    for name in args.stages:
+        started = time.perf_counter()
+        payload = {"benchmark": f"proxy_speed_{name}", "environment": environment()}
+        payload |= STAGES[name](args, log)
+        payload["stage_wall_s"] = time.perf_counter() - started
+        path = write_json(f"proxy_speed_{name}", payload)
+        print(json.dumps({"stage": name, "written": str(path)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

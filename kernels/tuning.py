@@ -1,0 +1,152 @@
+"""Meta-parameters chosen once per machine: timed on first use, kept on disk, then looked up.
+
+Triton's `triton.autotune` times every config in every new process, and its disk cache
+(``cache_results``) skips any config with a ``pre_hook``, which the TMA kernel needs for its
+descriptors' box sizes. A sweep runs each trial in a new process, so every trial paid the
+whole autotuning again (27 s for the first steps of a width-2048 FP8 model). `Tuner` keeps
+the choice in a JSON file per kernel, keyed by everything that changes it: the GPU's name,
+the Triton and torch versions, the kernel's source (Triton's own hash of it and of the
+functions it calls), the candidate configs, and the caller's key (shapes, dtypes, flags).
+Later processes read the choice, compile only that config (Triton's compilation cache makes
+that a load from disk), and launch it directly: no autotuner dispatch per call.
+
+The cache directory is ``$SWEEPER_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/sweeper/kernels``
+(``~/.cache/sweeper/kernels``). Deleting it only costs the timing again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import triton
+
+Key = tuple[Hashable, ...]
+Timer = Callable[[Callable[[], object]], float]  # ms of one call, or inf if it cannot run
+
+
+def gpu_median_ms(call: Callable[[], object]) -> float:
+    """Median of CUDA-event timings; inf for a config too big for this device."""
+    from triton.compiler.errors import CompileTimeAssertionFailure
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        # Short budgets (ms): the candidates differ by far more than the noise of this, and
+        # every distinct shape of a model pays it once per machine.
+        return float(triton.testing.do_bench(call, warmup=5, rep=20, return_mode="median"))
+    except (OutOfResources, CompileTimeAssertionFailure):
+        return math.inf  # too much shared memory or too many registers
+
+
+def cache_dir() -> Path:
+    """Where tuned choices live (see the module docstring)."""
+    if override := os.environ.get("SWEEPER_KERNEL_CACHE"):
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sweeper" / "kernels"
+
+
+def describe(config: triton.Config) -> dict[str, Any]:
+    """A config as plain JSON: its meta-parameters, warps and stages."""
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+class Tuner:
+    """One kernel's best config per key, from memory, else from disk, else by timing.
+
+    ``configs`` are the candidates (plain `triton.Config`, no hooks: the caller's launch
+    function applies everything a config implies). ``source`` is the kernel whose code the
+    choice belongs to; a change to it, or to a function it calls, makes a new cache file.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        source: Any,
+        configs: Sequence[triton.Config],
+        timer: Timer = gpu_median_ms,
+    ):
+        self.name, self.source, self.configs, self.timer = name, source, list(configs), timer
+        self._chosen: dict[Key, triton.Config] = {}
+        self._stored: dict[str, int] | None = None  # this machine's file, once read
+        self.tuning_s = 0.0  # spent timing candidates (and compiling them) in this process
+
+    def chosen(self) -> dict[str, dict[str, Any]]:
+        """The choice per key made or loaded in this process (benchmark reports)."""
+        return {str(key): describe(config) for key, config in self._chosen.items()}
+
+    def config(self, key: Key, launch: Callable[[triton.Config], object]) -> triton.Config:
+        """The config for ``key``; ``launch(config)`` runs the kernel with it (for timing)."""
+        config = self._chosen.get(key)
+        if config is not None:
+            return config
+        stored = self._read()
+        index = stored.get(repr(key))
+        if index is None or not 0 <= index < len(self.configs):
+            index = self._fastest(launch)
+            self._write(repr(key), index)
+        config = self._chosen[key] = self.configs[index]
+        return config
+
+    def _fastest(self, launch: Callable[[triton.Config], object]) -> int:
+        started = time.perf_counter()
+        times = [self.timer(functools.partial(launch, config)) for config in self.configs]
+        self.tuning_s += time.perf_counter() - started
+        if not any(math.isfinite(t) for t in times):
+            raise RuntimeError(f"{self.name}: no config compiles for this device")
+        return min(range(len(times)), key=times.__getitem__)
+
+    # --- the file ---------------------------------------------------------------------
+
+    def _path(self) -> Path:
+        fn = self.source
+        while not hasattr(fn, "cache_key"):  # through Triton's wrappers to the JITFunction
+            fn = fn.fn
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        identity = json.dumps(
+            [
+                device,
+                triton.__version__,
+                torch.__version__,
+                fn.cache_key,
+                [describe(c) for c in self.configs],
+            ]
+        )
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
+        return cache_dir() / f"{self.name}-{digest}.json"
+
+    def _read(self) -> dict[str, int]:
+        if self._stored is None:
+            self._stored = _load(self._path())
+        return self._stored
+
+    def _write(self, key: str, index: int) -> None:
+        path = self._path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Trials of one sweep tune different shapes at the same time: merge under a lock,
+        # replace atomically, so no process ever reads a half-written file.
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = {**_load(path), key: index}
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as tmp:
+                json.dump(stored, tmp, indent=0, sort_keys=True)
+            os.replace(tmp.name, path)
+        self._stored = stored
+
+
+def _load(path: Path) -> dict[str, int]:
+    try:
+        stored = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {k: v for k, v in stored.items() if isinstance(v, int)}
