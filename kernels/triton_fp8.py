@@ -542,8 +542,12 @@ def fp8_matmul(
             ``GELU'(h)``: the product is a gradient with respect to the output of ``GELU(h)``,
             and the result the gradient with respect to ``h``.
         precise_acc: promote the tensor cores' partial sums to fp32 every BLOCK_K products.
-        kernel: ``"tma"`` (persistent, Hopper), ``"simple"`` (pointer loads), or ``"auto"``:
-            TMA where the device and the operands' alignment allow it.
+        kernel: ``"tma"`` (persistent, Hopper), ``"simple"`` (pointer loads), ``"cublas"``
+            (``torch._scaled_mm``: the same FP8 products, accumulation and epilogue scale; no
+            GELU epilogue), or ``"auto"``: TMA where the device and the operands' alignment
+            allow it, and for a product without epilogue whichever of TMA and cuBLAS is
+            faster at this shape (timed once per machine: cuBLAS splits the long reductions
+            of the proxies' weight gradients, which a persistent tile loop cannot).
         config: run these meta-parameters instead of autotuning (benchmarks, interpreter):
             BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages (+ EPILOGUE_SPLIT and
             WARP_SPECIALIZE for the TMA kernel).
@@ -574,16 +578,71 @@ def fp8_matmul(
     if K == 0:
         return out.zero_()
 
-    if kernel not in ("auto", "tma", "simple"):
-        raise ValueError(f"kernel must be 'auto', 'tma' or 'simple', got {kernel!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     aux = out if gelu_grad_of is None else gelu_grad_of
     if kernel == "tma" and not _tma_aligned(a, b, out, aux):
         raise ValueError("the TMA kernel needs 16-byte aligned rows: K % 16 == 0 and N * bytes")
-    use_tma = kernel == "tma" or (kernel == "auto" and _tma_ok(a, b, out, aux))
     epilogue = "" if gelu_grad_of is None else "gelu_grad"
+    if kernel == "cublas":
+        if epilogue or not _cublas_ok(a, b):
+            raise ValueError("cuBLAS takes no epilogue and needs M, N, K multiples of 16")
+        _launch_cublas(a, b, out, scale, precise_acc)
+        return out
+    use_tma = kernel == "tma" or (kernel == "auto" and _tma_ok(a, b, out, aux))
     launch = _launch_tma if use_tma else _launch_simple
+    if kernel == "auto" and use_tma and not epilogue and _cublas_ok(a, b):
+        key = (M, N, K, a.dtype, b.dtype, out_dtype, precise_acc)
+        choice = GEMM_LIBRARY.config(
+            key,
+            lambda c: (
+                _launch_cublas(a, b, out, scale, precise_acc)
+                if c.kwargs["library"] == "cublas"
+                else launch(a, b, out, aux, scale, epilogue, precise_acc, config)
+            ),
+        )
+        if choice.kwargs["library"] == "cublas":
+            _launch_cublas(a, b, out, scale, precise_acc)
+            return out
     launch(a, b, out, aux, scale, epilogue, precise_acc, config)
     return out
+
+
+KERNELS = ("auto", "tma", "simple", "cublas")
+# Which library runs a product without epilogue, per shape: our TMA kernel or cuBLAS. The
+# "config" is only a label; each side's own tuning happens inside its first timed launch.
+GEMM_LIBRARY = Tuner(
+    "fp8_gemm_library",
+    _fp8_matmul_tma_persistent_kernel,
+    [triton.Config({"library": "triton"}), triton.Config({"library": "cublas"})],
+)
+
+
+def _cublas_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # torch._scaled_mm's requirements: every dimension a multiple of 16, B column-major
+    # (our (N, K) row-major B, transposed, is), not e5m2 on both sides (rejected above).
+    return not INTERPRET and all(d % 16 == 0 for d in (*a.shape, b.shape[0]))
+
+
+@functools.cache
+def _scalar(value: float, device: torch.device) -> torch.Tensor:
+    # _scaled_mm takes its scales as GPU tensors. Made once per value: creating one inside a
+    # CUDA-graph capture would be a host-to-device copy, which a capture may not contain.
+    return torch.tensor(value, dtype=torch.float32, device=device)
+
+
+def _launch_cublas(
+    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, scale: float, precise_acc: bool
+) -> None:
+    torch._scaled_mm(
+        a,
+        b.t(),
+        scale_a=_scalar(scale, a.device),
+        scale_b=_scalar(1.0, a.device),
+        out_dtype=c.dtype,
+        use_fast_accum=not precise_acc,
+        out=c,
+    )
 
 
 def _launch_simple(

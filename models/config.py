@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Parametrization = Literal["mus", "sp"]
 Precision = Literal["fp8", "bf16", "fp32"]
@@ -86,6 +93,13 @@ class TrainConfig(BaseModel):
         description="replay each step from CUDA graphs (one GPU; ignored on CPU and when"
         " data-parallel)",
     )
+
+    @field_validator("data")
+    @classmethod
+    def _data_path_absolute(cls, data: str) -> str:
+        # Trials and launches run in Ray workers with another working directory: a path
+        # relative to where the user stood would name nothing there.
+        return data if data == "stdlib" else str(Path(data).expanduser().absolute())
 
     @model_validator(mode="after")
     def _data_exists(self, info: ValidationInfo) -> TrainConfig:
