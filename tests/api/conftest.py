@@ -131,6 +131,7 @@ def record_sweep(
             steps=steps,
             tokens=steps * 128,
             tokens_per_s=1000.0,
+            startup_s=1.5,
         )
     if status is not db.JobStatus.RUNNING:
         db.set_sweep_status(database, sweep_id=sweep_id, status=status)

@@ -191,6 +191,11 @@ def test_dashboard_shows_the_lr_curves_of_a_finished_sweep(live, finished_sweep,
     trials = page.evaluate("() => document.getElementById('train-plot').data.length")
     assert trials == 4
     assert page.locator("#trials-table tbody tr").count() == 4
+    # each trial's steady-state speed and its startup, side by side (a real sweep's values)
+    headers = page.locator("#trials-table thead th").all_inner_texts()
+    row = page.locator("#trials-table tbody tr").first.locator("td").all_inner_texts()
+    startup = row[headers.index("startup s")]
+    assert float(startup) > 0 and row[headers.index("tokens/s")] != "–"
 
     # The transfer panel: a target width gives each group's LR/WD, and the fit is drawn.
     page.fill("#to-width", "128")
@@ -286,12 +291,21 @@ def test_runs_show_their_loss_curve(live, finished_sweep, page):
     curve = "() => document.getElementById('run-plot')?.data?.[0]?.x.length"
     page.wait_for_function(f"() => ({curve})() === 10")
     more = [
-        db.MetricPoint(step=s, tokens=s * 128, train_loss=4.0, eval_loss=4.1, time_s=s / 10)
+        db.MetricPoint(
+            step=s,
+            tokens=s * 128,
+            train_loss=4.0,
+            eval_loss=4.1,
+            tokens_per_s=1234.0,
+            startup_s=2.5,
+            time_s=s / 10,
+        )
         for s in range(11, 16)
     ]
     db.add_metric_points(live.database, run_id=run_id, points=more)
     page.wait_for_function(f"() => ({curve})() === 15")  # live: the page polls
     assert "step 15 of 30" in page.inner_text("#run-meta")
+    assert "1,234 tok/s, startup 2.5 s" in page.inner_text("#run-speed")
     assert page.is_disabled("#resume-run") and page.is_enabled("#cancel-run")
     db.note_run_resumed(live.database, run_id=run_id, step=10)
     page.wait_for_selector("#run-restarts")

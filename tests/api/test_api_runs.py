@@ -54,11 +54,14 @@ def test_list_get_metrics_cancel(client, auth, sweep_id, database):
         "train_loss": [],
         "eval_loss": [],
         "tokens_per_s": [],
+        "startup_s": [],
         "time_s": [],
     }
     db.set_run_status(database, run_id=run_id, status=db.JobStatus.RUNNING)
     points = [
-        db.MetricPoint(step=s, tokens=s * 100, train_loss=5.0 - s / 10, time_s=s / 2)
+        db.MetricPoint(
+            step=s, tokens=s * 100, train_loss=5.0 - s / 10, startup_s=0.25, time_s=s / 2
+        )
         for s in (1, 2, 3)
     ]
     db.add_metric_points(database, run_id=run_id, points=points)
@@ -66,6 +69,7 @@ def test_list_get_metrics_cancel(client, auth, sweep_id, database):
     assert metrics["status"] == "running" and metrics["step"] == [1, 2, 3]
     assert metrics["train_loss"] == pytest.approx([4.9, 4.8, 4.7])
     assert metrics["eval_loss"] == [None, None, None]
+    assert metrics["startup_s"] == [0.25, 0.25, 0.25]
 
     cancelled = client.post(f"/runs/{run_id}/cancel", headers=auth)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"

@@ -126,6 +126,7 @@ def test_trials_in_start_order_and_paginated(client, make_spec, record):
     assert keys == ["w16-lr0.015625-wd0", "w16-lr0.25-wd0", "w32-lr0.015625-wd0", "w32-lr0.25-wd0"]
     trial = body["items"][0]
     assert trial["status"] == "completed" and trial["steps"] == 20
+    assert trial["tokens_per_s"] == 1000.0 and trial["startup_s"] == 1.5
     assert trial["final_eval_loss"] is not None
     page = client.get(f"/sweeps/{sweep_id}/trials", params={"offset": 3, "limit": 5}).json()
     assert [t["key"] for t in page["items"]] == keys[3:] and page["total"] == 4
