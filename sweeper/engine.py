@@ -338,6 +338,10 @@ def build_tuner(
             # which starts short proxies one after another: the cap lifts that (see
             # ray.tune.execution.tune_controller._get_max_pending_trials).
             max_concurrent_trials=spec.max_concurrency or len(plan),
+            # A trial's process start (interpreter, imports, CUDA context, corpus) costs
+            # more than a proxy's training: a finished trial's worker runs the next one,
+            # with its kernels, tuned choices and data already loaded.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=f"sweep-{sweep_id}-{int(time.time())}",
