@@ -329,6 +329,7 @@ class SweepComparisonOut(BaseModel):
     status: db.JobStatus
     parametrization: str
     precision: str
+    widths: list[int] = Field(description="swept; one for an LR sweep at one (target) width")
     curves: list[LrCurveOut] = Field(description="by width; widths without a result left out")
     drift: DriftOut | None = Field(description="None below two widths with a result")
     drift_line: list[LinePointOut] = Field(

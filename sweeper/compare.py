@@ -65,6 +65,7 @@ class SweepComparison:
     status: db.JobStatus
     parametrization: str
     precision: str
+    widths: list[int]  # swept (one: an LR sweep at one width, such as a check at a target)
     curves: list[LrCurve]  # by width; widths without a finite result are left out
     drift: Drift | None  # None below two widths with a result
     # The drift line across the proxies' span and out to every transfer's target width
@@ -132,6 +133,7 @@ def compare_sweep(
         status=sweep.status,
         parametrization=spec.train.model.parametrization,
         precision=spec.train.precision,
+        widths=spec.widths,
         curves=curves,
         drift=slope,
         drift_line=line,

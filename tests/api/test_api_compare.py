@@ -34,7 +34,7 @@ def test_proxies_and_a_check_sweep_side_by_side(client, auth, make_spec, record,
         "mus",
         "fp32",
     )
-    assert [c["width"] for c in p["curves"]] == [16, 32]
+    assert p["widths"] == [c["width"] for c in p["curves"]] == [16, 32]
     for curve in p["curves"]:
         # The diverged LRs are no points; the loss is the made-up parabola, lowest at 2^-4.
         assert curve["lr"] == [2.0**e for e in range(-8, 0)] and len(curve["loss"]) == 8
@@ -54,12 +54,13 @@ def test_proxies_and_a_check_sweep_side_by_side(client, auth, make_spec, record,
     assert marks[0]["base_lr"] == pytest.approx(stored["base_lr"])
 
     c = by_id[check]
-    assert [curve["width"] for curve in c["curves"]] == [256]
+    assert c["widths"] == [curve["width"] for curve in c["curves"]] == [256]
     assert c["drift"] is None and c["drift_line"] == [] and c["transfers"] == []
     assert c["curves"][0]["best_lr"] == 2**-4
 
     q = by_id[queued]
-    assert q["status"] == "queued" and q["curves"] == [] and q["drift"] is None
+    assert q["status"] == "queued" and q["widths"] == [16, 32]
+    assert q["curves"] == [] and q["drift"] is None
 
 
 def test_the_transfer_of_a_one_width_sweep_is_refused(client, auth, make_spec, record):
