@@ -46,8 +46,8 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-# The comparison view is drawn: its drift plot and an LR-curve panel per sweep have data.
-COMPARE_DRAWN = """(n) => document.getElementById('compare-drift')?.data?.length > 0
+# The comparison view is drawn: its drift plot and an LR-curve panel per sweep.
+COMPARE_DRAWN = """(n) => Array.isArray(document.getElementById('compare-drift')?.data)
     && document.querySelectorAll('#compare-panels .js-plotly-plot').length === n"""
 RUN_DRAWN = "() => document.getElementById('run-plot')?.data?.[0]?.x.length > 0"
 
@@ -321,6 +321,13 @@ def experiments_markdown(results: dict[str, Any], pictures: dict[str, str]) -> s
         if name != "compare":
             parts.append(f"`{name}`\n\n![{name}]({path})")
     parts += [
+        "## How to rerun",
+        "On a GPU machine, until it exits 0 (3: stopped at its budget, resumable; each call "
+        "hands back the database and the results in `$OUT`, to put in place before the next):",
+        "```bash\npython -m benchmarks.transfer_proof --db .devdata/proof.db "
+        "--data .devdata/shakespeare.txt --budget-s 420 --export $OUT\n```",
+        "Then, anywhere with chromium: `python -m benchmarks.proof_report --db "
+        ".devdata/proof.db` writes this note and its pictures.",
         "## Raw data",
         "Every number above is in `benchmarks/results/transfer_proof.json` (with the spec, "
         "each stage's sweep or run id and every invocation); the curves are in the database.",
@@ -332,7 +339,9 @@ def write_report(database_url: str, results: dict[str, Any], out: Path) -> Path:
     """Screenshots under OUT/experiments/ and OUT/EXPERIMENTS.md; returns the note's path."""
     stages = results["stages"]
     sweep_ids = [s["id"] for s in stages.values() if s["kind"] == "sweep" and s["id"]]
-    runs = {name: s["id"] for name, s in stages.items() if s["kind"] == "run" and s["id"]}
+    runs = {
+        n: s["id"] for n, s in stages.items() if s["kind"] == "run" and s["status"] == "completed"
+    }
     shots = out / "experiments"
     shots.mkdir(parents=True, exist_ok=True)
     pictures: dict[str, str] = {}

@@ -3,7 +3,7 @@ widths, SP does not. Every step goes through the product: sweeps on Ray Tune wit
 trials, the SQL store, the transfer, launches on Ray Train.
 
     python -m benchmarks.transfer_proof --db .devdata/proof.db --data .devdata/shakespeare.txt \\
-        [--spec examples/proof.yaml] [--budget-s 480] [--export-db $OUT/proof.db]
+        [--spec examples/proof.yaml] [--budget-s 420] [--export $OUT]
 
 The spec (`examples/proof.yaml`; `examples/proof_tiny.yaml` runs on a CPU in minutes) names
 the proxies and the sides (a parametrization and a precision each, with its LR range), the
@@ -26,9 +26,12 @@ resumes it).
 
 Without ``RAY_ADDRESS`` it starts one local Ray cluster for all its jobs (from Python: no
 ``ray`` console script needed) and stops it at the end. The results, computed from the
-database alone (`proof_results`), go to ``--results`` (benchmarks/results/transfer_proof.json)
-after every invocation, complete or not; ``benchmarks/proof_report.py`` turns them into
-docs/EXPERIMENTS.md with the plots.
+database (`proof_results`), go to ``--results`` (benchmarks/results/transfer_proof.json)
+after every invocation, complete or not, with a record of every invocation so far (read back
+from that file: it travels with the tree). ``--export DIR`` copies the database, as one
+consistent file, and the results there: what a machine call hands back, to put in place
+before the next one. ``benchmarks/proof_report.py`` turns them into docs/EXPERIMENTS.md with
+the plots.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +69,7 @@ from sweeper.transfer import DRIFT_THRESHOLD, TransferResult
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = REPO / "examples" / "proof.yaml"
 DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "transfer_proof.json"
+DB_FILE = "proof.db"  # the database's name in an --export folder
 POLL_S = 2.0
 PROGRESS_EVERY_S = 30.0
 STOP_WAIT_S = 120.0  # for cancelled jobs' drivers to stop (a run sees a cancel at a report)
@@ -327,8 +332,7 @@ class RayCluster:
 class Outcome:
     done: list[str]
     remaining: list[str]
-    failed: list[str]
-    stopped: bool  # by the budget or a signal
+    failed: list[str]  # ended failed, or the service would not start them
 
     @property
     def exit_code(self) -> int:
@@ -346,10 +350,12 @@ class Runner:
         spec: ProofSpec,
         *,
         budget_s: float | None = None,
+        export: Path | None = None,
         say: Callable[[str], None] = print,
     ) -> None:
-        self.database, self.spec, self.budget_s = database, spec, budget_s
+        self.database, self.spec, self.budget_s, self.export = database, spec, budget_s, export
         self.stages = plan(spec)
+        self.refused: dict[str, str] = {}  # stages the service would not start, and why
         self.cluster = RayCluster()
         self.started_at = time.monotonic()
         self.stop_requested = False
@@ -380,8 +386,13 @@ class Runner:
                     job = jobs.get(stage.name)
                     if stage.name in active or _completed(job) or self.over_budget():
                         continue  # a job that ended failed in this invocation waits for a rerun
-                    if self._ready(stage, jobs):
+                    if stage.name in self.refused or not self._ready(stage, jobs):
+                        continue
+                    try:
                         active[stage.name] = self._advance(stage, job, jobs)
+                    except (service.InvalidInput, db.Conflict) as e:
+                        self.refused[stage.name] = str(e)
+                        self.say(f"{stage.name}: not started: {e}")
                 jobs = find_jobs(self.database, self.stages)
                 active = {name: jobs[name] for name in active}
                 self._progress(active)
@@ -440,9 +451,10 @@ class Runner:
     def _check_data(self, job: Job) -> None:
         config = job.spec["train"] if isinstance(job, db.Sweep) else job.config["train"]
         if not _data_present(config["data"]):
-            raise SystemExit(
+            raise service.InvalidInput(
+                "data",
                 f"{job.name} reads {config['data']!r}, which is not on this machine: put the"
-                " data file there (the same path) and rerun"
+                " data file there (the same path) and rerun",
             )
 
     def _stop(self, in_flight: list[Job]) -> None:
@@ -485,6 +497,8 @@ class Runner:
         self._shown = lines
         if periodic:
             self._last_progress = now
+            if self.export is not None:  # what a hard kill of this process leaves behind
+                export_database(self.database, self.export / DB_FILE)
 
     def _outcome(self) -> Outcome:
         jobs = find_jobs(self.database, self.stages)
@@ -492,14 +506,15 @@ class Runner:
         failed = [
             s.name
             for s in self.stages
-            if (job := jobs.get(s.name)) is not None and job.status is db.JobStatus.FAILED
+            if s.name in self.refused
+            or ((job := jobs.get(s.name)) is not None and job.status is db.JobStatus.FAILED)
         ]
         remaining = [s.name for s in self.stages if s.name not in done]
         self.say(f"done ({len(done)}): {', '.join(done) or '-'}")
         self.say(f"remaining ({len(remaining)}): {', '.join(remaining) or '-'}")
         if failed:
             self.say(f"failed (a rerun resumes them): {', '.join(failed)}")
-        return Outcome(done, remaining, failed, self.over_budget())
+        return Outcome(done, remaining, failed)
 
 
 def _completed(job: Job | None) -> bool:
@@ -763,12 +778,15 @@ def _environment() -> dict[str, Any]:
 
 
 def export_database(database: db.Database, path: Path) -> None:
-    """A consistent one-file copy of the SQLite database (no -wal beside it to forget)."""
-    source = database.url.removeprefix("sqlite:///")
+    """A consistent one-file copy of the SQLite database (no -wal beside it to forget),
+    replacing ``path`` at once: a kill midway leaves the previous copy."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    with sqlite3.connect(source) as connection:
-        connection.execute("VACUUM INTO ?", (str(path),))
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    source = database.url.removeprefix("sqlite:///")
+    with closing(sqlite3.connect(source, timeout=30)) as connection:
+        connection.execute("VACUUM INTO ?", (str(partial),))
+    partial.replace(path)
 
 
 @contextmanager
@@ -791,7 +809,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="the proxies' text file (default: the spec's)")
     parser.add_argument("--budget-s", type=float, help="stop after this many seconds")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
-    parser.add_argument("--export-db", type=Path, help="also copy the database to this file")
+    parser.add_argument(
+        "--export",
+        type=Path,
+        help=f"a folder to copy the database ({DB_FILE}, every 30 s too) and the results to",
+    )
     args = parser.parse_args(argv)
     if args.db is not None:
         os.environ[db.ENV_VAR] = f"sqlite:///{args.db.resolve()}"
@@ -799,7 +821,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"name the database: --db FILE or {db.ENV_VAR}")
     spec = ProofSpec.load(args.spec, data=args.data)
     database = db.connect()
-    runner = Runner(database, spec, budget_s=args.budget_s)
+    if args.export is not None and database.backend != "sqlite":
+        parser.error("--export copies an SQLite database")
+    runner = Runner(database, spec, budget_s=args.budget_s, export=args.export)
     started = datetime.now(UTC)
     with _stop_on_signals(runner):
         outcome = runner.run()
@@ -818,9 +842,10 @@ def main(argv: list[str] | None = None) -> int:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2) + "\n")
     runner.say(f"this invocation: {invocation['wall_s']:.0f} s; results in {args.results}")
-    if args.export_db is not None and database.backend == "sqlite":
-        export_database(database, args.export_db)
-        runner.say(f"database copied to {args.export_db}")
+    if args.export is not None:
+        export_database(database, args.export / DB_FILE)
+        shutil.copyfile(args.results, args.export / args.results.name)
+        runner.say(f"database and results copied to {args.export}")
     database.dispose()
     return outcome.exit_code
 

@@ -25,11 +25,54 @@ import pytest
 
 import db
 from benchmarks.proof_report import CHROMIUM
-from benchmarks.transfer_proof import ProofSpec, plan, proof_results
+from benchmarks.transfer_proof import ProofSpec, check_spec, plan, proof_results, proxy_spec
+from models import ModelConfig
+from sweeper.transfer import TrialOutcome, compute_transfer
 from tests.conftest import REPO, drivers_of
 
 TINY = REPO / "examples" / "proof_tiny.yaml"
+PROOF = REPO / "examples" / "proof.yaml"
 BUDGET_S = 45  # the proxies take longer: the first invocation stops among them
+
+
+def test_the_gpu_spec_is_the_issue_s_experiment(shakespeare):
+    spec = ProofSpec.load(PROOF, data=shakespeare)
+    assert spec.proxies.train.data == shakespeare and spec.proxies.resources.gpu == 0.125
+    stages = plan(spec)
+    assert [s.name for s in stages[:2]] == ["proof/mus-fp8-proxies", "proof/sp-bf16-proxies"]
+    assert len(stages) == 2 + 2 * (2 + 1 + 2)  # per target: two runs and a check per side, BF16
+    mus, sp = (proxy_spec(spec, s) for s in stages[:2])
+    assert (mus.train.precision, mus.train.model.parametrization) == ("fp8", "mus")
+    assert (sp.train.precision, sp.train.model.parametrization) == ("bf16", "sp")
+    assert mus.widths == sp.widths == [128, 256, 512] and mus.train.model.depth == 4
+    assert mus.search.lr.points >= 7 and 2 <= len(mus.search.wd) <= 3
+    assert len(mus.plan()) == 42
+    # The optima measured on an H200 (µS 2^-5, SP 2^-9 .. 2^-12) lie inside, off the edges.
+    assert math.log2(mus.search.lr.min) < -5 < math.log2(mus.search.lr.max)
+    assert math.log2(sp.search.lr.min) < -12 and math.log2(sp.search.lr.max) > -9
+
+
+def test_a_check_sweep_reaches_the_drift_line_of_a_drifting_side(shakespeare):
+    spec = ProofSpec.load(PROOF, data=shakespeare)
+    stage = next(s for s in plan(spec) if s.name == "proof/check-sp-bf16-w4096")
+    model = ModelConfig(head_dim=64, parametrization="sp")
+    # SP-like proxies: the optimum falls by one log2 per doubling, from 2^-9 at width 128.
+    outcomes = [
+        TrialOutcome(w, 2.0**x, 0.0, 2.0 + 0.05 * (x - (-9 - i)) ** 2)
+        for i, w in enumerate([128, 256, 512])
+        for x in range(-14, -5)
+    ]
+    transfer = compute_transfer(outcomes, model=model, to_width=4096)
+    proxies = proxy_spec(spec, next(s for s in plan(spec) if s.name == "proof/sp-bf16-proxies"))
+    check = check_spec(spec, stage, proxies, transfer)
+    assert check.widths == [4096] and check.search.wd == [transfer.base_wd]
+    assert check.train.steps == spec.targets.steps and check.resources.gpu == 0.25
+    log2 = [math.log2(lr / transfer.base_lr) for lr in check.search.lr.grid()]
+    assert log2[1] - log2[0] == pytest.approx(0.5)  # steps of 2^0.5 through the transferred LR
+    assert min(abs(x) for x in log2) == pytest.approx(0.0, abs=1e-9)
+    assert max(log2) == pytest.approx(1.0)
+    reach = math.log2(transfer.extrapolated_lr / transfer.base_lr)  # about -3.5: far below
+    assert min(log2) <= reach - 0.75
 
 
 @dataclass(frozen=True)
