@@ -33,21 +33,16 @@ function comparePicker() {
   };
 }
 
-function family(sweep) {
+function sweepFamily(sweep) {
   return `${sweep.parametrization} ${sweep.precision}`;
 }
 
-function log2Text(lr) {
+function log2Lr(lr) {
   return `2^${Math.log2(lr).toFixed(2)}`;
 }
 
-function driftText(drift) {
-  return drift ? `${drift.slope >= 0 ? "+" : ""}${drift.slope.toFixed(2)} ± ` +
-    `${drift.uncertainty.toFixed(2)} log2/doubling` : "–";
-}
-
 // Asymmetric error bars of a log-scale LR from one standard error of its log2.
-function lrErrors(optima) {
+function lrErrorBars(optima) {
   return {
     type: "data", symmetric: false,
     array: optima.map((o) => o.value * (2 ** o.log2_uncertainty - 1)),
@@ -71,11 +66,11 @@ function showCompare(ids) {
 
   async function refresh() {
     const body = await api("GET", `/compare?sweep_ids=${ids.join(",")}`);
-    const families = [...new Set(body.sweeps.map(family))];
-    const colorOf = (sweep) => color(families.indexOf(family(sweep)));
+    const families = [...new Set(body.sweeps.map(sweepFamily))];
+    const colorOf = (sweep) => color(families.indexOf(sweepFamily(sweep)));
     title.textContent = `Compare: ${body.sweeps.map((s) => s.name).join(" · ")}`;
     drawCompareDrift(driftPlot, body.sweeps, colorOf);
-    checks.replaceChildren(checksTable(body.sweeps));
+    checks.replaceChildren(compareChecksTable(body.sweeps));
     for (const sweep of body.sweeps) {
       if (!panelOf.has(sweep.sweep_id)) {
         const panel = { plot: h("div", { class: "plot", id: `compare-lr-${sweep.sweep_id}` }),
@@ -86,9 +81,10 @@ function showCompare(ids) {
         panelOf.set(sweep.sweep_id, panel);
       }
       const { plot, summary } = panelOf.get(sweep.sweep_id);
-      summary.textContent = `${family(sweep)} · ${sweep.status} · widths ` +
-        `${sweep.widths.join(", ")} · drift ${driftText(sweep.drift)}`;
-      drawCompareLr(plot, sweep, transferredTo(body.sweeps, sweep), colorOf(sweep));
+      summary.textContent = `${sweepFamily(sweep)} · ${sweep.status} · widths ` +
+        `${sweep.widths.join(", ")} · ` +
+        (driftText(sweep) || (sweep.widths.length === 1 ? "one width: no drift" : "drift –"));
+      drawCompareLr(plot, sweep, transfersTo(body.sweeps, sweep), colorOf(sweep));
     }
     return body.sweeps.some((s) => !FINISHED.has(s.status));
   }
@@ -97,9 +93,9 @@ function showCompare(ids) {
 }
 
 // The LRs that the other sweeps of a one-width sweep's family transferred to its width.
-function transferredTo(sweeps, sweep) {
+function transfersTo(sweeps, sweep) {
   if (sweep.widths.length !== 1) return [];
-  return sweeps.filter((s) => s !== sweep && family(s) === family(sweep)).flatMap((s) =>
+  return sweeps.filter((s) => s !== sweep && sweepFamily(s) === sweepFamily(sweep)).flatMap((s) =>
     s.transfers.filter((t) => t.to_width === sweep.widths[0]).map((t) => ({ from: s, ...t })));
 }
 
@@ -112,17 +108,17 @@ function drawCompareDrift(div, sweeps, colorOf) {
     s.curves.forEach((w) => widths.add(w.width));
     if (s.widths.length === 1) {
       traces.push({ x: s.curves.map((w) => w.width), y: optima.map((o) => o.value),
-        error_y: lrErrors(optima), mode: "markers", name: `${s.name}: the target's best`,
+        error_y: lrErrorBars(optima), mode: "markers", name: `${s.name}: the target's best`,
         marker: { symbol: "star", size: 15, color: c }, meta: { kind: "check-best", sweep: s.sweep_id },
         text: s.curves.map((w) => `best measured ${fmt.num(w.best_lr)} (loss ${fmt.loss(w.best_loss)})`) });
       continue;
     }
     traces.push({ x: s.curves.map((w) => w.width), y: optima.map((o) => o.value),
-      error_y: lrErrors(optima), mode: "markers", name: `${s.name}: optimum ±1σ`,
+      error_y: lrErrorBars(optima), mode: "markers", name: `${s.name}: optimum ±1σ`,
       marker: { size: 9, color: c }, meta: { kind: "optima", sweep: s.sweep_id } });
     if (s.drift_line.length) {
       traces.push({ x: s.drift_line.map((p) => p.width), y: s.drift_line.map((p) => p.lr),
-        mode: "lines", name: `${s.name}: drift ${driftText(s.drift)}`,
+        mode: "lines", name: `${s.name}: ${driftText(s)}`,
         line: { dash: "dot", color: c }, meta: { kind: "drift-line", sweep: s.sweep_id } });
     }
     if (s.transfers.length) {
@@ -168,16 +164,16 @@ function drawCompareLr(div, sweep, transferred, c) {
 }
 
 // At each one-width sweep: the LR transferred there against the sweep's own best.
-function checksTable(sweeps) {
+function compareChecksTable(sweeps) {
   const rows = sweeps.filter((s) => s.widths.length === 1 && s.curves.length).flatMap((s) =>
-    transferredTo(sweeps, s).map((t) => {
+    transfersTo(sweeps, s).map((t) => {
       const best = s.curves[0].optimum;
       return h("tr", {},
         h("td", { class: "num", text: s.widths[0] }),
         h("td", { text: t.from.name }),
-        h("td", { class: "num", text: log2Text(t.base_lr) }),
+        h("td", { class: "num", text: log2Lr(t.base_lr) }),
         h("td", {}, h("a", { href: `#/sweeps/${s.sweep_id}`, text: s.name })),
-        h("td", { class: "num", text: `${log2Text(best.value)} ± ${best.log2_uncertainty.toFixed(2)}` }),
+        h("td", { class: "num", text: `${log2Lr(best.value)} ± ${best.log2_uncertainty.toFixed(2)}` }),
         h("td", { class: "num", text: (Math.log2(t.base_lr) - Math.log2(best.value)).toFixed(2) }),
         h("td", { class: "num", text: fmt.loss(s.curves[0].best_loss) }));
     }));
