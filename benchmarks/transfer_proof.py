@@ -53,10 +53,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Self
 
+import optuna
+import ray
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import db
+from benchmarks.common import environment
 from models import TrainConfig
 from models.config import Parametrization, Precision
 from sweeper import service
@@ -279,7 +283,8 @@ def _checkpoint_here(run: db.Run) -> bool:
 
 
 def _driver_gone(job: Job) -> bool:
-    """Its heartbeat has stopped (a driver beats every HEARTBEAT_S while it lives)."""
+    """Its heartbeat has stopped: a driver beats every HEARTBEAT_S while it lives (sooner
+    to tell than the service's staleness rule, which allows for slow beats)."""
     last = job.driver_heartbeat_at or job.created_at
     if last.tzinfo is None:
         last = last.replace(tzinfo=UTC)
@@ -309,8 +314,6 @@ class RayCluster:
     def ensure(self) -> None:
         if self.started or os.environ.get("RAY_ADDRESS"):
             return
-        import ray
-
         # "local": a new cluster, never one that `ray start` left on this machine.
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
@@ -318,8 +321,6 @@ class RayCluster:
 
     def stop(self) -> None:
         if self.started:
-            import ray
-
             ray.shutdown()
             os.environ.pop("RAY_ADDRESS", None)
             self.started = False
@@ -589,7 +590,7 @@ def proof_results(
             "drift": _drift(swept),
             "targets": targets,
         }
-    payload: dict[str, Any] = {
+    return {
         "experiment": spec.name,
         "begun_utc": experiment_begun(database, spec),
         "complete": all(_completed(jobs.get(s.name)) for s in stages),
@@ -601,7 +602,6 @@ def proof_results(
         "spec": spec.model_dump(mode="json"),
         "environment": _environment(),
     }
-    return payload
 
 
 def _job_ref(job: Job | None) -> dict[str, Any]:
@@ -766,11 +766,6 @@ def work_time(
 
 
 def _environment() -> dict[str, Any]:
-    import optuna
-    import ray
-
-    from benchmarks.common import environment
-
     return environment() | {"ray": ray.__version__, "optuna": optuna.__version__}
 
 
@@ -870,8 +865,6 @@ def _invocations_so_far(path: Path, spec: ProofSpec, begun: str | None) -> list[
 
 
 def _gpu_count() -> int:
-    import torch
-
     return torch.cuda.device_count()
 
 
