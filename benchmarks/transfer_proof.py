@@ -18,9 +18,10 @@ target widths and how each is checked. The stages, each a job with a determinist
 
 A rerun picks up where the last one stopped: a completed job is skipped, a failed, cancelled
 or orphaned one is resumed (a sweep re-runs only its unfinished trials; a run continues from
-its checkpoint, or starts afresh where the checkpoint is not on this machine), an absent one
-is created. ``--budget-s`` stops the run after that many seconds: in-flight jobs are
-cancelled, which leaves them resumable, and what is done and what remains is printed. Exit
+its checkpoint, or starts afresh as a new run of the same name where it has none on this
+machine: by default the runs, minutes long, write none), an absent one is created.
+``--budget-s`` stops the run after that many seconds: in-flight jobs are cancelled, which
+leaves them resumable, and what is done and what remains is printed. Exit
 status: 0 all done, 3 stopped with work left (rerun to continue), 1 a job failed (a rerun
 resumes it).
 
@@ -126,6 +127,11 @@ class Targets(_Strict):
         default_factory=Resources, description="of each check trial, and each run's worker"
     )
     check: Check = Field(default_factory=Check)
+    # A run of a few minutes gains little from checkpoints, and at width 4096 each is ~10 GB
+    # (fp32 weights and Adam's moments) on the machine's disk.
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="steps between the runs' checkpoints; None: none"
+    )
 
 
 class Goals(_Strict):
@@ -257,6 +263,8 @@ def launch_request(spec: ProofSpec, stage: Stage, proxies_id: int) -> LaunchRequ
         steps=spec.targets.steps,
         precision=stage.precision,
         gpus_per_worker=spec.targets.resources.gpu,
+        # Past the last step: no checkpoint at all.
+        checkpoint_every=spec.targets.checkpoint_every or spec.targets.steps + 1,
         name=stage.name,
     )
 
@@ -277,9 +285,14 @@ def find_jobs(database: db.Database, stages: list[Stage]) -> dict[str, Job]:
     return found
 
 
-def _checkpoint_here(run: db.Run) -> bool:
+def _resumable_here(database: db.Database, run: db.Run) -> bool:
+    """A run continues cleanly from its checkpoint when that is on this machine, or from
+    step 0 when it has recorded nothing; else it starts afresh as a new run (a resume from
+    step 0 would keep the old attempt's points)."""
     path = run.checkpoint_path
-    return path is None or "://" in path or Path(path).exists()
+    if path is not None:
+        return "://" in path or Path(path).exists()
+    return not service.run_progress(database, run.id).curve
 
 
 def _driver_gone(job: Job) -> bool:
@@ -423,11 +436,11 @@ class Runner:
         if isinstance(job, db.Sweep):
             service.resume_sweep(self.database, job.id)
             return self._said(stage, job, f"resumed (was {job.status})")
-        if isinstance(job, db.Run) and _checkpoint_here(job):
+        if isinstance(job, db.Run) and _resumable_here(self.database, job):
             service.resume_run(self.database, job.id)
             return self._said(stage, job, f"resumed (was {job.status})")
         started = self._start(stage, jobs)
-        afresh = f" afresh (run {job.id}'s checkpoint is not here)" if job is not None else ""
+        afresh = f" afresh (run {job.id} has no checkpoint here)" if job is not None else ""
         return self._said(stage, started, f"started{afresh}")
 
     def _said(self, stage: Stage, job: Job, what: str) -> Job:

@@ -25,7 +25,16 @@ import pytest
 
 import db
 from benchmarks.proof_report import CHROMIUM
-from benchmarks.transfer_proof import ProofSpec, check_spec, plan, proof_results, proxy_spec
+from benchmarks.transfer_proof import (
+    ProofSpec,
+    _resumable_here,
+    check_spec,
+    find_jobs,
+    launch_request,
+    plan,
+    proof_results,
+    proxy_spec,
+)
 from models import ModelConfig
 from sweeper.transfer import TrialOutcome, compute_transfer
 from tests.conftest import REPO, drivers_of
@@ -50,6 +59,10 @@ def test_the_gpu_spec_is_the_issue_s_experiment(shakespeare):
     # The optima measured on an H200 (µS 2^-5, SP 2^-9 .. 2^-12) lie inside, off the edges.
     assert math.log2(mus.search.lr.min) < -5 < math.log2(mus.search.lr.max)
     assert math.log2(sp.search.lr.min) < -12 and math.log2(sp.search.lr.max) > -9
+    run = launch_request(spec, stages[2], proxies_id=1)
+    assert (run.name, run.to_width, run.precision) == ("proof/mus-fp8-w2048", 2048, "fp8")
+    assert run.gpus_per_worker == 0.25 and run.steps == 500
+    assert run.checkpoint_every is not None and run.checkpoint_every > run.steps  # none
 
 
 def test_a_check_sweep_reaches_the_drift_line_of_a_drifting_side(shakespeare):
@@ -73,6 +86,38 @@ def test_a_check_sweep_reaches_the_drift_line_of_a_drifting_side(shakespeare):
     assert max(log2) == pytest.approx(1.0)
     reach = math.log2(transfer.extrapolated_lr / transfer.base_lr)  # about -3.5: far below
     assert min(log2) <= reach - 0.75
+
+
+def test_a_stopped_run_resumes_only_where_it_can_continue_cleanly(tmp_path):
+    """From its checkpoint, when that is here; from step 0, when it recorded nothing; else a
+    new run of the same name starts, and the newest of a name is the stage's job."""
+    database = db.connect(f"sqlite:///{tmp_path / 'runs.db'}")
+    stage = next(s for s in plan(ProofSpec.load(TINY)) if s.role == "run")
+    config = {"launch": {"steps": 20}, "train": {"data": "stdlib"}}
+
+    def run(checkpoint: str | None, points: int) -> db.Run:
+        run_id = db.create_run(database, name=stage.name, config=config)
+        if checkpoint is not None:
+            db.set_run_checkpoint(database, run_id=run_id, checkpoint_path=checkpoint)
+        db.add_metric_points(
+            database,
+            run_id=run_id,
+            points=[
+                db.MetricPoint(step=s, tokens=s, train_loss=3.0, time_s=1.0)
+                for s in range(10, 10 * points + 1, 10)
+            ],
+        )
+        return db.get_run(database, run_id=run_id)
+
+    (tmp_path / "checkpoint").mkdir()
+    assert _resumable_here(database, run(None, 0))
+    assert not _resumable_here(database, run(None, 1))
+    assert _resumable_here(database, run(str(tmp_path / "checkpoint"), 1))
+    assert not _resumable_here(database, run(str(tmp_path / "elsewhere"), 1))
+    assert _resumable_here(database, run("s3://bucket/run-1", 1))  # a URI: Ray's to find
+    newest = run(None, 0)
+    assert find_jobs(database, [stage])[stage.name].id == newest.id
+    database.dispose()
 
 
 @dataclass(frozen=True)
