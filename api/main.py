@@ -23,7 +23,7 @@ from api import errors
 from api.cache import TTLCache
 from api.config import Settings
 from api.curves import CurvesReader
-from api.routers import dashboard, runs, sweeps, system
+from api.routers import compare, dashboard, runs, sweeps, system
 from sweeper import service
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(sweeps.router)
     app.include_router(runs.router)
+    app.include_router(compare.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
     return app

@@ -281,3 +281,73 @@ def sweep_curves(
         trials=trials,
         transfer=transfer.result if transfer is not None else None,
     )
+
+
+# --- comparisons (GET /compare) ---------------------------------------------------------
+
+
+class OptimumOut(BaseModel):
+    value: float = Field(description="the optimal base LR")
+    log2_uncertainty: float = Field(description="one standard error of log2(value)")
+    loss: float = Field(description="the loss at the optimum (fitted, for a parabola)")
+    method: Literal["parabola", "argmin"]
+    at_edge: Literal["lower", "upper"] | None = Field(
+        description="the best LR lies at this end of the searched range"
+    )
+
+
+class LrCurveOut(BaseModel):
+    """Final eval loss against base LR at one width, at its best WD and τ, as columns."""
+
+    width: int
+    wd: float
+    tau: float | None
+    lr: list[float]
+    loss: list[float]
+    optimum: OptimumOut
+    best_lr: float = Field(description="the LR of the lowest measured loss")
+    best_loss: float
+
+
+class DriftOut(BaseModel):
+    slope: float = Field(description="log2 of the optimal base LR per doubling of width")
+    uncertainty: float = Field(description="one standard error of the slope")
+
+
+class LinePointOut(BaseModel):
+    width: int
+    lr: float
+
+
+class TransferMarkOut(BaseModel):
+    transfer_id: int
+    to_width: int
+    base_lr: float = Field(description="the transferred base LR")
+    extrapolated_lr: float | None = Field(description="the drift line at the target width")
+
+
+class SweepComparisonOut(BaseModel):
+    sweep_id: int
+    name: str
+    status: db.JobStatus
+    parametrization: str
+    precision: str
+    widths: list[int] = Field(description="swept; one for an LR sweep at one (target) width")
+    curves: list[LrCurveOut] = Field(description="by width; widths without a result left out")
+    drift: DriftOut | None = Field(description="None below two widths with a result")
+    drift_line: list[LinePointOut] = Field(
+        description="the drift line over the proxies' widths and every transfer's target"
+    )
+    transfers: list[TransferMarkOut] = Field(description="the latest to each target width")
+
+
+class Comparison(BaseModel):
+    """Sweeps side by side, in the order asked."""
+
+    sweeps: list[SweepComparisonOut]
+
+    @classmethod
+    def of(cls, comparisons: list[service.SweepComparison]) -> Comparison:
+        return cls(
+            sweeps=[SweepComparisonOut.model_validate(c, from_attributes=True) for c in comparisons]
+        )

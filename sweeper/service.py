@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import platformdirs
 
 import db
+from sweeper.compare import SweepComparison, compare_sweep
 from sweeper.jobs import Job, JobKind
 from sweeper.launch import LaunchRequest, launch_config
 from sweeper.spec import SweepSpec
@@ -261,3 +263,15 @@ def cancel_run(database: db.Database, run_id: int) -> db.Run:
     return db.set_run_status(
         database, run_id=run_id, status=db.JobStatus.CANCELLED, expected=CANCELLABLE
     )
+
+
+def compare_sweeps(database: db.Database, sweep_ids: Sequence[int]) -> list[SweepComparison]:
+    """Sweeps side by side (`sweeper.compare`), in the order asked: each width's LR curve and
+    fitted optimum, the drift line out to every width the sweep was transferred to, and
+    those transfers."""
+    comparisons = []
+    for sweep_id in sweep_ids:
+        progress = sweep_progress(database, sweep_id)
+        transfers = db.list_transfers(database, sweep_id=sweep_id)
+        comparisons.append(compare_sweep(progress.sweep, progress.spec, progress.trials, transfers))
+    return comparisons

@@ -99,7 +99,9 @@ class TrialPlan:
 class SweepSpec(_Strict):
     name: str = Field(min_length=1, max_length=200)
     train: TrainConfig = Field(description="the base run; width, lr, wd (and tau) are swept")
-    widths: list[int] = Field(min_length=2, description="proxy widths, at least 2")
+    # One width is a valid sweep (an LR sweep at a target width checks a transfer); the
+    # transfer is what needs two or more (sweeper.transfer refuses fewer).
+    widths: list[int] = Field(min_length=1, description="proxy widths (a transfer needs 2+)")
     search: SearchSpace
     algorithm: SearchAlgorithm = "grid"
     trials_per_width: int = Field(8, ge=1, le=10_000, description="tpe: trials at each width")

@@ -5,7 +5,8 @@ parabola fitted through the lowest point and its neighbours, falling back to the
 when the fit is ill-posed (not convex, or its vertex outside the points it was fitted to).
 WD and tau are few categorical values: their optimum is the argmin of the best loss at
 each value. The drift is the slope of log2(optimum) against log2(width): under µS it should
-be near 0 (the base values transfer), under SP the optimal LR falls as width grows.
+be near 0 (the base values transfer), under SP the optimal LR falls as width grows. A sweep
+at one width (an LR sweep at a target, checking a transfer) has no drift: it is refused.
 
 The target's base value is the mean of the proxies' log2 optima weighted by width and by
 the inverse variance of each optimum, so the widths closest to the target weigh most; the
@@ -172,6 +173,14 @@ def drift(optima: Sequence[WidthOptimum]) -> Drift | None:
     return Drift(slope, math.sqrt(1 / sxx))
 
 
+def drift_line(optima: Sequence[WidthOptimum], d: Drift, width: int) -> float:
+    """The optimal LR that the drift predicts at ``width``: the fitted slope through the
+    widest proxy's optimum (the proxy nearest any target)."""
+    widest = optima[-1]
+    log2_ratio = math.log2(width) - math.log2(widest.width)
+    return float(2 ** (math.log2(widest.lr.value) + d.slope * log2_ratio))
+
+
 def drift_warning(d: Drift) -> str | None:
     """A drift beyond the threshold by two standard errors makes transfer unreliable; one
     that the proxies cannot tell from that (beyond it, but within the noise, or too noisy
@@ -218,6 +227,11 @@ def compute_transfer(
         optima.append(fit)
     if not optima:
         raise ValueError("no width has a finite result: nothing to transfer")
+    if len(by_width) < 2:
+        raise ValueError(
+            f"every finished trial is at width {optima[0].width}: a transfer needs proxies at"
+            " two or more widths"
+        )
 
     slope = drift(optima)
     if slope is not None and (warning := drift_warning(slope)):
@@ -225,12 +239,7 @@ def compute_transfer(
     weights = [o.width / max(o.lr.log2_uncertainty, 1e-3) ** 2 for o in optima]
     log2_lr = sum(w * math.log2(o.lr.value) for w, o in zip(weights, optima, strict=True))
     base_lr = 2 ** (log2_lr / sum(weights))
-    extrapolated = None
-    if slope is not None:
-        x_ref = math.log2(optima[-1].width)
-        extrapolated = 2 ** (
-            math.log2(optima[-1].lr.value) + slope.slope * (math.log2(to_width) - x_ref)
-        )
+    extrapolated = drift_line(optima, slope, to_width) if slope is not None else None
     widest = optima[-1]  # WD and tau: the choice at the widest proxy
     target = model.model_copy(update={"width": to_width})
     groups = [

@@ -48,7 +48,7 @@ def test_tpe_plan_and_tau():
 @pytest.mark.parametrize(
     ("overrides", "loc"),
     [
-        ({"widths": [64]}, ("widths",)),
+        ({"widths": []}, ("widths",)),
         ({"widths": [64, 100]}, ("widths",)),
         ({"widths": [64, 64]}, ("widths",)),
         ({"search": {"lr": {"min": 0.1, "max": 0.01}}}, ("search", "lr")),
@@ -65,6 +65,12 @@ def test_errors_name_the_field(overrides, loc):
     with pytest.raises(ValidationError) as info:
         spec(**overrides)
     assert info.value.errors()[0]["loc"] == loc
+
+
+def test_one_width_is_a_sweep():
+    """An LR sweep at one width (a check at a target) is valid; its transfer is refused."""
+    s = spec(widths=[64])
+    assert s.widths == [64] and len(s.plan()) == 4 * 2
 
 
 def test_load_yaml_and_json(tmp_path):

@@ -9,7 +9,14 @@ import pytest
 
 from models import ModelConfig
 from models.width_rules import group_rule
-from sweeper.transfer import Drift, TrialOutcome, compute_transfer, drift_warning, fit_log_optimum
+from sweeper.transfer import (
+    Drift,
+    TrialOutcome,
+    compute_transfer,
+    drift_line,
+    drift_warning,
+    fit_log_optimum,
+)
 
 MODEL = ModelConfig(head_dim=16)
 LOG2_LRS = np.arange(-12.0, -1.0, 1.0)
@@ -86,6 +93,16 @@ def test_too_few_points_warns():
     assert any("width 128: only 2 finite points" in w for w in result.warnings)
     with pytest.raises(ValueError, match="nothing to transfer"):
         compute_transfer([TrialOutcome(64, 0.01, 0.0, None)], model=MODEL, to_width=512)
+
+
+def test_one_width_is_refused_and_the_drift_line_gives_the_extrapolation():
+    with pytest.raises(ValueError, match=r"every finished trial is at width 64.*two or more"):
+        compute_transfer(curve(64, -6.0), model=MODEL, to_width=512)
+    result = compute_transfer(curve(64, -6.0) + curve(128, -7.0), model=MODEL, to_width=512)
+    assert result.drift is not None
+    assert drift_line(result.widths, result.drift, 512) == result.extrapolated_lr
+    assert drift_line(result.widths, result.drift, 128) == result.widths[-1].lr.value
+    assert math.log2(result.extrapolated_lr) == pytest.approx(-9.0, abs=0.3)
 
 
 def test_best_wd_and_group_values_follow_the_width_rules():

@@ -3,6 +3,7 @@
 //   #/new          the form that starts a sweep (its defaults: a tiny CPU sweep)
 //   #/sweeps/ID    LR curves, training curves, trials, the transfer panel
 //   #/runs         runs;  #/runs/ID  a run's live loss curve
+//   #/compare/1,2  sweeps side by side (compare.js)
 // Views poll the API every POLL_MS while what they show can still change.
 "use strict";
 
@@ -163,6 +164,9 @@ function route() {
   let match;
   let nav = "sweeps";
   if ((match = hash.match(/^#\/sweeps\/(\d+)$/))) showSweep(Number(match[1]));
+  else if ((match = hash.match(/^#\/compare\/(\d+(?:,\d+)*)$/))) {
+    showCompare(match[1].split(",").map(Number));
+  }
   else if ((match = hash.match(/^#\/runs\/(\d+)$/))) {
     nav = "runs";
     showRun(Number(match[1]));
@@ -183,11 +187,13 @@ function route() {
 function showSweeps() {
   const body = h("tbody", { id: "sweeps-body" });
   const empty = h("div", { id: "sweeps-empty", hidden: true });
+  const picker = comparePicker();
   setView(
     h("div", { class: "row" }, h("h1", { text: "Sweeps" }),
-      h("div", { class: "actions" }, h("a", { class: "button", href: "#/new" }, "Start a sweep"))),
+      h("div", { class: "actions" }, picker.button,
+        h("a", { class: "button", href: "#/new" }, "Start a sweep"))),
     h("table", { id: "sweeps-table" },
-      h("thead", {}, h("tr", {}, ["id", "name", "status", "progress", "widths", "created",
+      h("thead", {}, h("tr", {}, ["", "id", "name", "status", "progress", "widths", "created",
         "duration"].map((c) => h("th", { text: c })))),
       body),
     empty,
@@ -197,6 +203,7 @@ function showSweeps() {
     body.replaceChildren(...page.items.map((s) =>
       h("tr", { class: "clickable", dataset: { sweepId: s.id },
         onclick: () => { location.hash = `#/sweeps/${s.id}`; } },
+      h("td", {}, picker.checkbox(s.id)),
       h("td", {}, h("a", { href: `#/sweeps/${s.id}`, text: s.id })),
       h("td", { text: s.name }),
       h("td", {}, statusBadge(s.status)),

@@ -1,0 +1,141 @@
+"""Sweeps side by side: the read model of the comparison view (`GET /compare`).
+
+For each sweep: each width's LR curve (final eval loss against the base LR, at that width's
+best WD and τ) with its fitted optimum, the drift of those optima and its line carried out
+to every width the sweep was transferred to, and those transfers. A sweep at one width, such
+as the LR sweep that checks a transfer at its target, has a curve and an optimum but no
+drift: a view sets its optimum beside the values transferred to that width.
+
+The fits are `sweeper.transfer`'s, on the trials a transfer sees, so the view shows exactly
+what a transfer computes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import db
+from sweeper.spec import SweepSpec
+from sweeper.transfer import (
+    Drift,
+    Optimum,
+    TrialOutcome,
+    drift,
+    drift_line,
+    width_optimum,
+)
+
+
+@dataclass(frozen=True)
+class LrCurve:
+    """Final eval loss against base LR at one width, and where its minimum lies."""
+
+    width: int
+    wd: float
+    tau: float | None
+    lr: list[float]  # increasing
+    loss: list[float]
+    optimum: Optimum  # fitted (parabola in log2 LR, or the argmin)
+    best_lr: float  # the lowest measured point
+    best_loss: float
+
+
+@dataclass(frozen=True)
+class LinePoint:
+    width: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class TransferMark:
+    """A stored transfer: the base LR carried to ``to_width`` and the drift line's value there."""
+
+    transfer_id: int
+    to_width: int
+    base_lr: float
+    extrapolated_lr: float | None
+
+
+@dataclass(frozen=True)
+class SweepComparison:
+    sweep_id: int
+    name: str
+    status: db.JobStatus
+    parametrization: str
+    precision: str
+    widths: list[int]  # swept (one: an LR sweep at one width, such as a check at a target)
+    curves: list[LrCurve]  # by width; widths without a finite result are left out
+    drift: Drift | None  # None below two widths with a result
+    # The drift line across the proxies' span and out to every transfer's target width
+    drift_line: list[LinePoint]
+    transfers: list[TransferMark]  # the latest transfer to each target width, by width
+
+
+def trial_outcomes(trials: Iterable[db.Trial]) -> list[TrialOutcome]:
+    """The trials a transfer fits: completed ones with their loss, diverged ones without."""
+    return [
+        TrialOutcome(
+            width=t.width,
+            lr=t.params["lr"],
+            wd=t.params["wd"],
+            tau=t.params.get("tau"),
+            # Pruned trials stopped early and would bias the curve; unfinished ones have none.
+            loss=t.final_eval_loss if t.status is db.TrialStatus.COMPLETED else None,
+        )
+        for t in trials
+        if t.status in (db.TrialStatus.COMPLETED, db.TrialStatus.DIVERGED) and "lr" in t.params
+    ]
+
+
+def compare_sweep(
+    sweep: db.Sweep,
+    spec: SweepSpec,
+    trials: Sequence[db.Trial],
+    transfers: Sequence[db.Transfer],
+) -> SweepComparison:
+    """One sweep's part of a comparison (``transfers`` newest first, as db lists them)."""
+    by_width: dict[int, list[TrialOutcome]] = defaultdict(list)
+    for outcome in trial_outcomes(trials):
+        by_width[outcome.width].append(outcome)
+    optima = [fit for width in sorted(by_width) if (fit := width_optimum(width, by_width[width]))]
+    latest: dict[int, TransferMark] = {}
+    for t in transfers:
+        latest.setdefault(
+            t.to_width,
+            TransferMark(t.id, t.to_width, t.result["base_lr"], t.result.get("extrapolated_lr")),
+        )
+    marks = [latest[w] for w in sorted(latest)]
+    slope = drift(optima)
+    line: list[LinePoint] = []
+    if slope is not None:
+        ends = {optima[0].width, optima[-1].width} | {m.to_width for m in marks}
+        line = [LinePoint(w, drift_line(optima, slope, w)) for w in sorted(ends)]
+    curves = []
+    for fit in optima:
+        best_lr, best_loss = min(fit.curve, key=lambda point: point[1])
+        curves.append(
+            LrCurve(
+                width=fit.width,
+                wd=fit.wd,
+                tau=fit.tau,
+                lr=[lr for lr, _ in fit.curve],
+                loss=[loss for _, loss in fit.curve],
+                optimum=fit.lr,
+                best_lr=best_lr,
+                best_loss=best_loss,
+            )
+        )
+    return SweepComparison(
+        sweep_id=sweep.id,
+        name=sweep.name,
+        status=sweep.status,
+        parametrization=spec.train.model.parametrization,
+        precision=spec.train.precision,
+        widths=spec.widths,
+        curves=curves,
+        drift=slope,
+        drift_line=line,
+        transfers=marks,
+    )
