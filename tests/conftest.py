@@ -1,5 +1,8 @@
 """Shared fixtures: seeding, the shakespeare corpus, small configs, a PostgreSQL server.
 
+The corpus ships with the tests (`tests/data/shakespeare.txt`: The Tempest and Titus
+Andronicus, public domain, 330 KB), so the whole suite runs on a fresh clone.
+
 The PostgreSQL server is a throwaway one started here: `initdb` into a temporary
 directory, `pg_ctl start` listening on a Unix socket in that directory only (no TCP port,
 so nothing can collide with or reach it), fsync off for speed. Each test gets a fresh
@@ -33,7 +36,7 @@ from db import ENV_VAR
 from models import ModelConfig, TrainConfig, preset
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "shakespeare.txt"
+SHAKESPEARE = REPO / "tests" / "data" / "shakespeare.txt"
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +46,6 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def shakespeare() -> str:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} is not here (../shared beside the checkout)")
     return str(SHAKESPEARE)
 
 
