@@ -3,7 +3,8 @@
 Storage errors map to statuses here and nowhere else: `NotFound` 404, `Conflict` 409, any
 other `StorageError` 503; the service's `InvalidInput` is 422 with its field. A request that
 fails validation answers 422 naming each field by its dotted path inside the body
-(``widths``, ``search.lr.max``) or its query/path name.
+(``widths``, ``search.lr.max``) or its query/path name. `responses` documents these in the
+OpenAPI schema, so that every status a route can answer is in it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,21 @@ _CODES = {
     409: "conflict",
     422: "invalid",
     500: "internal",
+    503: "unavailable",
 }
+_MEANINGS = {
+    401: "no token",
+    403: "wrong token",
+    404: "no such sweep, run or transfer (the reason names it)",
+    409: "the job is not in a state that allows it (the reason says which)",
+    422: "the request is invalid (the field is named)",
+    503: "the database did not answer (locked, restarting): try again",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI description of error statuses a route can answer (`ErrorBody` each)."""
+    return {s: {"model": ErrorBody, "description": _MEANINGS[s]} for s in statuses}
 
 
 def error_response(

@@ -69,11 +69,13 @@ def launched(monkeypatch) -> list[tuple[str, int]]:
 @pytest.fixture
 def make_client(env, database, launched) -> Iterator[Callable[..., TestClient]]:
     """TestClients over fresh apps; keyword arguments override the settings. Curves are read
-    in-process unless a test asks for the worker (spawning one costs seconds)."""
+    in-process unless a test asks for the worker (spawning one costs seconds), and the
+    watchdog makes its pass at start only: these tests start no driver."""
     clients: list[TestClient] = []
 
     def make(**settings: Any) -> TestClient:
         settings.setdefault("curves_worker", False)
+        settings.setdefault("watchdog_s", 0.0)
         client = TestClient(create_app(Settings(**settings)))
         client.__enter__()
         clients.append(client)
