@@ -94,6 +94,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8 text)
+            cause = exc.__cause__ or exc
+            reason = f"not valid JSON: {type(cause).__name__}: {cause}"
+            return error_response(
+                422, f"body: {reason}", errors=[FieldError(field="body", reason=reason)]
+            )
         return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(service.InvalidInput)

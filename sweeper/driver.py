@@ -14,13 +14,15 @@ import signal
 import sys
 
 import db
+from sweeper.cluster import ensure_ray
 from sweeper.jobs import (
     DRIVER_WRITE_ATTEMPT_S,
     Job,
     JobKind,
     JobSettings,
-    Terminated,
+    Periodic,
     raise_terminated,
+    terminating,
 )
 
 log = logging.getLogger(__name__)
@@ -43,24 +45,30 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         status = drive(job)
-    except Terminated:
-        return 128 + signal.SIGTERM
     except db.Conflict as e:  # not queued: cancelled meanwhile, or another driver has it
         log.info("%s: nothing to do: %s", job, e)
         return 0
-    except BaseException as e:  # before the job's own error handling (an import, a read)
+    except BaseException as e:  # outside the job's own error handling: Ray, an import
         try:
-            status = job.fail(e)
+            status = job.fail(e)  # nothing changes when the job recorded it already
         except db.StorageError:
             log.exception("%s: recording the failure failed too", job)
             return 1
+        if terminating():
+            return 128 + signal.SIGTERM
     log.info("%s ended %s", job, status)
     return 1 if status is db.JobStatus.FAILED else 0
 
 
 def drive(job: Job) -> db.JobStatus:
+    if job.status() is not db.JobStatus.QUEUED:
+        raise db.Conflict(f"{job} is {job.status()}, not queued")
+    # Ray first, beating meanwhile: a cluster that does not answer fails the job within its
+    # timeout, before torch and the engine are imported (seconds of CPU).
+    with Periodic(job.touch, job.settings.heartbeat_s, f"heartbeat {job}"):
+        ensure_ray(job.settings)
     if job.kind == "sweep":
-        from sweeper.engine import run_sweep  # torch and Ray: after the job can fail
+        from sweeper.engine import run_sweep
 
         return run_sweep(job.database, job.id, job.settings)
     from sweeper.launch import run_launch

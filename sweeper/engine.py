@@ -38,7 +38,7 @@ from sweeper.cluster import (
     ray_storage_path,
     shortfall,
 )
-from sweeper.jobs import DatabaseHandle, Job, JobSettings, writes
+from sweeper.jobs import DatabaseHandle, Job, JobSettings, traceback_tail, writes
 from sweeper.spec import SweepSpec, TrialPlan
 
 log = logging.getLogger(__name__)
@@ -270,9 +270,7 @@ def _error_text(trial: tune.experiment.Trial) -> str:
         return "the trial failed (no error file)"
     text = Path(path).read_text(errors="replace")
     log.error("trial %s failed:\n%s", trial.trial_id, text[-20_000:])
-    # A traceback ends with the exception's own "Type: message" line, unindented.
-    lines = [line for line in text.splitlines() if line.strip() and not line[0].isspace()]
-    return lines[-1][:1000] if lines else "the trial failed (empty error file)"
+    return traceback_tail(text)
 
 
 def remaining_plan(database: db.Database, sweep_id: int, spec: SweepSpec) -> list[TrialPlan]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import signal
 import socket
 import threading
@@ -157,14 +158,31 @@ def driver_gone(
 
 def one_line(error: BaseException) -> str:
     """An error as the one line a job's or a trial's error field holds."""
+    text = str(error)
     if isinstance(error, ValidationError):  # its first line only counts the errors
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        message = f"{error.title} is invalid: {where}: {first['msg']}"
-    else:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        message = lines[0] if lines else "no message"
-    return f"{type(error).__name__}: {message}"[:1000]
+        text = f"{error.title} is invalid: {where}: {first['msg']}"
+    elif TRACEBACK in text:  # a wrapper of a formatted traceback (Ray's TuneError)
+        return traceback_tail(text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"[:MAX_ERROR]
+
+
+TRACEBACK = "Traceback (most recent call last):"
+MAX_ERROR = 1000
+# "module.sub.Type: message" or "Type(Cause): message", at the start of a line.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:\([^)]*\))?: .*)$")
+
+
+def traceback_tail(text: str) -> str:
+    """The exception a formatted traceback ends with, as "Type: message" (its module path
+    dropped): what a user needs of it; the rest belongs in a log."""
+    lines = [line for line in text.splitlines() if line.strip() and not line[0].isspace()]
+    if not lines:
+        return "no message"
+    match = _EXCEPTION_LINE.match(lines[-1])
+    return (match.group(1) if match else lines[-1])[:MAX_ERROR]
 
 
 # --- what a driver runs -----------------------------------------------------------------
@@ -272,10 +290,15 @@ _terminating = threading.Event()
 def raise_terminated(signum: int, frame: object) -> None:
     """The driver's SIGTERM handler, from its first line on; a second SIGTERM kills at once.
     Raised inside a call into Ray's C++ core, Terminated comes out as another exception (a
-    SystemError caused by it): `Job.driving` knows it by `_terminating`."""
+    SystemError caused by it): `terminating` tells."""
     signal.signal(signum, signal.SIG_DFL)
     _terminating.set()
     raise Terminated
+
+
+def terminating() -> bool:
+    """Whether SIGTERM reached this driver: whatever error surfaced since, that is why."""
+    return _terminating.is_set()
 
 
 @dataclass(frozen=True)
@@ -360,10 +383,11 @@ class Job:
         return ended
 
     def fail(self, error: BaseException) -> db.JobStatus:
-        """Record why the job stopped, in one line (the traceback goes to the log)."""
-        if isinstance(error, Terminated):
-            log.warning("%s: %s", self, error)
-            reason = f"{error} {self._where()}; resume to continue"
+        """Record why the job stopped, in one line (the traceback goes to the log); nothing
+        changes when the job ended already."""
+        if terminating():
+            log.warning("%s: %s", self, Terminated())
+            reason = f"{Terminated()} {self._where()}; resume to continue"
         else:
             log.error("%s failed", self, exc_info=error)
             reason = one_line(error)
@@ -379,7 +403,7 @@ class Job:
         sweep = db.get_sweep(self.database, sweep_id=self.id)
         planned = len(SweepSpec.stored(sweep.spec).plan())
         trials = db.list_trials(self.database, sweep_id=self.id)
-        return f"after {sum(t.status.finished for t in trials)} of {planned} trials"
+        return f"after {sum(t.status.finished for t in trials)} of {planned} trials finished"
 
     @contextmanager
     def driving(self) -> Iterator[None]:
@@ -391,10 +415,9 @@ class Job:
             try:
                 yield
             except BaseException as error:
-                if _terminating.is_set():  # whatever the signal surfaced as: that is why
-                    self.fail(Terminated())
-                    raise Terminated from error
                 self.fail(error)
+                if terminating():  # whatever the signal surfaced as
+                    raise Terminated from error
                 if not isinstance(error, Exception):
                     raise
 

@@ -9,59 +9,22 @@ for more than the cluster holds, a trial out of memory, a driver gone under `--w
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 import db
 from sweeper import service
 from sweeper.jobs import JobSettings
 from sweeper.spec import SweepSpec
-from tests.conftest import drivers_of, tiny_sweep
+from tests.conftest import driver_log, drivers_of, ray_processes, tiny_sweep
 from tests.test_sweep_engine import TIMEOUT_S, make_spec, run_to_end, wait_for
-
-
-@pytest.fixture
-def ray_tmp(monkeypatch) -> Iterator[Path]:
-    """RAY_TMPDIR for the drivers: their Ray clusters and Ray's `ray_current_cluster` file
-    live here (a short path: Ray's socket paths must stay under ~100 bytes). Every process of
-    a cluster started under it is stopped afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="r21-"))
-    monkeypatch.setenv("RAY_TMPDIR", str(root))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    yield root
-    for proc in ray_processes(root):
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def database(tmp_path, monkeypatch, ray_tmp) -> Iterator[db.Database]:
-    """A fresh SQLite file; drivers find it (and their log and Ray dirs) through the env."""
-    url = f"sqlite:///{tmp_path / 'sweeper.db'}"
-    for key, value in {
-        db.ENV_VAR: url,
-        "XDG_STATE_HOME": str(tmp_path / "state"),
-        "SWEEPER_RAY_STORAGE": str(tmp_path / "ray_results"),
-    }.items():
-        monkeypatch.setenv(key, value)
-    database = db.connect(url)
-    yield database
-    for proc in drivers_of(url):
-        proc.kill()
-    database.dispose()
 
 
 def cli(*args: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
@@ -75,19 +38,6 @@ def spec_file(tmp_path: Path, spec: SweepSpec | dict[str, object]) -> str:
     text = spec.model_dump_json() if isinstance(spec, SweepSpec) else json.dumps(spec)
     path.write_text(text)
     return str(path)
-
-
-def driver_log(tmp_path: Path) -> str:
-    return "\n".join(p.read_text(errors="replace") for p in (tmp_path / "state").rglob("*.log"))
-
-
-def ray_processes(root: Path) -> list[psutil.Process]:
-    """The processes of Ray clusters started under ``root`` (raylet, GCS, workers...)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if any(str(root) in part for part in proc.info["cmdline"] or []):
-            found.append(proc)
-    return found
 
 
 def wait_until_stopped(database: db.Database, root: Path) -> None:
@@ -152,7 +102,7 @@ def test_sigterm_stops_the_driver_which_records_where_it_stopped(database, shake
     progress = service.sweep_progress(database, sweep.id)
     assert progress.sweep.status is db.JobStatus.FAILED
     assert progress.sweep.error == (
-        "the driver was stopped by SIGTERM after 0 of 4 trials; resume to continue"
+        "the driver was stopped by SIGTERM after 0 of 4 trials finished; resume to continue"
     )
     assert progress.trials and all(t.status is db.TrialStatus.ERROR for t in progress.trials)
     assert all("SIGTERM" in (t.error or "") for t in progress.trials)
