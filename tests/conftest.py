@@ -137,6 +137,13 @@ def database(
     database.dispose()
 
 
+def exited_pid() -> int:
+    """The pid of a process that has exited (and been reaped): a driver that is gone."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,8 +9,6 @@ kills a driver with SIGKILL mid-sweep.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -21,7 +19,7 @@ import pytest
 import db
 from sweeper import service
 from sweeper.jobs import Job, JobSettings, driver_gone, this_host
-from tests.conftest import drivers_of, sweeper_serve
+from tests.conftest import drivers_of, exited_pid, sweeper_serve
 from tests.test_sweep_engine import make_spec, wait_for
 
 TOKEN = "watchdog-token-0123456789"
@@ -95,13 +93,6 @@ def sweep_id(database) -> int:
     return sweep_id
 
 
-def exited_process() -> int:
-    """The pid of a process that has exited (and been reaped)."""
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
 def test_a_driver_is_gone_when_its_process_exited_or_its_heartbeat_stopped(
     database,
     sweep_id,
@@ -110,7 +101,7 @@ def test_a_driver_is_gone_when_its_process_exited_or_its_heartbeat_stopped(
     job = Job(database, "sweep", sweep_id, settings)
     job.set_driver(this_host(), os.getpid())  # alive, but not this sweep's driver: gone
     assert driver_gone("sweep", db.get_sweep(database, sweep_id=sweep_id), settings)
-    job.set_driver(this_host(), exited_process())
+    job.set_driver(this_host(), exited_pid())
     sweep = db.get_sweep(database, sweep_id=sweep_id)
     assert driver_gone("sweep", sweep, settings)  # at once, whatever the heartbeat says
     assert service.is_stale("sweep", sweep)
@@ -133,7 +124,7 @@ def test_the_watchdog_fails_a_job_it_resumed_too_often_and_closes_its_trials(
     job = Job(database, "sweep", sweep_id, JobSettings())
     job.move(db.JobStatus.QUEUED, automatic=True)  # the watchdog's first resume
     job.move(db.JobStatus.RUNNING)
-    pid = exited_process()
+    pid = exited_pid()
     job.set_driver(this_host(), pid)
 
     assert service.recover_jobs(database) == [f"failed sweep {sweep_id}"]
