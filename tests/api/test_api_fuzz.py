@@ -55,6 +55,7 @@ def test_fuzzing_the_api_finds_no_server_error_and_nothing_undocumented(
                 f"--checks={CHECKS}",
                 f"--max-examples={MAX_EXAMPLES}",
                 "--seed=21",
+                "--generation-database=none",  # nothing written into the checkout
                 "--workers=1",
                 "--no-color",
                 "--report=json",
@@ -63,6 +64,7 @@ def test_fuzzing_the_api_finds_no_server_error_and_nothing_undocumented(
             capture_output=True,
             text=True,
             timeout=600,
+            cwd=tmp_path,
         )
         summary = json.loads(report.read_text())
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
