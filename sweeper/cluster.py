@@ -155,7 +155,7 @@ def ensure_ray(settings: JobSettings | None = None) -> None:
 def _wait_until_reachable(address: str, timeout_s: float) -> None:
     """Until the cluster's port at ``address`` accepts a connection. Ray's own connect
     retries a dead address far longer (minutes, and it ignores SIGTERM meanwhile)."""
-    host, port = _host_and_port(address)
+    host, port = host_and_port(address)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -170,7 +170,7 @@ def _wait_until_reachable(address: str, timeout_s: float) -> None:
         time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
-def _host_and_port(address: str) -> tuple[str, int]:
+def host_and_port(address: str) -> tuple[str, int]:
     """``host:port``, ``ray://host:port`` or ``auto`` (the cluster Ray would find here)."""
     if address == "auto":
         from ray._private.services import canonicalize_bootstrap_address  # no public API
