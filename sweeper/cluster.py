@@ -22,12 +22,15 @@ import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import platformdirs
 import ray
 
 from sweeper.jobs import JobSettings
+
+if TYPE_CHECKING:
+    from sweeper.spec import Resources
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,16 @@ def shortfall(
         need = f"{_amount(count * each.cpu, 'CPU')} and {_amount(count * each.gpu, 'GPU')}"
         return Shortfall("count", f"need {need} at once; the cluster fits {fits:g} ({where})")
     return None
+
+
+def trial_shortfall(resources: Resources, nodes: list[NodeResources]) -> tuple[str, str] | None:
+    """(field of the sweep spec, reason) when one trial asking for ``resources`` fits no
+    node of ``nodes``: Tune would keep it pending for ever."""
+    problem = shortfall(nodes, each=NodeResources(cpu=resources.cpu, gpu=resources.gpu))
+    if problem is None:
+        return None
+    field = "resources" if problem.resource == "count" else f"resources.{problem.resource}"
+    return field, f"a trial {problem.reason}"
 
 
 def _amount(value: float, unit: str) -> str:

@@ -31,12 +31,11 @@ from ray.tune.search.optuna import OptunaSearch
 import db
 from models import MetricPoint, train
 from sweeper.cluster import (
-    NodeResources,
     NotEnoughResources,
     cluster_nodes,
     ensure_ray,
     ray_storage_path,
-    shortfall,
+    trial_shortfall,
 )
 from sweeper.jobs import DatabaseHandle, Job, JobSettings, traceback_tail, writes
 from sweeper.spec import SweepSpec, TrialPlan
@@ -379,10 +378,9 @@ def run_sweep(
 
 def _check_resources(spec: SweepSpec) -> None:
     """A trial must fit one node of the cluster, or it would wait for ever."""
-    each = NodeResources(cpu=spec.resources.cpu, gpu=spec.resources.gpu)
-    problem = shortfall(cluster_nodes(), each=each)
+    problem = trial_shortfall(spec.resources, cluster_nodes())
     if problem is not None:
-        raise NotEnoughResources(f"resources.{problem.resource}: a trial {problem.reason}")
+        raise NotEnoughResources(": ".join(problem))
 
 
 def _unfinished(

@@ -408,8 +408,9 @@ class Job:
     @contextmanager
     def driving(self) -> Iterator[None]:
         """Mark the job running and beat its heartbeat for as long as the block runs. An
-        error that leaves the block fails the job (`fail`); it is swallowed unless it is not
-        an Exception (SIGTERM, Ctrl+C), and then the job's final status is what to return."""
+        error that leaves the block fails the job (`fail`). An Exception is swallowed: after
+        the block, the job's status says how it ended. SIGTERM (`Terminated`, whatever it
+        surfaced as) and other BaseExceptions propagate, recorded."""
         with Periodic(self.touch, self.settings.heartbeat_s, f"heartbeat {self}"):
             self._write(f"starting {self}", lambda: self.move(_RUNNING))
             try:

@@ -108,8 +108,8 @@ def worker_resources(request: LaunchRequest) -> NodeResources:
 def resource_shortfall(
     request: LaunchRequest, nodes: list[NodeResources]
 ) -> tuple[str, str] | None:
-    """(field, reason) when the run's workers cannot all run at once on ``nodes``: Ray Train
-    starts them together, so the run would wait for ever."""
+    """(field of the request, reason) when the run's workers cannot all run at once on
+    ``nodes``: Ray Train starts them together, so the run would wait for ever."""
     problem = shortfall(nodes, each=worker_resources(request), count=request.workers)
     if problem is None:
         return None

@@ -19,7 +19,16 @@ import platformdirs
 
 import db
 from sweeper import cluster
-from sweeper.jobs import ACTIVE, Job, JobKind, JobRecord, JobSettings, driver_gone, this_host
+from sweeper.jobs import (
+    ACTIVE,
+    Job,
+    JobKind,
+    JobRecord,
+    JobSettings,
+    driver_gone,
+    last_beat,
+    this_host,
+)
 from sweeper.launch import MAX_INT, LaunchRequest, launch_config, resource_shortfall
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult, TrialOutcome, compute_transfer
@@ -89,11 +98,9 @@ def start_sweep(database: db.Database, spec: SweepSpec) -> db.Sweep:
     driver's local cluster (`cluster.local_node()`) is refused now: queued, it would wait for
     ever. (A driver that joins a configured cluster checks there, and fails at once.)"""
     if cluster.configured_address() is None:
-        each = cluster.NodeResources(cpu=spec.resources.cpu, gpu=spec.resources.gpu)
-        problem = cluster.shortfall([cluster.local_node()], each=each)
+        problem = cluster.trial_shortfall(spec.resources, [cluster.local_node()])
         if problem is not None:
-            field = "resources.gpu" if problem.resource == "gpu" else "resources.cpu"
-            raise InvalidInput(field, f"a trial {problem.reason}")
+            raise InvalidInput(*problem)
     sweep_id = db.create_sweep(database, name=spec.name, spec=spec.model_dump(mode="json"))
     launch_driver(database, "sweep", sweep_id)
     return db.get_sweep(database, sweep_id=sweep_id)
@@ -209,13 +216,12 @@ def recover_jobs(database: db.Database) -> list[str]:
 
 
 def _give_up(database: db.Database, kind: JobKind, job: JobRecord) -> None:
-    where = f"pid {job.driver_pid} on {job.driver_host}" if job.driver_pid else "its driver"
+    process = f"pid {job.driver_pid} on {job.driver_host}, " if job.driver_pid else ""
     reason = (
-        f"the driver is gone ({where}, last heartbeat {last_beat_text(job)})"
+        f"the driver is gone ({process}last heartbeat {last_beat_text(job)})"
         f" after {job.auto_resumes} automatic resumes; see {driver_log(kind, job.id)}"
     )
-    entry = _job(database, kind, job.id)
-    entry.move(
+    _job(database, kind, job.id).move(
         db.JobStatus.FAILED,
         error=reason,
         expected=frozenset({job.status}),
@@ -228,8 +234,7 @@ def _give_up(database: db.Database, kind: JobKind, job: JobRecord) -> None:
 
 
 def last_beat_text(job: JobRecord) -> str:
-    beat = job.driver_heartbeat_at or job.created_at
-    return f"{beat:%Y-%m-%d %H:%M:%S} UTC"
+    return f"{last_beat(job):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def transfer(
