@@ -3,47 +3,52 @@ user's `sqlite3` shell after BEGIN IMMEDIATE does: the driver retries its writes
 holds the results, so nothing is lost or stored twice; only a lock held past the retry
 budget fails the sweep, with a one-line reason and no trial left running.
 
-Real driver processes, a real Ray local cluster (in a temp dir of its own), the real
-`sqlite3` shell holding the lock on the sweep's database file.
+Real driver processes, a real Ray local cluster (in a temp dir of its own), and another
+process holding the lock on the sweep's database file as the `sqlite3` shell does (through
+SQLite's own library, Python's sqlite3 module: no shell to install).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
 
 import db
 from sweeper import service
 from tests.conftest import driver_log
 from tests.test_sweep_engine import make_spec, run_to_end, wait_for
 
-SQLITE3 = shutil.which("sqlite3")
-pytestmark = pytest.mark.skipif(
-    SQLITE3 is None, reason="no sqlite3 shell (apt-get install sqlite3)"
-)
+# Takes the write lock, says so, and holds it until its stdin closes.
+_HOLD_LOCK = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()
+connection.execute("ROLLBACK")
+"""
 
 
 @contextmanager
 def write_lock(database_file: Path) -> Iterator[None]:
-    """A `sqlite3` shell holding the database's write lock (BEGIN IMMEDIATE) until exit."""
-    assert SQLITE3 is not None
-    shell = subprocess.Popen(
-        [SQLITE3, str(database_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    """Another process holding the database's write lock (BEGIN IMMEDIATE) until exit."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(database_file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    assert shell.stdin is not None and shell.stdout is not None
-    shell.stdin.write("BEGIN IMMEDIATE;\nSELECT 'locked';\n")
-    shell.stdin.flush()
-    assert shell.stdout.readline().strip() == "locked"
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "locked"
     try:
         yield
     finally:
-        shell.communicate("ROLLBACK;\n.quit\n", timeout=30)
+        holder.communicate("", timeout=30)
+        assert holder.returncode == 0
 
 
 def database_file(database: db.Database) -> Path:
