@@ -14,7 +14,7 @@ import signal
 import sys
 
 import db
-from sweeper.cluster import ensure_ray
+from sweeper.cluster import configured_address, ensure_ray
 from sweeper.jobs import (
     DRIVER_WRITE_ATTEMPT_S,
     Job,
@@ -63,10 +63,12 @@ def main(argv: list[str] | None = None) -> int:
 def drive(job: Job) -> db.JobStatus:
     if job.status() is not db.JobStatus.QUEUED:
         raise db.Conflict(f"{job} is {job.status()}, not queued")
-    # Ray first, beating meanwhile: a cluster that does not answer fails the job within its
-    # timeout, before torch and the engine are imported (seconds of CPU).
-    with Periodic(job.touch, job.settings.heartbeat_s, f"heartbeat {job}"):
-        ensure_ray(job.settings)
+    if configured_address() is not None:
+        # Joined first, beating meanwhile: a cluster that does not answer fails the job within
+        # its timeout, before torch and the engine are imported (seconds of CPU). A local
+        # cluster starts later, once the job is known to need one.
+        with Periodic(job.touch, job.settings.heartbeat_s, f"heartbeat {job}"):
+            ensure_ray(job.settings)
     if job.kind == "sweep":
         from sweeper.engine import run_sweep
 

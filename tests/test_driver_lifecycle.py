@@ -57,11 +57,12 @@ def test_a_stale_ray_address_file_is_never_joined(database, shakespeare, ray_tmp
     configured, ray.init() joined it and retried the dead GCS for ever."""
     (ray_tmp / "ray").mkdir()
     (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:59999")
+    spec = make_spec(shakespeare, search={"lr": {"min": 2**-6, "max": 2**-2, "points": 1}})
     started = time.monotonic()
-    out = cli("sweep", "start", spec_file(tmp_path, make_spec(shakespeare)), "--wait", "--json")
+    out = cli("sweep", "start", spec_file(tmp_path, spec), "--wait", "--json")
     assert out.returncode == 0, out.stderr + driver_log(tmp_path)
     payload = json.loads(out.stdout)
-    assert payload["status"] == "completed" and payload["finished"] == payload["planned"] == 4
+    assert payload["status"] == "completed" and payload["finished"] == payload["planned"] == 2
     print(f"the sweep completed in {time.monotonic() - started:.0f} s on a cluster of its own")
     assert (ray_tmp / "ray" / "ray_current_cluster").read_text() == "127.0.0.1:59999"
     wait_until_stopped(database, ray_tmp)
@@ -148,19 +149,18 @@ def test_a_trial_out_of_memory_is_an_error_with_its_message_and_the_sweep_goes_o
     """A width whose embedding alone needs 1 PiB: the allocation fails at once on any
     machine, as a GPU's would with CUDA out of memory. The other width's trials complete."""
     huge = 2**40
-    spec = SweepSpec.model_validate(tiny_sweep(shakespeare, widths=[16, huge]))
+    one_lr = {"lr": {"min": 2**-6, "max": 2**-2, "points": 1}, "wd": [0.0]}
+    spec = SweepSpec.model_validate(tiny_sweep(shakespeare, widths=[16, huge], search=one_lr))
     sweep = service.start_sweep(database, spec)
     progress = run_to_end(database, sweep.id)
-    by_width = {w: [t for t in progress.trials if t.width == w] for w in (16, huge)}
-    assert len(by_width[16]) == len(by_width[huge]) == 2
-    assert all(t.status is db.TrialStatus.COMPLETED for t in by_width[16])
-    for trial in by_width[huge]:
-        assert trial.status is db.TrialStatus.ERROR
-        assert trial.error is not None and "\n" not in trial.error
-        assert "can't allocate memory" in trial.error, trial.error
+    small, large = sorted(progress.trials, key=lambda t: t.width)
+    assert small.status is db.TrialStatus.COMPLETED
+    assert large.width == huge and large.status is db.TrialStatus.ERROR
+    assert large.error is not None and "\n" not in large.error
+    assert "can't allocate memory" in large.error, large.error
     assert progress.sweep.status is db.JobStatus.FAILED
     error = progress.sweep.error or ""
-    assert error.startswith("2 of 4 trials did not finish: w1099511627776-") and (
+    assert error.startswith("1 of 2 trials did not finish: w1099511627776-") and (
         "can't allocate memory" in error and error.endswith("; resume to re-run them")
     ), error
 
@@ -213,10 +213,10 @@ def test_a_sweep_asking_for_more_than_this_machine_holds_is_refused(
     (line,) = out.stderr.strip().splitlines()
     assert f"resources.{resource}: a trial asks for" in line and "the largest node has" in line
     assert db.list_sweeps(database).total == 0  # nothing queued, no driver
-
-    launch = cli("launch", "--to-width", "64", "--steps", "10", "--workers", "64")
-    assert launch.returncode == 2 and "--workers" in launch.stderr
-    assert len(launch.stderr.strip().splitlines()) == 1
+    if resource == "cpu":  # and a run whose workers could never all start
+        launch = cli("launch", "--to-width", "64", "--steps", "10", "--workers", "64")
+        assert launch.returncode == 2 and "--workers" in launch.stderr
+        assert len(launch.stderr.strip().splitlines()) == 1
 
 
 def test_on_a_configured_cluster_the_driver_checks_resources_and_fails_at_once(
