@@ -7,6 +7,10 @@ SWEEPER_API_TOKEN      the bearer token of mutating routes (`sweeper serve` make
 SWEEPER_DATA_DIR       where the default database and Ray Tune's results live
 SWEEPER_API_HOST       the interface the service is bound to; reading routes need the
                        token too unless it is a loopback one
+SWEEPER_WATCHDOG_S     seconds between the watchdog's passes over the active jobs (0: only
+                       at start)
+and the job lifecycle's settings (`sweeper.jobs.JobSettings`: heartbeat, staleness, automatic
+resumes, Ray connect timeout, write retries), which the service hands to its drivers.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from pathlib import Path
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from sweeper.jobs import JobSettings
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -32,7 +38,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class Settings(BaseSettings):
+class Settings(JobSettings):
     model_config = SettingsConfigDict(env_prefix="SWEEPER_", extra="ignore", frozen=True)
 
     db_url: str | None = Field(None, description="SQLAlchemy URL; None: data_dir/sweeper.db")
@@ -53,6 +59,9 @@ class Settings(BaseSettings):
     curves_worker: bool = Field(
         True, description="read curves in a worker process, off the server's GIL"
     )
+    watchdog_s: float = Field(
+        2.0, ge=0.0, description="seconds between the watchdog's passes (0: only at start)"
+    )
 
     @property
     def database_url(self) -> str:
@@ -67,9 +76,10 @@ class Settings(BaseSettings):
         """What the sweep drivers this process starts must find in their environment.
 
         The service starts drivers with this process's environment (and the database URL),
-        so the Ray address and the Ray Tune results directory travel that way.
+        so the Ray address, the Ray Tune results directory and the job settings travel that
+        way.
         """
-        env = {
+        env = self.environment() | {
             "SWEEPER_RAY_STORAGE": os.environ.get(
                 "SWEEPER_RAY_STORAGE", str(self.data_dir / "ray_results")
             )

@@ -12,13 +12,14 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 import db
 from api.cache import TTLCache
 from api.config import Settings
 from api.curves import CurvesReader
+from sweeper.launch import MAX_ID
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -87,7 +88,7 @@ class Pagination:
 
 
 async def pagination(
-    offset: Annotated[int, Query(ge=0, description="rows to skip")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="rows to skip")] = 0,
     limit: Annotated[int, Query(ge=1, le=500, description="rows at most")] = 50,
 ) -> Pagination:
     return Pagination(offset, limit)
@@ -96,3 +97,6 @@ async def pagination(
 # Dependencies that only read app state are `async def`: they run on the event loop, with
 # no trip through the thread pool.
 PageDep = Annotated[Pagination, Depends(pagination)]
+# Ids in paths: bounded like the database's (64-bit), so any integer is a 404 or a 422.
+SweepId = Annotated[int, Path(ge=1, le=MAX_ID, description="a sweep's id")]
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="a run's id")]

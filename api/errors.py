@@ -3,7 +3,8 @@
 Storage errors map to statuses here and nowhere else: `NotFound` 404, `Conflict` 409, any
 other `StorageError` 503; the service's `InvalidInput` is 422 with its field. A request that
 fails validation answers 422 naming each field by its dotted path inside the body
-(``widths``, ``search.lr.max``) or its query/path name.
+(``widths``, ``search.lr.max``) or its query/path name. `responses` documents these in the
+OpenAPI schema, so that every status a route can answer is in it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,21 @@ _CODES = {
     409: "conflict",
     422: "invalid",
     500: "internal",
+    503: "unavailable",
 }
+_MEANINGS = {
+    401: "no token",
+    403: "wrong token",
+    404: "no such sweep, run or transfer (the reason names it)",
+    409: "the job is not in a state that allows it (the reason says which)",
+    422: "the request is invalid (the field is named)",
+    503: "the database did not answer (locked, restarting): try again",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI description of error statuses a route can answer (`ErrorBody` each)."""
+    return {s: {"model": ErrorBody, "description": _MEANINGS[s]} for s in statuses}
 
 
 def error_response(
@@ -79,6 +94,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8 text)
+            cause = exc.__cause__ or exc
+            reason = f"not valid JSON: {type(cause).__name__}: {cause}"
+            return error_response(
+                422, f"body: {reason}", errors=[FieldError(field="body", reason=reason)]
+            )
         return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(service.InvalidInput)

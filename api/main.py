@@ -3,7 +3,8 @@
     uvicorn --factory api.main:create_app        # or: sweeper serve
 
 At start the service opens (and migrates) the database and resumes every sweep and run
-whose driver died while no service was watching. The API process never trains: sweeps run in
+whose driver died while no service was watching; then its watchdog does so every
+``SWEEPER_WATCHDOG_S`` (`service.recover_jobs`). The API process never trains: sweeps run in
 driver processes that the service layer starts.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
@@ -25,6 +26,7 @@ from api.config import Settings
 from api.curves import CurvesReader
 from api.routers import compare, dashboard, runs, sweeps, system
 from sweeper import service
+from sweeper.jobs import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,15 @@ need the token otherwise. Errors are JSON: `{"error", "reason", "field", "errors
 def _open(settings: Settings) -> db.Database:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = db.connect(settings.database_url)
-    resumed = service.resume_orphaned_jobs(database)
-    if resumed:
-        log.info("resumed jobs whose driver had died: %s", ", ".join(resumed))
+    _watch(database)
     return database
+
+
+def _watch(database: db.Database) -> None:
+    """One watchdog pass over the jobs whose driver is gone."""
+    done = service.recover_jobs(database)
+    if done:
+        log.warning("jobs whose driver was gone: %s", ", ".join(done))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -56,8 +63,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         os.environ.update(settings.driver_environment())  # the drivers inherit it
         app.state.database = database = await run_in_threadpool(_open, settings)
         app.state.curves_reader = CurvesReader(database, worker=settings.curves_worker)
+        watchdog: AbstractContextManager[object] = nullcontext()
+        if settings.watchdog_s:
+            watchdog = Periodic(lambda: _watch(database), settings.watchdog_s, "watchdog")
         try:
-            yield
+            with watchdog:  # stopped first: it uses the database
+                yield
         finally:
             app.state.curves_reader.close()
             database.dispose()

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import db
 from sweeper import service
+from sweeper.launch import MAX_INT
 
 T = TypeVar("T")
 
@@ -57,12 +58,18 @@ class SweepSummary(BaseModel):
     id: int
     name: str
     status: db.JobStatus
+    stale: bool = Field(
+        description="queued or running, but its driver is gone (its process exited or its"
+        " heartbeat stopped): the service's watchdog resumes it"
+    )
     planned: int = Field(description="trials in the plan")
     finished: int = Field(description="trials with a result (completed, diverged, pruned)")
     widths: list[int]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    driver_heartbeat_at: datetime | None = Field(description="its driver's last heartbeat")
+    auto_resumes: int = Field(description="times the watchdog resumed it since its last start")
     error: str | None
 
     @classmethod
@@ -72,12 +79,15 @@ class SweepSummary(BaseModel):
             id=s.id,
             name=s.name,
             status=s.status,
+            stale=progress.stale,
             planned=progress.planned,
             finished=progress.finished,
             widths=progress.spec.widths,
             created_at=s.created_at,
             started_at=s.started_at,
             finished_at=s.finished_at,
+            driver_heartbeat_at=s.driver_heartbeat_at,
+            auto_resumes=s.auto_resumes,
             error=s.error,
         )
 
@@ -167,7 +177,7 @@ class SweepCurves(BaseModel):
 class TransferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    to_width: int = Field(gt=0, description="the width of the full-size model")
+    to_width: int = Field(gt=0, le=MAX_INT, description="the width of the full-size model")
 
 
 class TransferOut(BaseModel):
@@ -183,6 +193,7 @@ class RunOut(BaseModel):
     transfer_id: int | None
     name: str
     status: db.JobStatus
+    stale: bool = Field(description="queued or running, but its driver is gone (see sweeps)")
     config: dict[str, Any]
     checkpoint_path: str | None
     restarts: int = Field(description="times the run resumed from a checkpoint")
@@ -190,11 +201,14 @@ class RunOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    driver_heartbeat_at: datetime | None = Field(description="its driver's last heartbeat")
+    auto_resumes: int = Field(description="times the watchdog resumed it since its last start")
     error: str | None
 
     @classmethod
     def of(cls, run: db.Run) -> RunOut:
-        return cls.model_validate(run, from_attributes=True)
+        fields = {name: getattr(run, name) for name in cls.model_fields if name != "stale"}
+        return cls(**fields, stale=service.is_stale("run", run))
 
 
 class RunMetrics(BaseModel):

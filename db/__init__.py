@@ -14,7 +14,7 @@ database: give it `database.url`.
 
 from db._database import ENV_VAR, Database, connect, resolve_url
 from db._schema import JobStatus, TrialStatus
-from db.errors import Conflict, NotFound, StorageError
+from db.errors import Conflict, NotFound, StorageError, Unavailable
 from db.repository import (
     MetricPoint,
     Page,
@@ -23,6 +23,7 @@ from db.repository import (
     Transfer,
     Trial,
     add_metric_points,
+    close_running_trials,
     create_run,
     create_sweep,
     create_transfer,
@@ -41,7 +42,9 @@ from db.repository import (
     list_trials,
     note_run_resumed,
     set_run_checkpoint,
+    set_run_driver,
     set_run_status,
+    set_sweep_driver,
     set_sweep_optuna_study,
     set_sweep_status,
     touch_run_heartbeat,
@@ -63,7 +66,9 @@ __all__ = [
     "Transfer",
     "Trial",
     "TrialStatus",
+    "Unavailable",
     "add_metric_points",
+    "close_running_trials",
     "connect",
     "create_run",
     "create_sweep",
@@ -84,7 +89,9 @@ __all__ = [
     "note_run_resumed",
     "resolve_url",
     "set_run_checkpoint",
+    "set_run_driver",
     "set_run_status",
+    "set_sweep_driver",
     "set_sweep_optuna_study",
     "set_sweep_status",
     "touch_run_heartbeat",

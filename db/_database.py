@@ -23,16 +23,23 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoResultFound, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoResultFound,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.errors import Conflict, NotFound, StorageError
+from db.errors import Conflict, NotFound, StorageError, Unavailable
 
 ENV_VAR = "SWEEPER_DB_URL"
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
 # How long a SQLite writer waits for another process's write lock before giving up.
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_BUSY_TIMEOUT_S = 30.0
 # Any constant shared by every process migrating a PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x5EE9E6_0001
 
@@ -56,9 +63,13 @@ def resolve_url(url: str | None = None) -> str:
     return f"sqlite:///{data_dir / 'sweeper.db'}"
 
 
-def connect(url: str | None = None) -> Database:
-    """Open the database at `url` (see `resolve_url`) and migrate it to the newest schema."""
-    database = Database(resolve_url(url))
+def connect(url: str | None = None, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Database:
+    """Open the database at `url` (see `resolve_url`) and migrate it to the newest schema.
+
+    ``busy_timeout_s``: how long one SQLite transaction waits for another process's write
+    lock before it fails with `Unavailable` (PostgreSQL waits on row locks as it does).
+    """
+    database = Database(resolve_url(url), busy_timeout_s=busy_timeout_s)
     try:
         database.migrate()
     except BaseException:
@@ -70,7 +81,7 @@ def connect(url: str | None = None) -> Database:
 class Database:
     """One engine and its sessions. Create it with `connect()`; share it within a process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> None:
         try:
             parsed = make_url(url)
         except ArgumentError as exc:  # the message leaves the URL (and any password) out
@@ -83,7 +94,8 @@ class Database:
         if parsed.drivername == "postgresql":
             # psycopg 3 is the driver this project installs; SQLAlchemy's default is psycopg2.
             parsed = parsed.set(drivername="postgresql+psycopg")
-        self._engine = _create_engine(parsed)
+        self.busy_timeout_s = busy_timeout_s
+        self._engine = _create_engine(parsed, busy_timeout_s)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
 
     @property
@@ -114,7 +126,8 @@ class Database:
         the last committed state.
 
         SQLAlchemy errors leave as domain errors whose message starts with `what`:
-        integrity violations as `Conflict`, a missing row as `NotFound`, the rest as
+        integrity violations as `Conflict`, a missing row as `NotFound`, a database that
+        does not answer now (locked, restarting, unreachable) as `Unavailable`, the rest as
         `StorageError`.
         """
         session = self._sessions()
@@ -128,6 +141,10 @@ class Database:
                 raise Conflict(f"{what} failed: {_reason(exc)}") from exc
             if isinstance(exc, NoResultFound):
                 raise NotFound(f"{what} failed: no such row") from exc
+            if isinstance(exc, OperationalError) or (
+                isinstance(exc, DBAPIError) and exc.connection_invalidated
+            ):
+                raise Unavailable(f"{what} failed: {_reason(exc)}") from exc
             if isinstance(exc, SQLAlchemyError):
                 raise StorageError(f"{what} failed: {_reason(exc)}") from exc
             raise
@@ -152,7 +169,8 @@ class Database:
                     )
                 command.upgrade(alembic_config(connection=connection), "head")
         except SQLAlchemyError as exc:
-            raise StorageError(f"migrating {self!r} failed: {_reason(exc)}") from exc
+            error = Unavailable if isinstance(exc, OperationalError) else StorageError
+            raise error(f"migrating {self!r} failed: {_reason(exc)}") from exc
 
     def dispose(self) -> None:
         """Close every pooled connection (the Database is unusable afterwards)."""
@@ -174,7 +192,7 @@ def alembic_config(*, connection: Connection | None = None, url: str | None = No
     return config
 
 
-def _create_engine(url: URL) -> Engine:
+def _create_engine(url: URL, busy_timeout_s: float) -> Engine:
     if url.get_backend_name() != "sqlite":
         # pre-ping: a server restart must not break the first query of a long-lived process.
         return create_engine(url, json_serializer=_dumps_json, pool_pre_ping=True)
@@ -187,7 +205,7 @@ def _create_engine(url: URL) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         # First, so that the next pragma too waits for a lock held by another process.
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={round(busy_timeout_s * 1000)}")
         # WAL: readers (the API) never block the writer (the sweep driver) and the reverse.
         # It is a property of the file, set by whichever process opens it first.
         cursor.execute("PRAGMA journal_mode=WAL")

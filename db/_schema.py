@@ -176,6 +176,12 @@ class SweepRow(Base):
     # The driving process touches this while it runs; a stale value means a dead driver.
     driver_heartbeat_at: Mapped[datetime | None]
     optuna_study_name: Mapped[str | None] = mapped_column(String(512))
+    # The process driving it, recorded when it is spawned: a service on that host sees at
+    # once when it has exited. Cleared whenever the job is queued again.
+    driver_host: Mapped[str | None] = mapped_column(String(255))
+    driver_pid: Mapped[int | None]
+    # Resumes the service's watchdog made since the job was last started or resumed by hand.
+    auto_resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class TrialRow(Base):
@@ -249,6 +255,9 @@ class RunRow(Base):
     finished_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     driver_heartbeat_at: Mapped[datetime | None]
+    driver_host: Mapped[str | None] = mapped_column(String(255))
+    driver_pid: Mapped[int | None]
+    auto_resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class MetricPointRow(Base):

@@ -19,3 +19,10 @@ class NotFound(StorageError):
 
 class Conflict(StorageError):
     """The write breaks a constraint or the row is not in the state the caller expected."""
+
+
+class Unavailable(StorageError):
+    """The database did not answer now: locked by another process, restarting, unreachable.
+
+    Worth retrying later, unlike the other errors: the same call may then succeed.
+    """

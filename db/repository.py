@@ -61,6 +61,9 @@ class Sweep:
     error: str | None
     driver_heartbeat_at: datetime | None
     optuna_study_name: str | None
+    driver_host: str | None
+    driver_pid: int | None
+    auto_resumes: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +124,9 @@ class Run:
     finished_at: datetime | None
     error: str | None
     driver_heartbeat_at: datetime | None
+    driver_host: str | None
+    driver_pid: int | None
+    auto_resumes: int
 
 
 @dataclass(frozen=True)
@@ -135,9 +141,18 @@ class Page(Generic[T]):
 
 
 def create_sweep(database: Database, *, name: str, spec: Mapping[str, Any]) -> int:
-    """Store a new `queued` sweep with its whole spec; returns its id."""
+    """Store a new `queued` sweep with its whole spec; returns its id. Its driver's grace
+    period starts now (the heartbeat is set to the creation time)."""
     with database.session(f"creating sweep {name!r}") as s:
-        row = SweepRow(name=name, status=JobStatus.QUEUED, spec=dict(spec), created_at=utcnow())
+        now = utcnow()
+        row = SweepRow(
+            name=name,
+            status=JobStatus.QUEUED,
+            spec=dict(spec),
+            created_at=now,
+            driver_heartbeat_at=now,
+            auto_resumes=0,
+        )
         s.add(row)
         s.flush()
         return row.id
@@ -167,6 +182,8 @@ def set_sweep_status(
     status: JobStatus,
     error: str | None = None,
     expected: Collection[JobStatus] | None = None,
+    expected_heartbeat: datetime | None = None,
+    automatic: bool = False,
 ) -> Sweep:
     """Move a sweep to `status` and return it.
 
@@ -175,13 +192,26 @@ def set_sweep_status(
     any status but `failed` normally clears it. With `expected`, the change happens only
     if the sweep is in one of those statuses, else `Conflict`: e.g. a driver finishing must
     not overwrite a cancel that the API stored meanwhile.
+
+    With `expected_heartbeat`, the change happens only if the driver's heartbeat is still
+    that one, else `Conflict`: whoever found the driver gone takes the job over only if it
+    did not beat since, and if no one else took it over first (queuing resets the beat).
+
+    `queued` starts a driver's grace period (the heartbeat is set to now) and forgets the
+    driver's process; `automatic` counts it as the watchdog's resume (`auto_resumes`),
+    any other queuing resets that count.
     """
     status = JobStatus(status)
     with database.session(f"setting sweep {sweep_id} to {status}") as s:
-        row = _get(s, SweepRow, sweep_id)
-        _move_job(row, f"sweep {sweep_id}", status, error, expected)
+        row = _get(s, SweepRow, sweep_id, for_update=True)
+        _move_job(row, f"sweep {sweep_id}", status, error, expected, expected_heartbeat, automatic)
         s.flush()
         return _record(Sweep, row)
+
+
+def set_sweep_driver(database: Database, *, sweep_id: int, host: str, pid: int) -> None:
+    """Record the process (host and pid) that drives the sweep from now on."""
+    _set_driver(database, SweepRow, sweep_id, host, pid)
 
 
 def touch_sweep_heartbeat(database: Database, *, sweep_id: int) -> None:
@@ -308,6 +338,38 @@ def finish_trial(
             row.node_id = node_id
 
 
+def close_running_trials(
+    database: Database, *, sweep_id: int, status: TrialStatus, error: str | None = None
+) -> int:
+    """End every trial of the sweep still `running` in ``status`` (a sweep that stopped, by
+    a cancel or a failure), with its steps and tokens from its last point; returns how many.
+    Neither is a result, so a resume runs them again."""
+    status = TrialStatus(status)
+    if status.finished or status is TrialStatus.RUNNING:
+        raise ValueError(f"close_running_trials needs cancelled or error, not {status!r}")
+    with database.session(f"closing the running trials of sweep {sweep_id}") as s:
+        _get(s, SweepRow, sweep_id)
+        running = s.scalars(
+            select(TrialRow).where(
+                TrialRow.sweep_id == sweep_id, TrialRow.status == TrialStatus.RUNNING
+            )
+        ).all()
+        for row in running:
+            point = s.scalars(
+                select(MetricPointRow)
+                .where(MetricPointRow.trial_id == row.id)
+                .order_by(MetricPointRow.step.desc())
+                .limit(1)
+            ).first()
+            row.status, row.error, row.finished_at = status, error, utcnow()
+            row.steps = point.step if point else 0
+            row.tokens = point.tokens if point else 0
+            row.final_eval_loss = point.eval_loss if point else None
+            row.tokens_per_s = point.tokens_per_s if point else None
+            row.startup_s = point.startup_s if point else None
+        return len(running)
+
+
 def list_trials(
     database: Database, *, sweep_id: int, status: TrialStatus | None = None
 ) -> list[Trial]:
@@ -432,9 +494,11 @@ def create_run(
 ) -> int:
     """Store a new `queued` run; returns its id.
 
-    With a `transfer_id` and no `sweep_id`, the run is linked to the transfer's sweep.
+    With a `transfer_id` and no `sweep_id`, the run is linked to the transfer's sweep. Its
+    driver's grace period starts now, as a sweep's.
     """
     with database.session(f"creating run {name!r}") as s:
+        now = utcnow()
         if transfer_id is not None:
             transfer = _get(s, TransferRow, transfer_id)
             if sweep_id is None:
@@ -453,7 +517,9 @@ def create_run(
             sweep_id=sweep_id,
             transfer_id=transfer_id,
             restarts=0,
-            created_at=utcnow(),
+            created_at=now,
+            driver_heartbeat_at=now,
+            auto_resumes=0,
         )
         s.add(row)
         s.flush()
@@ -484,14 +550,21 @@ def set_run_status(
     status: JobStatus,
     error: str | None = None,
     expected: Collection[JobStatus] | None = None,
+    expected_heartbeat: datetime | None = None,
+    automatic: bool = False,
 ) -> Run:
     """Move a run to `status` and return it; the same rules as `set_sweep_status`."""
     status = JobStatus(status)
     with database.session(f"setting run {run_id} to {status}") as s:
-        row = _get(s, RunRow, run_id)
-        _move_job(row, f"run {run_id}", status, error, expected)
+        row = _get(s, RunRow, run_id, for_update=True)
+        _move_job(row, f"run {run_id}", status, error, expected, expected_heartbeat, automatic)
         s.flush()
         return _record(Run, row)
+
+
+def set_run_driver(database: Database, *, run_id: int, host: str, pid: int) -> None:
+    """Record the process (host and pid) that drives the run from now on."""
+    _set_driver(database, RunRow, run_id, host, pid)
 
 
 def set_run_checkpoint(database: Database, *, run_id: int, checkpoint_path: str) -> None:
@@ -525,8 +598,20 @@ _NOUN: dict[type[Base], str] = {
 _RecordT = TypeVar("_RecordT")
 
 
-def _get(session: Session, model: type[_Row], row_id: int | None) -> _Row:
-    row = session.get(model, row_id) if row_id is not None else None
+# Ids are 64-bit integers on every backend: a larger one names no row (and would not fit a
+# query's parameter).
+_MAX_ID = 2**63 - 1
+
+
+def _get(
+    session: Session, model: type[_Row], row_id: int | None, *, for_update: bool = False
+) -> _Row:
+    """The row, or NotFound. ``for_update`` locks it until the transaction ends (PostgreSQL;
+    a SQLite write transaction holds the whole database already), so that a check of its
+    state and the change that depends on it cannot interleave with another writer's."""
+    row = None
+    if row_id is not None and -_MAX_ID <= row_id <= _MAX_ID:
+        row = session.get(model, row_id, with_for_update=for_update)
     if row is None:
         raise NotFound(f"{_NOUN[model]} {row_id} not found")
     return row
@@ -541,8 +626,8 @@ def _record(record_type: type[_RecordT], row: object) -> _RecordT:
 def _page(
     session: Session, query: Select[Any], order: Any, *, offset: int, limit: int
 ) -> tuple[Sequence[Any], int]:
-    if offset < 0 or limit < 1:
-        raise ValueError(f"need offset >= 0 and limit >= 1, got {offset=} {limit=}")
+    if not (0 <= offset <= _MAX_ID and 1 <= limit <= _MAX_ID):
+        raise ValueError(f"need 0 <= offset and 1 <= limit, both < 2^63, got {offset=} {limit=}")
     total = session.scalar(select(func.count()).select_from(query.subquery()))
     rows = session.scalars(query.order_by(order.desc()).offset(offset).limit(limit)).all()
     return rows, total or 0
@@ -554,17 +639,31 @@ def _move_job(
     status: JobStatus,
     error: str | None,
     expected: Collection[JobStatus] | None,
+    expected_heartbeat: datetime | None,
+    automatic: bool,
 ) -> None:
     if expected is not None and row.status not in expected:
         raise Conflict(f"{what} is {row.status}, not {' or '.join(sorted(expected))}")
+    if expected_heartbeat is not None and row.driver_heartbeat_at != expected_heartbeat:
+        raise Conflict(f"{what}: its driver beat since, or another process took it over")
     now = utcnow()
     if status is JobStatus.RUNNING and row.started_at is None:
         row.started_at = now
     if status is JobStatus.QUEUED:  # a driver is starting: its grace period begins now
         row.driver_heartbeat_at = now
+        row.driver_host = row.driver_pid = None
+        row.auto_resumes = row.auto_resumes + 1 if automatic else 0
     row.finished_at = now if status.finished else None
     row.error = error
     row.status = status
+
+
+def _set_driver(
+    database: Database, model: type[SweepRow] | type[RunRow], row_id: int, host: str, pid: int
+) -> None:
+    with database.session(f"recording the driver of {_NOUN[model]} {row_id}") as s:
+        row = _get(s, model, row_id)
+        row.driver_host, row.driver_pid = host, pid
 
 
 def _touch(database: Database, model: type[SweepRow] | type[RunRow], row_id: int) -> None:

@@ -2,7 +2,8 @@
 
 Every TrainConfig and ModelConfig field is an option of `sweeper train`, generated from the
 pydantic fields so the config is defined once. Bad options exit with code 2 and one line on
-stderr, never a traceback.
+stderr, never a traceback. `--wait` exits 1 when the job ends other than completed, or when
+its driver is gone and nothing resumed it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import db
 from models import PRESETS, MetricPoint, ModelConfig, TrainConfig, preset, train
 from models.coord_check import CoordCheck, coord_check, plot_coord_check
 from sweeper import service
+from sweeper.jobs import JobKind, JobRecord, JobSettings
 from sweeper.launch import LaunchRequest
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult
@@ -274,6 +276,8 @@ def _progress_json(progress: service.SweepProgress) -> dict[str, Any]:
         "id": sweep.id,
         "name": sweep.name,
         "status": str(sweep.status),
+        "stale": progress.stale,
+        "auto_resumes": sweep.auto_resumes,
         "planned": progress.planned,
         "finished": progress.finished,
         "created_at": sweep.created_at.isoformat(),
@@ -284,11 +288,15 @@ def _progress_json(progress: service.SweepProgress) -> dict[str, Any]:
     }
 
 
+def _stale(stale: bool) -> str:
+    return " (stale: its driver is gone)" if stale else ""
+
+
 def _print_progress(progress: service.SweepProgress) -> None:
     sweep = progress.sweep
     console = Console()
     console.print(
-        f"sweep {sweep.id} [bold]{sweep.name}[/]: {sweep.status}, "
+        f"sweep {sweep.id} [bold]{sweep.name}[/]: {sweep.status}{_stale(progress.stale)}, "
         f"{progress.finished}/{progress.planned} trials finished"
     )
     if sweep.error:
@@ -306,9 +314,44 @@ def _print_progress(progress: service.SweepProgress) -> None:
         console.print(f"best at width {width}: {best.key} (eval loss {best.final_eval_loss:.4f})")
 
 
+class Unfinished(Exception):
+    """What `--wait` followed did not complete (exit 1, the message on stderr)."""
+
+
+class DriverWatch:
+    """For `--wait`: a job whose driver is gone (`service.is_stale`) and that nothing resumed
+    within the time a watchdog needs to notice (`stale_s`) will not end by itself."""
+
+    def __init__(self, kind: JobKind, job_id: int):
+        self.kind, self.job_id = kind, job_id
+        self.grace_s = JobSettings().stale_s
+        self.gone_since: float | None = None
+
+    def check(self, job: JobRecord, stale: bool) -> None:
+        if not stale:
+            self.gone_since = None
+            return
+        now = time.monotonic()
+        self.gone_since = self.gone_since or now
+        if now - self.gone_since > self.grace_s:
+            raise Unfinished(
+                f"{self.kind} {self.job_id} is {job.status} but its driver is gone (last"
+                f" heartbeat {service.last_beat_text(job)}) and nothing resumed it in"
+                f" {self.grace_s:.0f} s: `sweeper {self.kind} resume {self.job_id}` continues it"
+            )
+
+
+def _ended(kind: str, job: JobRecord) -> None:
+    """After the job's progress is shown: exit 1 unless it completed."""
+    if job.status is not db.JobStatus.COMPLETED:
+        reason = f": {job.error}" if job.error else ""
+        raise Unfinished(f"{kind} {job.id} ended {job.status}{reason}")
+
+
 def _watch(database: db.Database, sweep_id: int) -> service.SweepProgress:
     """Live progress on stderr until the sweep ends."""
     progress = service.sweep_progress(database, sweep_id)
+    driver = DriverWatch("sweep", sweep_id)
     with Progress(
         TextColumn(f"[bold]sweep {sweep_id}[/]"),
         BarColumn(),
@@ -329,6 +372,7 @@ def _watch(database: db.Database, sweep_id: int) -> service.SweepProgress:
             )
             if progress.sweep.status.finished:
                 return progress
+            driver.check(progress.sweep, progress.stale)
             time.sleep(1.0)
             progress = service.sweep_progress(database, sweep_id)
 
@@ -345,7 +389,10 @@ def sweep_start(
     """Start a sweep in the background and print its id."""
     spec = _load_spec(spec_path)
     database = db.connect()
-    sweep = service.start_sweep(database, spec)
+    try:
+        sweep = service.start_sweep(database, spec)
+    except service.InvalidInput as e:
+        raise UsageError(f"{spec_path}: {e}") from None
     if not wait:
         if json_output:
             _print_json({"id": sweep.id, "status": str(sweep.status)})
@@ -358,6 +405,7 @@ def sweep_start(
         _print_json(_progress_json(progress))
     else:
         _print_progress(progress)
+    _ended("sweep", progress.sweep)
 
 
 @sweep_app.command("status")
@@ -426,6 +474,7 @@ def sweep_resume(
         watch=functools.partial(_watch, database, sweep_id) if wait else None,
         as_json=_progress_json if json_output else None,
         show=_print_progress,
+        job_of=lambda progress: progress.sweep,
     )
 
 
@@ -439,6 +488,7 @@ def _after_resume(
     watch: Callable[[], ProgressT] | None,
     as_json: Callable[[ProgressT], dict[str, Any]] | None,
     show: Callable[[ProgressT], None],
+    job_of: Callable[[ProgressT], JobRecord],
 ) -> None:
     """Follow a resumed job to its end when there is a ``watch`` (--wait), else say that it
     resumed; in JSON when there is ``as_json`` (--json)."""
@@ -453,6 +503,7 @@ def _after_resume(
         show(progress)
     else:
         _print_json(as_json(progress))
+    _ended(kind, job_of(progress))
 
 
 def _print_transfer(sweep_id: int, result: TransferResult) -> None:
@@ -526,6 +577,8 @@ def _run_json(progress: service.RunProgress) -> dict[str, Any]:
         "id": run.id,
         "name": run.name,
         "status": str(run.status),
+        "stale": progress.stale,
+        "auto_resumes": run.auto_resumes,
         "sweep_id": run.sweep_id,
         "transfer_id": run.transfer_id,
         "checkpoint_path": run.checkpoint_path,
@@ -539,7 +592,9 @@ def _run_json(progress: service.RunProgress) -> dict[str, Any]:
 
 def _print_run(progress: service.RunProgress) -> None:
     run, console = progress.run, Console()
-    console.print(f"run {run.id} [bold]{run.name}[/]: {run.status}", highlight=False)
+    console.print(
+        f"run {run.id} [bold]{run.name}[/]: {run.status}{_stale(progress.stale)}", highlight=False
+    )
     if run.restarts:
         console.print(
             f"restarted {run.restarts}x, last from the checkpoint of step {run.resumed_from_step}"
@@ -558,6 +613,7 @@ def _print_run(progress: service.RunProgress) -> None:
 
 def _watch_run(database: db.Database, run_id: int) -> service.RunProgress:
     progress = service.run_progress(database, run_id)
+    driver = DriverWatch("run", run_id)
     steps = progress.run.config["train"]["steps"]
     with Progress(
         TextColumn(f"[bold]run {run_id}[/]"),
@@ -578,6 +634,7 @@ def _watch_run(database: db.Database, run_id: int) -> service.RunProgress:
             )
             if progress.run.status.finished:
                 return progress
+            driver.check(progress.run, progress.stale)
             time.sleep(1.0)
             progress = service.run_progress(database, run_id)
 
@@ -629,6 +686,7 @@ def launch_command(
         _print_json(_run_json(progress))
     else:
         _print_run(progress)
+    _ended("run", progress.run)
 
 
 RunIdArgument = Annotated[int, typer.Argument(help="run id")]
@@ -708,6 +766,7 @@ def run_resume(
         watch=functools.partial(_watch_run, database, run_id) if wait else None,
         as_json=_run_json if json_output else None,
         show=_print_run,
+        job_of=lambda progress: progress.run,
     )
 
 
@@ -732,7 +791,7 @@ def main() -> None:
     except UsageError as e:
         stderr.print(f"sweeper: error: {e.format_message()}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except db.StorageError as e:  # NotFound, Conflict, an unreachable database
+    except (db.StorageError, Unfinished) as e:  # NotFound, Conflict, a job that did not end well
         stderr.print(f"sweeper: error: {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Abort:

@@ -3,7 +3,9 @@
 The driver process (`run_sweep`) is the only writer of a sweep's trial results: a Tune
 callback stores each reported point as it arrives, so the database is the sweep's record
 even if the driver is killed. Resume recomputes the plan and runs only the trials the
-database does not hold as finished; a re-run trial's stale points are cleared first.
+database does not hold as finished; a re-run trial's stale points are cleared first. While
+the database refuses writes (another process holds its lock), a callback retries; Tune
+holds the results meanwhile, so no point is lost and none is stored twice.
 
 Search: a grid over every proxy width, or Optuna TPE through Ray Tune's `OptunaSearch`,
 with one Optuna study per width (the optimum is wanted at *each* width, so width must not
@@ -28,7 +30,14 @@ from ray.tune.search.optuna import OptunaSearch
 
 import db
 from models import MetricPoint, TrainConfig, train, warm_up
-from sweeper.jobs import DatabaseHandle, Job, ensure_ray, ray_storage_path
+from sweeper.cluster import (
+    NotEnoughResources,
+    cluster_nodes,
+    ensure_ray,
+    ray_storage_path,
+    trial_shortfall,
+)
+from sweeper.jobs import DatabaseHandle, Job, JobSettings, traceback_tail, writes
 from sweeper.spec import SweepSpec, TrialPlan
 
 log = logging.getLogger(__name__)
@@ -161,8 +170,8 @@ class _SweepAware(DatabaseHandle):
     """Knows its sweep's database. Tune copies its callbacks and stoppers, and the copies
     share nothing in memory, so a cancel is always read from the database."""
 
-    def __init__(self, database: db.Database, sweep_id: int):
-        super().__init__(database)
+    def __init__(self, database: db.Database, sweep_id: int, settings: JobSettings):
+        super().__init__(database, settings)
         self.sweep_id = sweep_id
 
     def sweep_cancelled(self) -> bool:
@@ -173,8 +182,8 @@ class _SweepAware(DatabaseHandle):
 class SweepRecorder(_SweepAware, tune.Callback):
     """Writes every trial start, reported point and outcome to the database."""
 
-    def __init__(self, database: db.Database, sweep_id: int, steps: int):
-        super().__init__(database, sweep_id)
+    def __init__(self, database: db.Database, sweep_id: int, steps: int, settings: JobSettings):
+        super().__init__(database, sweep_id, settings)
         self.steps = steps
         self.trial_ids: dict[str, int] = {}
 
@@ -190,16 +199,19 @@ class SweepRecorder(_SweepAware, tune.Callback):
             ray_trial_id=trial.trial_id,
         )
 
+    @writes
     def on_trial_start(
         self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any
     ) -> None:
         self._start(trial)
 
+    @writes
     def on_trial_recover(
         self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any
     ) -> None:
         self._start(trial)  # a retried trial starts again from step 0: clear its points
 
+    @writes
     def on_trial_result(
         self, iteration: int, trials: list, trial: tune.experiment.Trial, result: dict, **info: Any
     ) -> None:
@@ -207,6 +219,7 @@ class SweepRecorder(_SweepAware, tune.Callback):
             self.database, trial_id=self.trial_ids[trial.trial_id], points=[result]
         )
 
+    @writes
     def on_trial_complete(
         self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any
     ) -> None:
@@ -233,6 +246,7 @@ class SweepRecorder(_SweepAware, tune.Callback):
             node_id=last.get("node_id"),
         )
 
+    @writes
     def on_trial_error(
         self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any
     ) -> None:
@@ -254,8 +268,8 @@ class SweepRecorder(_SweepAware, tune.Callback):
 class CancelStopper(_SweepAware, tune.Stopper):
     """Stops every trial once the sweep is cancelled (by the API or the CLI, any process)."""
 
-    def __init__(self, database: db.Database, sweep_id: int):
-        super().__init__(database, sweep_id)
+    def __init__(self, database: db.Database, sweep_id: int, settings: JobSettings):
+        super().__init__(database, sweep_id, settings)
         self._cancelled = False
         self._last_poll = 0.0
 
@@ -266,15 +280,22 @@ class CancelStopper(_SweepAware, tune.Stopper):
         now = time.monotonic()
         if not self._cancelled and now - self._last_poll >= 1.0:  # at most one read a second
             self._last_poll = now
-            self._cancelled = self.sweep_cancelled()
+            try:
+                self._cancelled = self.sweep_cancelled()
+            except db.Unavailable as e:  # asked again in a second
+                log.warning("reading whether sweep %s is cancelled: %s", self.sweep_id, e)
         return self._cancelled
 
 
 def _error_text(trial: tune.experiment.Trial) -> str:
+    """The trial's error as one line (its exception, e.g. an out-of-memory error's message);
+    the whole traceback goes to the driver's log."""
     path = getattr(trial, "error_file", None)
-    if path and Path(path).is_file():
-        return Path(path).read_text()[-4000:]
-    return "the trial failed (no error file)"
+    if not (path and Path(path).is_file()):
+        return "the trial failed (no error file)"
+    text = Path(path).read_text(errors="replace")
+    log.error("trial %s failed:\n%s", trial.trial_id, text[-20_000:])
+    return traceback_tail(text)
 
 
 def remaining_plan(database: db.Database, sweep_id: int, spec: SweepSpec) -> list[TrialPlan]:
@@ -299,6 +320,7 @@ def build_tuner(
     sweep_id: int,
     spec: SweepSpec,
     remaining: list[TrialPlan],
+    settings: JobSettings,
 ) -> tune.Tuner:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec.model_dump(mode="json")),
@@ -319,7 +341,12 @@ def build_tuner(
         }
         search_alg = None
     else:
-        storage = optuna.storages.RDBStorage(database.url)
+        # Optuna writes through its own engine: on SQLite it waits out another process's
+        # lock as long as the driver's own writes retry.
+        connect_args = {"timeout": settings.write_retry_s} if database.backend == "sqlite" else {}
+        storage = optuna.storages.RDBStorage(
+            database.url, engine_kwargs={"connect_args": connect_args}
+        )
         searchers = {w: _optuna_searcher(spec, sweep_id, w, storage) for w in spec.widths}
         db.set_sweep_optuna_study(
             database, sweep_id=sweep_id, study_name=optuna_study_name(sweep_id, "*")
@@ -346,57 +373,51 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=f"sweep-{sweep_id}-{int(time.time())}",
             storage_path=ray_storage_path(),
-            callbacks=[SweepRecorder(database, sweep_id, spec.train.steps)],
-            stop=CancelStopper(database, sweep_id),
+            callbacks=[SweepRecorder(database, sweep_id, spec.train.steps, settings)],
+            stop=CancelStopper(database, sweep_id, settings),
             failure_config=tune.FailureConfig(max_failures=1),
             verbose=0,
         ),
     )
 
 
-def run_sweep(database: db.Database, sweep_id: int) -> db.JobStatus:
+def run_sweep(
+    database: db.Database, sweep_id: int, settings: JobSettings | None = None
+) -> db.JobStatus:
     """Drive sweep ``sweep_id`` to its end; returns the status it ends in.
 
-    Connects to ``RAY_ADDRESS`` when set, else starts a local Ray cluster.
+    Joins the Ray cluster at ``RAY_ADDRESS`` when set, else starts a local one (see
+    `sweeper.cluster`). Any error, from reading the spec on, fails the sweep with its reason.
     """
-    spec = SweepSpec.model_validate(db.get_sweep(database, sweep_id=sweep_id).spec)
-    job = Job(database, "sweep", sweep_id)
+    job = Job(database, "sweep", sweep_id, settings or JobSettings())
     with job.driving():
+        spec = SweepSpec.model_validate(db.get_sweep(database, sweep_id=sweep_id).spec)
         remaining = remaining_plan(database, sweep_id, spec)
         if remaining:
-            ensure_ray()
-            try:
-                warm_kernel_caches(spec, remaining)
-                build_tuner(database, sweep_id, spec, remaining).fit()
-            except Exception as e:
-                log.exception("sweep %s failed", sweep_id)
-                return job.finish(db.JobStatus.FAILED, f"{type(e).__name__}: {e}")
+            ensure_ray(job.settings)
+            _check_resources(spec)
+            warm_kernel_caches(spec, remaining)
+            build_tuner(database, sweep_id, spec, remaining, job.settings).fit()
         if job.status() is db.JobStatus.CANCELLED:
-            _close_cancelled_trials(database, sweep_id)
-            return db.JobStatus.CANCELLED
+            return job.finish(db.JobStatus.CANCELLED)
         left = remaining_plan(database, sweep_id, spec)
         if left:
-            return job.finish(
-                db.JobStatus.FAILED,
-                f"{len(left)} of {len(spec.plan())} trials did not finish (see their errors);"
-                " resume to re-run them",
-            )
+            return job.finish(db.JobStatus.FAILED, _unfinished(database, sweep_id, left, spec))
         return job.finish(db.JobStatus.COMPLETED)
+    return job.status()  # the block failed: `driving` recorded why
 
 
-def _close_cancelled_trials(database: db.Database, sweep_id: int) -> None:
-    """Trials that a cancel stopped get no Tune callback: mark them from their last point."""
-    running = db.list_trials(database, sweep_id=sweep_id, status=db.TrialStatus.RUNNING)
-    curves = db.get_curves(database, sweep_id=sweep_id) if running else {}
-    for trial in running:
-        last = curves.get(trial.id, [])[-1:]
-        db.finish_trial(
-            database,
-            trial_id=trial.id,
-            status=db.TrialStatus.CANCELLED,
-            final_eval_loss=last[0].eval_loss if last else None,
-            steps=last[0].step if last else 0,
-            tokens=last[0].tokens if last else 0,
-            tokens_per_s=last[0].tokens_per_s if last else None,
-            startup_s=last[0].startup_s if last else None,
-        )
+def _check_resources(spec: SweepSpec) -> None:
+    """A trial must fit one node of the cluster, or it would wait for ever."""
+    problem = trial_shortfall(spec.resources, cluster_nodes())
+    if problem is not None:
+        raise NotEnoughResources(": ".join(problem))
+
+
+def _unfinished(
+    database: db.Database, sweep_id: int, left: list[TrialPlan], spec: SweepSpec
+) -> str:
+    keys = {p.key for p in left}
+    errors = [t for t in db.list_trials(database, sweep_id=sweep_id) if t.key in keys and t.error]
+    first = f": {errors[0].key}: {errors[0].error}" if errors else ""
+    return f"{len(left)} of {len(spec.plan())} trials did not finish{first}; resume to re-run them"

@@ -6,7 +6,8 @@ into the target's TrainConfig; `run_launch` (in the run's driver process) trains
 not fit one GPU. Every ``checkpoint_every`` steps rank 0 reports a checkpoint to Ray's
 storage path; when a worker dies, Ray Train restarts the group and every rank resumes from
 the latest checkpoint (`models.train` continues with the same batches, schedule and curve).
-A callback on Ray Train's controller streams rank 0's points into the database.
+A callback on Ray Train's controller streams rank 0's points into the database, retrying while
+the database refuses writes (the workers wait at their next report meanwhile).
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ import db
 from models import MetricPoint, ModelConfig, TrainConfig, train
 from models.gpt import GPT, Block
 from models.train import Checkpointing, Parallel, resolve_device
-from sweeper.jobs import DatabaseHandle, Job, ensure_ray, ray_storage_path
+from sweeper.cluster import (
+    NodeResources,
+    NotEnoughResources,
+    cluster_nodes,
+    ensure_ray,
+    ray_storage_path,
+    shortfall,
+)
+from sweeper.jobs import DatabaseHandle, Job, JobSettings, writes
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult
 
@@ -39,6 +48,10 @@ TRAINING_BYTES_PER_PARAM = 16
 # FSDP once the parameter state alone would take more than this share of one GPU.
 FSDP_MEMORY_SHARE = 0.5
 CHECKPOINT_FILE = "state.pt"
+# The largest id (64-bit on every database), and the largest count or width (an INTEGER
+# column on PostgreSQL is 32-bit).
+MAX_ID = 2**63 - 1
+MAX_INT = 2**31 - 1
 
 
 class LaunchRequest(BaseModel):
@@ -46,14 +59,16 @@ class LaunchRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sweep_id: int | None = Field(None, ge=1, description="default: the latest completed sweep")
-    to_width: int = Field(ge=1, description="the target model's width")
-    steps: int = Field(ge=1)
-    depth: int | None = Field(None, ge=1, description="default: the sweep's depth")
+    sweep_id: int | None = Field(
+        None, ge=1, le=MAX_ID, description="default: the latest completed sweep"
+    )
+    to_width: int = Field(ge=1, le=MAX_INT, description="the target model's width")
+    steps: int = Field(ge=1, le=MAX_INT)
+    depth: int | None = Field(None, ge=1, le=MAX_INT, description="default: the sweep's depth")
     workers: int = Field(1, ge=1, le=4096)
     gpus_per_worker: float = Field(0.0, ge=0.0, le=8.0)
     precision: Literal["fp8", "bf16", "fp32"] = "fp8"
-    checkpoint_every: int | None = Field(None, ge=1, description="default: every eval")
+    checkpoint_every: int | None = Field(None, ge=1, le=MAX_INT, description="default: every eval")
     strategy: Strategy = "auto"
     name: str | None = Field(None, max_length=200)
 
@@ -83,6 +98,26 @@ def launch_config(spec: SweepSpec, result: TransferResult, request: LaunchReques
             f"workers: batch_size {config.batch_size} does not split over {request.workers}"
         )
     return config
+
+
+def worker_resources(request: LaunchRequest) -> NodeResources:
+    """What each training worker takes: one CPU, and its share of GPUs."""
+    return NodeResources(cpu=1.0, gpu=request.gpus_per_worker)
+
+
+def resource_shortfall(
+    request: LaunchRequest, nodes: list[NodeResources]
+) -> tuple[str, str] | None:
+    """(field of the request, reason) when the run's workers cannot all run at once on
+    ``nodes``: Ray Train starts them together, so the run would wait for ever."""
+    problem = shortfall(nodes, each=worker_resources(request), count=request.workers)
+    if problem is None:
+        return None
+    if problem.resource == "gpu":
+        return "gpus_per_worker", f"each worker {problem.reason}"
+    if problem.resource == "cpu":
+        return "workers", f"each worker {problem.reason}"
+    return "workers", f"{request.workers} workers {problem.reason}"
 
 
 def parameter_count(model: ModelConfig) -> int:
@@ -162,19 +197,20 @@ class RunRecorder(DatabaseHandle, UserCallback):
     """On Ray Train's controller: writes rank 0's points and checkpoints to the run's rows,
     counts resumes, and stops the run when it is cancelled."""
 
-    def __init__(self, database: db.Database, run_id: int):
-        super().__init__(database)
+    def __init__(self, database: db.Database, run_id: int, settings: JobSettings):
+        super().__init__(database, settings)
         self.run_id = run_id
         self.resumes_noted: set[int] = set()
 
+    @writes
     def after_report(
         self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
     ) -> None:
         point = metrics[0]
         resumed_from = int(point.get("resumed_from", 0))
         if resumed_from and resumed_from not in self.resumes_noted:
-            self.resumes_noted.add(resumed_from)
             db.note_run_resumed(self.database, run_id=self.run_id, step=resumed_from)
+            self.resumes_noted.add(resumed_from)  # once written: a retry writes it again
         db.add_metric_points(self.database, run_id=self.run_id, points=[point])
         if checkpoint is not None:
             db.set_run_checkpoint(
@@ -188,14 +224,20 @@ class RunCancelled(Exception):
     pass
 
 
-def run_launch(database: db.Database, run_id: int) -> db.JobStatus:
-    """Drive run ``run_id`` to its end on Ray Train; returns the status it ends in."""
-    run = db.get_run(database, run_id=run_id)
-    request = LaunchRequest.model_validate(run.config["launch"])
-    config = TrainConfig.model_validate(run.config["train"])
-    job = Job(database, "run", run_id)
+def run_launch(
+    database: db.Database, run_id: int, settings: JobSettings | None = None
+) -> db.JobStatus:
+    """Drive run ``run_id`` to its end on Ray Train; returns the status it ends in. Any
+    error, from reading the run's config on, fails the run with its reason."""
+    job = Job(database, "run", run_id, settings or JobSettings())
     with job.driving():
-        ensure_ray()
+        run = db.get_run(database, run_id=run_id)
+        request = LaunchRequest.model_validate(run.config["launch"])
+        config = TrainConfig.model_validate(run.config["train"])
+        ensure_ray(job.settings)
+        problem = resource_shortfall(request, cluster_nodes())
+        if problem is not None:
+            raise NotEnoughResources(f"{problem[0]}: {problem[1]}")
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={
@@ -215,14 +257,15 @@ def run_launch(database: db.Database, run_id: int) -> db.JobStatus:
                 storage_path=ray_storage_path(),
                 failure_config=ray.train.FailureConfig(max_failures=3),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                callbacks=[RunRecorder(database, run_id)],  # type: ignore[list-item]  # V2 type
+                callbacks=[RunRecorder(database, run_id, job.settings)],  # type: ignore[list-item]  # V2 type
             ),
         )
         try:
             trainer.fit()
-        except Exception as e:
-            if job.status() is db.JobStatus.CANCELLED:
-                return db.JobStatus.CANCELLED
-            log.exception("run %s failed", run_id)
-            return job.finish(db.JobStatus.FAILED, f"{type(e).__name__}: {e}")
+        except Exception:
+            if job.status() is not db.JobStatus.CANCELLED:
+                raise  # `driving` records why
+        if job.status() is db.JobStatus.CANCELLED:
+            return db.JobStatus.CANCELLED
         return job.finish(db.JobStatus.COMPLETED)
+    return job.status()  # the block failed: `driving` recorded why

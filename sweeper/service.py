@@ -1,10 +1,10 @@
 """The service layer: what the CLI and the REST API both call. They stay thin shells.
 
 Sweeps and runs run in a driver process of their own (`python -m sweeper.driver KIND ID`),
-never in the caller: starting returns at once with the id. The driver's heartbeat in the
-database tells a live driver from a dead one, so `resume_sweep`/`resume_run` (and
-`resume_orphaned_jobs`, which the service runs at start) can continue exactly the jobs whose
-driver died.
+never in the caller: starting returns at once with the id, after checking that the job can
+run on the cluster at all. Whether a job's driver is gone is `sweeper.jobs`'s rule, so that
+`resume_sweep`/`resume_run` and the service's watchdog (`recover_jobs`) continue exactly the
+jobs whose driver died.
 """
 
 from __future__ import annotations
@@ -14,21 +14,26 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import platformdirs
 
 import db
+from sweeper import cluster
 from sweeper.compare import SweepComparison, compare_sweep
-from sweeper.jobs import Job, JobKind
-from sweeper.launch import LaunchRequest, launch_config
+from sweeper.jobs import (
+    ACTIVE,
+    Job,
+    JobKind,
+    JobRecord,
+    JobSettings,
+    driver_gone,
+    last_beat,
+    this_host,
+)
+from sweeper.launch import MAX_INT, LaunchRequest, launch_config, resource_shortfall
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult, TrialOutcome, compute_transfer
-
-# A driver beats every 2 s; this much silence means it is gone.
-DRIVER_STALE_S = 30.0
-CANCELLABLE = frozenset({db.JobStatus.QUEUED, db.JobStatus.RUNNING})
 
 
 class InvalidInput(ValueError):
@@ -45,6 +50,7 @@ class SweepProgress:
     spec: SweepSpec
     trials: list[db.Trial]
     planned: int
+    stale: bool  # active, and its driver is gone (see `is_stale`)
 
     @property
     def finished(self) -> int:
@@ -67,11 +73,17 @@ def log_dir() -> Path:
     return path
 
 
+def driver_log(kind: JobKind, job_id: int) -> Path:
+    """The log of a job's drivers on this host (each one appends to it)."""
+    return log_dir() / f"{kind}-{job_id}.log"
+
+
 def launch_driver(database: db.Database, kind: JobKind, job_id: int) -> Path:
-    """Start the detached process that drives a sweep or a run; returns its log file."""
-    log_path = log_dir() / f"{kind}-{job_id}.log"
+    """Start the detached process that drives a sweep or a run, and record it on the job
+    (host and pid: a watchdog on this host sees it exit); returns its log file."""
+    log_path = driver_log(kind, job_id)
     with log_path.open("ab") as log_file:
-        subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "sweeper.driver", kind, str(job_id)],
             env=os.environ | {db.ENV_VAR: database.url},
             stdin=subprocess.DEVNULL,
@@ -79,11 +91,18 @@ def launch_driver(database: db.Database, kind: JobKind, job_id: int) -> Path:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives the CLI call or the API request that started it
         )
+    Job(database, kind, job_id, JobSettings()).set_driver(this_host(), process.pid)
     return log_path
 
 
 def start_sweep(database: db.Database, spec: SweepSpec) -> db.Sweep:
-    """Store the sweep as queued and start its driver."""
+    """Store the sweep as queued and start its driver. A trial that could never run on the
+    driver's local cluster (`cluster.local_node()`) is refused now: queued, it would wait for
+    ever. (A driver that joins a configured cluster checks there, and fails at once.)"""
+    if cluster.configured_address() is None:
+        problem = cluster.trial_shortfall(spec.resources, [cluster.local_node()])
+        if problem is not None:
+            raise InvalidInput(*problem)
     sweep_id = db.create_sweep(database, name=spec.name, spec=spec.model_dump(mode="json"))
     launch_driver(database, "sweep", sweep_id)
     return db.get_sweep(database, sweep_id=sweep_id)
@@ -93,7 +112,13 @@ def sweep_progress(database: db.Database, sweep_id: int) -> SweepProgress:
     sweep = db.get_sweep(database, sweep_id=sweep_id)
     spec = SweepSpec.stored(sweep.spec)
     trials = db.list_trials(database, sweep_id=sweep_id)
-    return SweepProgress(sweep=sweep, spec=spec, trials=trials, planned=len(spec.plan()))
+    return SweepProgress(
+        sweep=sweep,
+        spec=spec,
+        trials=trials,
+        planned=len(spec.plan()),
+        stale=is_stale("sweep", sweep),
+    )
 
 
 def list_sweeps(database: db.Database, *, offset: int = 0, limit: int = 50) -> db.Page[db.Sweep]:
@@ -102,24 +127,28 @@ def list_sweeps(database: db.Database, *, offset: int = 0, limit: int = 50) -> d
 
 def cancel_sweep(database: db.Database, sweep_id: int) -> db.Sweep:
     """Mark the sweep cancelled; its driver sees that within a second and stops its trials.
-    What was recorded stays."""
+    What was recorded stays; trials still `running` are closed as cancelled now, so none is
+    left running when the driver is gone too."""
     _check_cancellable("sweep", db.get_sweep(database, sweep_id=sweep_id))
-    return db.set_sweep_status(
-        database, sweep_id=sweep_id, status=db.JobStatus.CANCELLED, expected=CANCELLABLE
-    )
+    sweep = _job(database, "sweep", sweep_id).move(db.JobStatus.CANCELLED, expected=ACTIVE)
+    db.close_running_trials(database, sweep_id=sweep_id, status=db.TrialStatus.CANCELLED)
+    assert isinstance(sweep, db.Sweep)
+    return sweep
 
 
-def _check_cancellable(kind: JobKind, job: db.Sweep | db.Run) -> None:
-    if job.status not in CANCELLABLE:
+def _job(database: db.Database, kind: JobKind, job_id: int) -> Job:
+    return Job(database, kind, job_id, JobSettings())
+
+
+def _check_cancellable(kind: JobKind, job: JobRecord) -> None:
+    if job.status not in ACTIVE:
         raise db.Conflict(f"{kind} {job.id} is {job.status}: nothing to cancel")
 
 
-def driver_alive(job: db.Sweep | db.Run, *, now: datetime | None = None) -> bool:
-    """Whether a job's driver has beaten recently (a just-created job counts as alive)."""
-    last = job.driver_heartbeat_at or job.created_at
-    if last.tzinfo is None:
-        last = last.replace(tzinfo=UTC)
-    return ((now or datetime.now(UTC)) - last).total_seconds() < DRIVER_STALE_S
+def is_stale(kind: JobKind, job: JobRecord) -> bool:
+    """Whether the job should have a live driver (queued or running) and has none: its
+    process exited, or it stopped beating (`sweeper.jobs.driver_gone`)."""
+    return job.status in ACTIVE and driver_gone(kind, job, JobSettings())
 
 
 def resume_sweep(database: db.Database, sweep_id: int) -> db.Sweep:
@@ -136,42 +165,78 @@ def resume_run(database: db.Database, run_id: int) -> db.Run:
     return db.get_run(database, run_id=run_id)
 
 
-def _resume(database: db.Database, kind: JobKind, job: db.Sweep | db.Run) -> None:
+def _resume(
+    database: db.Database, kind: JobKind, job: JobRecord, *, automatic: bool = False
+) -> None:
     _check_resumable(kind, job)
     # Queued at once (not when the driver starts), so a watcher does not read the old final
-    # status as the end; queuing also restarts the heartbeat's grace period.
-    Job(database, kind, job.id).set_status(db.JobStatus.QUEUED, expected=frozenset({job.status}))
+    # status as the end; queuing also restarts the heartbeat's grace period. Only if its
+    # heartbeat is still the one judged: a driver that beat since, or another service that
+    # resumed it first, wins.
+    _job(database, kind, job.id).move(
+        db.JobStatus.QUEUED,
+        expected=frozenset({job.status}),
+        expected_heartbeat=job.driver_heartbeat_at,
+        automatic=automatic,
+    )
     launch_driver(database, kind, job.id)
 
 
-def _check_resumable(kind: JobKind, job: db.Sweep | db.Run) -> None:
+def _check_resumable(kind: JobKind, job: JobRecord) -> None:
     if job.status is db.JobStatus.COMPLETED:
         raise db.Conflict(f"{kind} {job.id} is completed: nothing to resume")
-    if job.status in CANCELLABLE and driver_alive(job):
+    if job.status in ACTIVE and not driver_gone(kind, job, JobSettings()):
         raise db.Conflict(f"{kind} {job.id} is {job.status} and its driver is alive")
 
 
-def resume_orphaned_jobs(database: db.Database) -> list[str]:
-    """Resume every queued or running sweep and run whose driver is dead (run at service
-    start); returns them as "sweep 3", "run 1"."""
+def recover_jobs(database: db.Database) -> list[str]:
+    """The watchdog's pass: every queued or running sweep and run whose driver is gone is
+    resumed (a sweep re-runs its unfinished trials, a run continues from its checkpoint), or
+    failed with the reason once the watchdog resumed it `max_auto_resumes` times in a row.
+    The service runs it at start and then every heartbeat; returns what it did, as
+    "resumed sweep 3", "failed run 1"."""
+    settings = JobSettings()
     # All listed before any is resumed: a resume moves a job to `queued`, a listed state.
-    sweeps: list[db.Sweep] = []
-    runs: list[db.Run] = []
-    for status in CANCELLABLE:
-        sweeps += db.list_sweeps(database, status=status, limit=10_000).items
-        runs += db.list_runs(database, status=status, limit=10_000).items
-    orphans: list[tuple[JobKind, db.Sweep | db.Run]] = [("sweep", s) for s in sweeps]
-    orphans += [("run", r) for r in runs]
-    resumed = []
-    for kind, job in orphans:
-        if driver_alive(job):
+    jobs: list[tuple[JobKind, JobRecord]] = []
+    for status in ACTIVE:
+        jobs += [("sweep", s) for s in db.list_sweeps(database, status=status, limit=10_000).items]
+        jobs += [("run", r) for r in db.list_runs(database, status=status, limit=10_000).items]
+    done = []
+    for kind, job in jobs:
+        if not driver_gone(kind, job, settings):
             continue
         try:
-            _resume(database, kind, job)
-        except db.Conflict:  # another service process (a second API worker) was first
+            if job.auto_resumes < settings.max_auto_resumes:
+                _resume(database, kind, job, automatic=True)
+                done.append(f"resumed {kind} {job.id}")
+            else:
+                _give_up(database, kind, job)
+                done.append(f"failed {kind} {job.id}")
+        except db.Conflict:  # it beat meanwhile, or another service process acted first
             continue
-        resumed.append(f"{kind} {job.id}")
-    return resumed
+    return done
+
+
+def _give_up(database: db.Database, kind: JobKind, job: JobRecord) -> None:
+    process = f"pid {job.driver_pid} on {job.driver_host}, " if job.driver_pid else ""
+    reason = (
+        f"the driver is gone ({process}last heartbeat {last_beat_text(job)})"
+        f" after {job.auto_resumes} automatic resumes; see {driver_log(kind, job.id)}"
+    )
+    _job(database, kind, job.id).move(
+        db.JobStatus.FAILED,
+        error=reason,
+        expected=frozenset({job.status}),
+        expected_heartbeat=job.driver_heartbeat_at,
+    )
+    if kind == "sweep":
+        db.close_running_trials(
+            database, sweep_id=job.id, status=db.TrialStatus.ERROR, error=reason
+        )
+
+
+def last_beat_text(job: JobRecord) -> str:
+    return f"{last_beat(job):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def transfer(
@@ -182,9 +247,10 @@ def transfer(
     sweep_id = _sweep_or_latest(database, sweep_id)
     progress = sweep_progress(database, sweep_id)
     model = progress.spec.train.model
-    if to_width < 1 or to_width % model.head_dim:
+    if not 1 <= to_width <= MAX_INT or to_width % model.head_dim:
         raise InvalidInput(
-            "to_width", f"{to_width} is not a positive multiple of head_dim ({model.head_dim})"
+            "to_width",
+            f"{to_width} is not a multiple of head_dim ({model.head_dim}) in 1..{MAX_INT}",
         )
     outcomes = [
         TrialOutcome(
@@ -222,11 +288,17 @@ def _sweep_or_latest(database: db.Database, sweep_id: int | None) -> int:
 class RunProgress:
     run: db.Run
     curve: list[db.MetricPoint]
+    stale: bool  # active, and its driver is gone (see `is_stale`)
 
 
 def launch_run(database: db.Database, request: LaunchRequest) -> db.Run:
     """Transfer the sweep's optimum (the latest completed sweep's when the request names
-    none) to the target width and start the full-size run."""
+    none) to the target width and start the full-size run; a run whose workers could never
+    all run at once on the driver's local cluster is refused (as in `start_sweep`)."""
+    if cluster.configured_address() is None:  # as in `start_sweep`
+        problem = resource_shortfall(request, [cluster.local_node()])
+        if problem is not None:
+            raise InvalidInput(*problem)
     sweep_id = _sweep_or_latest(database, request.sweep_id)
     request = request.model_copy(update={"sweep_id": sweep_id})  # stored as it ran
     transfer_id, result = transfer(database, sweep_id=sweep_id, to_width=request.to_width)
@@ -248,9 +320,9 @@ def launch_run(database: db.Database, request: LaunchRequest) -> db.Run:
 
 
 def run_progress(database: db.Database, run_id: int) -> RunProgress:
-    return RunProgress(
-        run=db.get_run(database, run_id=run_id), curve=db.get_run_curve(database, run_id=run_id)
-    )
+    run = db.get_run(database, run_id=run_id)
+    curve = db.get_run_curve(database, run_id=run_id)
+    return RunProgress(run=run, curve=curve, stale=is_stale("run", run))
 
 
 def list_runs(database: db.Database, *, offset: int = 0, limit: int = 50) -> db.Page[db.Run]:
@@ -260,9 +332,9 @@ def list_runs(database: db.Database, *, offset: int = 0, limit: int = 50) -> db.
 def cancel_run(database: db.Database, run_id: int) -> db.Run:
     """Mark the run cancelled; its workers stop at their next report. Checkpoints stay."""
     _check_cancellable("run", db.get_run(database, run_id=run_id))
-    return db.set_run_status(
-        database, run_id=run_id, status=db.JobStatus.CANCELLED, expected=CANCELLABLE
-    )
+    run = _job(database, "run", run_id).move(db.JobStatus.CANCELLED, expected=ACTIVE)
+    assert isinstance(run, db.Run)
+    return run
 
 
 def compare_sweeps(database: db.Database, sweep_ids: Sequence[int]) -> list[SweepComparison]:

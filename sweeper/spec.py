@@ -27,6 +27,8 @@ from pydantic import (
 from models import ModelConfig, TrainConfig
 
 SearchAlgorithm = Literal["grid", "tpe"]
+# Trials a sweep may plan: its plan is enumerated whenever its progress is read.
+MAX_TRIALS = 10_000
 
 
 class _Strict(BaseModel):
@@ -128,6 +130,18 @@ class SweepSpec(_Strict):
                     f"{bad} not a multiple of train.model.head_dim ({train.model.head_dim})"
                 )
         return sorted(widths)
+
+    @model_validator(mode="after")
+    def _plan_is_bounded(self) -> Self:
+        if self.algorithm == "tpe":
+            per_width = self.trials_per_width
+        else:
+            per_width = self.search.lr.points * len(self.search.wd) * len(self.search.tau or [0])
+        if per_width * len(self.widths) > MAX_TRIALS:
+            raise ValueError(
+                f"the plan has {per_width * len(self.widths)} trials, more than {MAX_TRIALS}"
+            )
+        return self
 
     @field_validator("search")
     @classmethod

@@ -1,5 +1,8 @@
 """Shared fixtures: seeding, the shakespeare corpus, small configs, a PostgreSQL server.
 
+The corpus ships with the tests (`tests/data/shakespeare.txt`: The Tempest and Titus
+Andronicus, public domain, 330 KB), so the whole suite runs on a fresh clone.
+
 The PostgreSQL server is a throwaway one started here: `initdb` into a temporary
 directory, `pg_ctl start` listening on a Unix socket in that directory only (no TCP port,
 so nothing can collide with or reach it), fsync off for speed. Each test gets a fresh
@@ -15,25 +18,31 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import psycopg
 import pytest
 import torch
 from sqlalchemy import make_url
 
+import db
 from db import ENV_VAR
 from models import ModelConfig, TrainConfig, preset
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "shakespeare.txt"
+SHAKESPEARE = REPO / "tests" / "data" / "shakespeare.txt"
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +52,6 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def shakespeare() -> str:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} is not here (../shared beside the checkout)")
     return str(SHAKESPEARE)
 
 
@@ -86,6 +93,107 @@ def drivers_of(database_url: str) -> list[psutil.Process]:
 def _same_url(url: str) -> str:
     """One spelling of a database URL (the service hands drivers its own rendering)."""
     return make_url(url).render_as_string(hide_password=False) if url else ""
+
+
+def ray_processes(root: Path) -> list[psutil.Process]:
+    """The processes of the Ray clusters started under temp dir ``root`` (GCS, raylet,
+    workers: each names its session directory on its command line)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(root) in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def ray_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """RAY_TMPDIR of one test's drivers: their Ray clusters and Ray's `ray_current_cluster`
+    file live here, never in the machine's /tmp/ray (a short path: Ray's socket paths must
+    stay under ~100 bytes). Whatever cluster is left under it is killed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="r-"))
+    monkeypatch.setenv("RAY_TMPDIR", str(root))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    yield root
+    for proc in ray_processes(root):
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_tmp: Path
+) -> Iterator[db.Database]:
+    """A fresh SQLite file that driver processes find through the environment, with their
+    logs (`driver_log`) and Ray's results beside it and their Ray clusters under `ray_tmp`."""
+    url = f"sqlite:///{tmp_path / 'sweeper.db'}"
+    monkeypatch.setenv(ENV_VAR, url)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("SWEEPER_RAY_STORAGE", str(tmp_path / "ray_results"))
+    database = db.connect(url)
+    yield database
+    for proc in drivers_of(url):  # never leave a driver behind a failed test
+        proc.kill()
+    database.dispose()
+
+
+def exited_pid() -> int:
+    """The pid of a process that has exited (and been reaped): a driver that is gone."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def sweeper_serve(log_path: Path, token: str) -> Iterator[httpx.Client]:
+    """`sweeper serve` as a process of its own on a free loopback port, configured by the
+    environment as a user's is; yields a client that sends the token. Stopped with SIGINT
+    (Ctrl+C) afterwards."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "sweeper", "serve", "--port", str(port)],
+            env=os.environ | {"SWEEPER_API_TOKEN": token},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
+    )
+
+    def up() -> bool:
+        assert server.poll() is None, log_path.read_text()
+        try:
+            return client.get("/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        deadline = time.monotonic() + 60
+        while not up():
+            assert time.monotonic() < deadline, (
+                f"no answer from the service\n{log_path.read_text()}"
+            )
+            time.sleep(0.2)
+        yield client
+    finally:
+        client.close()
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def driver_log(tmp_path: Path) -> str:
+    """What the drivers of the test's `database` logged."""
+    return "\n".join(p.read_text(errors="replace") for p in (tmp_path / "state").rglob("*.log"))
 
 
 def debug_config(data: str, **overrides: object) -> TrainConfig:

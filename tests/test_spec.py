@@ -92,3 +92,13 @@ def test_a_stored_spec_outlives_its_data_file(tmp_path):
     with pytest.raises(ValidationError, match="no such file"):
         SweepSpec.model_validate(stored)
     assert SweepSpec.stored(stored).train.data == str(data)
+
+
+def test_a_plan_too_large_to_enumerate_is_refused():
+    """Every read of a sweep's progress enumerates its plan: a billion log-spaced points
+    would stall the service, so the spec says no at once."""
+    with pytest.raises(ValidationError, match="the plan has 2000000000 trials, more than 10000"):
+        spec(search={"lr": {"min": 0.01, "max": 0.1, "points": 10**9}})
+    with pytest.raises(ValidationError, match="the plan has 20000 trials"):
+        spec(algorithm="tpe", trials_per_width=10_000)
+    assert len(spec(search={"lr": {"min": 0.01, "max": 0.1, "points": 5000}}).plan()) == 10_000

@@ -6,24 +6,31 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from api.deps import DatabaseDep, PageDep, Reader, Writer
+from api.deps import DatabaseDep, PageDep, Reader, RunId, Writer
+from api.errors import responses
 from api.schemas import ErrorBody, Page, RunMetrics, RunOut
 from sweeper import service
 from sweeper.launch import LaunchRequest
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "no token"},
-    403: {"model": ErrorBody, "description": "wrong token"},
-    404: {"model": ErrorBody, "description": "no such run (or sweep)"},
-}
-router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Reader], responses=ERRORS)
+router = APIRouter(
+    prefix="/runs", tags=["runs"], dependencies=[Reader], responses=responses(401, 403, 422, 503)
+)
+ONE: dict[int | str, dict[str, Any]] = responses(404)  # a route about one run
+CHANGE: dict[int | str, dict[str, Any]] = responses(404, 409)
 
 
 @router.post(
     "",
     status_code=202,
     dependencies=[Writer],
-    responses={422: {"model": ErrorBody, "description": "the request is invalid (field named)"}},
+    responses={
+        404: {"model": ErrorBody, "description": "no such sweep, or no completed sweep"},
+        422: {
+            "model": ErrorBody,
+            "description": "the request is invalid, or its workers do not fit the cluster"
+            " (the field is named)",
+        },
+    },
 )
 def launch_run(request: LaunchRequest, database: DatabaseDep, response: Response) -> RunOut:
     """Transfer the sweep's optimum to `to_width` and start the run in the background."""
@@ -44,19 +51,19 @@ def list_runs(database: DatabaseDep, page: PageDep) -> Page[RunOut]:
     )
 
 
-@router.get("/{run_id}")
-def get_run(run_id: int, database: DatabaseDep) -> RunOut:
+@router.get("/{run_id}", responses=ONE)
+def get_run(run_id: RunId, database: DatabaseDep) -> RunOut:
     return RunOut.of(service.run_progress(database, run_id).run)
 
 
-@router.get("/{run_id}/metrics")
-def get_run_metrics(run_id: int, database: DatabaseDep) -> RunMetrics:
+@router.get("/{run_id}/metrics", responses=ONE)
+def get_run_metrics(run_id: RunId, database: DatabaseDep) -> RunMetrics:
     """The run's loss curve so far, as columns (null: not measured, or not finite)."""
     return RunMetrics.of(service.run_progress(database, run_id))
 
 
-@router.post("/{run_id}/cancel", dependencies=[Writer], responses={409: {"model": ErrorBody}})
-def cancel_run(run_id: int, database: DatabaseDep) -> RunOut:
+@router.post("/{run_id}/cancel", dependencies=[Writer], responses=CHANGE)
+def cancel_run(run_id: RunId, database: DatabaseDep) -> RunOut:
     """Stop the run at its next report; its checkpoints stay."""
     return RunOut.of(service.cancel_run(database, run_id))
 
@@ -65,9 +72,9 @@ def cancel_run(run_id: int, database: DatabaseDep) -> RunOut:
     "/{run_id}/resume",
     status_code=202,
     dependencies=[Writer],
-    responses={409: {"model": ErrorBody}},
+    responses=CHANGE,
 )
-def resume_run(run_id: int, database: DatabaseDep) -> RunOut:
+def resume_run(run_id: RunId, database: DatabaseDep) -> RunOut:
     """Continue a run whose driver died, or that failed or was cancelled, from its latest
     checkpoint."""
     return RunOut.of(service.resume_run(database, run_id))

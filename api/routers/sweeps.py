@@ -9,7 +9,16 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 import db
-from api.deps import CurvesCacheDep, CurvesReaderDep, DatabaseDep, PageDep, Reader, Writer
+from api.deps import (
+    CurvesCacheDep,
+    CurvesReaderDep,
+    DatabaseDep,
+    PageDep,
+    Reader,
+    SweepId,
+    Writer,
+)
+from api.errors import responses
 from api.schemas import (
     ErrorBody,
     Page,
@@ -24,19 +33,27 @@ from api.schemas import (
 from sweeper import service
 from sweeper.spec import SweepSpec
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "no token"},
-    403: {"model": ErrorBody, "description": "wrong token"},
-    404: {"model": ErrorBody, "description": "no such sweep"},
-}
-router = APIRouter(prefix="/sweeps", tags=["sweeps"], dependencies=[Reader], responses=ERRORS)
+router = APIRouter(
+    prefix="/sweeps",
+    tags=["sweeps"],
+    dependencies=[Reader],
+    responses=responses(401, 403, 422, 503),
+)
+ONE: dict[int | str, dict[str, Any]] = responses(404)  # a route about one sweep
+CHANGE: dict[int | str, dict[str, Any]] = responses(404, 409)
 
 
 @router.post(
     "",
     status_code=202,
     dependencies=[Writer],
-    responses={422: {"model": ErrorBody, "description": "the spec is invalid (field named)"}},
+    responses={
+        422: {
+            "model": ErrorBody,
+            "description": "the spec is invalid, or asks for more than the cluster holds"
+            " (the field is named)",
+        }
+    },
 )
 def start_sweep(spec: SweepSpec, database: DatabaseDep, response: Response) -> SweepCreated:
     """Store the sweep and start its driver; the sweep runs in the background."""
@@ -53,14 +70,14 @@ def list_sweeps(database: DatabaseDep, page: PageDep) -> Page[SweepSummary]:
     return Page(items=items, total=sweeps.total, offset=page.offset, limit=page.limit)
 
 
-@router.get("/{sweep_id}")
-def get_sweep(sweep_id: int, database: DatabaseDep) -> SweepDetail:
+@router.get("/{sweep_id}", responses=ONE)
+def get_sweep(sweep_id: SweepId, database: DatabaseDep) -> SweepDetail:
     """A sweep's state, its spec and the best trial at each width."""
     return SweepDetail.of(service.sweep_progress(database, sweep_id))
 
 
-@router.get("/{sweep_id}/trials")
-def list_trials(sweep_id: int, database: DatabaseDep, page: PageDep) -> Page[TrialOut]:
+@router.get("/{sweep_id}/trials", responses=ONE)
+def list_trials(sweep_id: SweepId, database: DatabaseDep, page: PageDep) -> Page[TrialOut]:
     """A sweep's trials in the order they started."""
     trials = db.list_trials(database, sweep_id=sweep_id)
     window = trials[page.offset : page.offset + page.limit]
@@ -75,10 +92,10 @@ def list_trials(sweep_id: int, database: DatabaseDep, page: PageDep) -> Page[Tri
 @router.get(
     "/{sweep_id}/curves",
     response_model=SweepCurves,
-    responses={304: {"description": "unchanged since the ETag sent in If-None-Match"}},
+    responses=ONE | {304: {"description": "unchanged since the ETag sent in If-None-Match"}},
 )
 async def get_curves(
-    sweep_id: int, request: Request, reader: CurvesReaderDep, cache: CurvesCacheDep
+    sweep_id: SweepId, request: Request, reader: CurvesReaderDep, cache: CurvesCacheDep
 ) -> Response:
     """Final eval loss against LR at each width (the LR curves, each width's best marked,
     the latest transfer's fit when there is one) and every trial's training curve.
@@ -101,10 +118,11 @@ async def get_curves(
     "/{sweep_id}/transfer",
     status_code=201,
     dependencies=[Writer],
-    responses={422: {"model": ErrorBody, "description": "to_width invalid, or nothing to fit"}},
+    responses=ONE
+    | {422: {"model": ErrorBody, "description": "to_width invalid, or nothing to fit"}},
 )
 def transfer(
-    sweep_id: int, body: TransferRequest, database: DatabaseDep, cache: CurvesCacheDep
+    sweep_id: SweepId, body: TransferRequest, database: DatabaseDep, cache: CurvesCacheDep
 ) -> TransferOut:
     """Fit each proxy width's optimum, measure the drift and give the target width's
     per-group LR and WD (stored as a transfer; the LR curves show its fit)."""
@@ -115,8 +133,8 @@ def transfer(
     )
 
 
-@router.post("/{sweep_id}/cancel", dependencies=[Writer], responses={409: {"model": ErrorBody}})
-def cancel_sweep(sweep_id: int, database: DatabaseDep, cache: CurvesCacheDep) -> SweepSummary:
+@router.post("/{sweep_id}/cancel", dependencies=[Writer], responses=CHANGE)
+def cancel_sweep(sweep_id: SweepId, database: DatabaseDep, cache: CurvesCacheDep) -> SweepSummary:
     """Stop the sweep's trials (within seconds); what was recorded stays."""
     service.cancel_sweep(database, sweep_id)
     cache.drop(sweep_id)
@@ -127,9 +145,9 @@ def cancel_sweep(sweep_id: int, database: DatabaseDep, cache: CurvesCacheDep) ->
     "/{sweep_id}/resume",
     status_code=202,
     dependencies=[Writer],
-    responses={409: {"model": ErrorBody}},
+    responses=CHANGE,
 )
-def resume_sweep(sweep_id: int, database: DatabaseDep, cache: CurvesCacheDep) -> SweepSummary:
+def resume_sweep(sweep_id: SweepId, database: DatabaseDep, cache: CurvesCacheDep) -> SweepSummary:
     """Continue a sweep whose driver died, or that failed or was cancelled."""
     service.resume_sweep(database, sweep_id)
     cache.drop(sweep_id)

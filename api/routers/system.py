@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 import db
 from api.deps import DatabaseDep
+from api.errors import responses
 from api.schemas import Health
 
 router = APIRouter(tags=["service"])
@@ -20,7 +21,7 @@ def package_version() -> str:
         return "unknown"
 
 
-@router.get("/health", responses={503: {"description": "the database does not answer"}})
+@router.get("/health", responses=responses(503))
 def health(database: DatabaseDep) -> Health:
     """Open to all (no token): for load balancers and `docker compose` health checks."""
     db.list_sweeps(database, limit=1)  # a StorageError answers 503

@@ -48,6 +48,19 @@ function statusBadge(status) {
   return h("span", { class: `status ${status}`, text: status });
 }
 
+// A sweep's or a run's status; "stale" when it should have a driver and that driver is gone.
+function jobBadge(job) {
+  if (!job.stale) return statusBadge(job.status);
+  return h("span", { class: `status ${job.status} stale`, text: `${job.status} · stale`,
+    title: `its driver is gone (last heartbeat ${fmt.time(job.driver_heartbeat_at)}); ` +
+      "the service's watchdog resumes it" });
+}
+
+// Resume is offered for a job that ended other than completed, or whose driver is gone.
+function resumable(job) {
+  return job.status !== "completed" && (FINISHED.has(job.status) || job.stale);
+}
+
 function progressCell(finished, planned) {
   return h("span", {}, h("progress", { max: planned || 1, value: finished }),
     ` ${finished}/${planned}`);
@@ -206,7 +219,7 @@ function showSweeps() {
       h("td", {}, picker.checkbox(s.id)),
       h("td", {}, h("a", { href: `#/sweeps/${s.id}`, text: s.id })),
       h("td", { text: s.name }),
-      h("td", {}, statusBadge(s.status)),
+      h("td", {}, jobBadge(s)),
       h("td", {}, progressCell(s.finished, s.planned)),
       h("td", { text: s.widths.join(", ") }),
       h("td", { text: fmt.time(s.created_at) }),
@@ -547,7 +560,7 @@ function showSweep(id) {
     ]);
     last = curves;
     title.textContent = `Sweep ${detail.id}: ${detail.name}`;
-    meta.replaceChildren(statusBadge(detail.status),
+    meta.replaceChildren(jobBadge(detail),
       h("span", { id: "sweep-progress" }, progressCell(detail.finished, detail.planned),
         " trials finished"),
       h("span", { class: "muted" }, `widths ${detail.widths.join(", ")} · `,
@@ -556,7 +569,7 @@ function showSweep(id) {
         `took ${fmt.duration(detail.started_at, detail.finished_at)}`));
     errorLine.textContent = detail.error || "";
     cancel.disabled = FINISHED.has(detail.status);
-    resume.disabled = detail.status === "completed" || !FINISHED.has(detail.status);
+    resume.disabled = !resumable(detail);
     drawLrCurves(lrPlot, curves);
     drawTrainingCurves(trainPlot, curves, which.value);
     trials.replaceChildren(trialsTable(trialPage.items, detail.best));
@@ -772,7 +785,7 @@ function showRuns() {
       onclick: () => { location.hash = `#/runs/${r.id}`; } },
     h("td", {}, h("a", { href: `#/runs/${r.id}`, text: r.id })),
     h("td", { text: r.name }),
-    h("td", {}, statusBadge(r.status)),
+    h("td", {}, jobBadge(r)),
     h("td", {}, r.sweep_id ? h("a", { href: `#/sweeps/${r.sweep_id}`, text: r.sweep_id }) : "–"),
     h("td", { class: "num", text: runConfig(r).to_width ?? "–" }),
     h("td", { class: "num", text: fmt.int(runConfig(r).steps) }),
@@ -803,7 +816,7 @@ function showRun(id) {
     title.textContent = `Run ${run.id}: ${run.name}`;
     const n = metrics.step.length;
     const last = n ? metrics.step[n - 1] : 0;
-    meta.replaceChildren(statusBadge(run.status),
+    meta.replaceChildren(jobBadge(run),
       h("span", {}, `step ${last} of ${runConfig(run).steps ?? "?"}`),
       n ? h("span", { id: "run-speed", text: `${fmt.int(Math.round(metrics.tokens_per_s[n - 1]))}`
         + ` tok/s, startup ${fmt.num(metrics.startup_s[n - 1], 2)} s` }) : null,
@@ -816,7 +829,7 @@ function showRun(id) {
     errorLine.textContent = run.error || "";
     config.textContent = JSON.stringify(run.config, null, 2);
     cancel.disabled = FINISHED.has(run.status);
-    resume.disabled = run.status === "completed" || !FINISHED.has(run.status);
+    resume.disabled = !resumable(run);
     Plotly.react(plot, [
       { x: metrics.step, y: metrics.train_loss, mode: "lines", name: "train loss",
         line: { color: COLORS[0] } },

@@ -1,4 +1,5 @@
-"""Fixtures of the API tests: a fresh SQLite file, an app over it, a token, recorded sweeps.
+"""Fixtures of the API tests: a fresh SQLite file, an app over it, a token, recorded sweeps,
+and Debian's chromium driven by Playwright (skipped, saying why, where either is missing).
 
 Every test gets its own database file and state directories through the environment, as
 the sweep drivers find them there. Route tests never start a driver (`no_driver`); the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,15 @@ from sweeper import service
 from sweeper.spec import SweepSpec
 from tests.conftest import tiny_sweep
 
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -69,11 +80,13 @@ def launched(monkeypatch) -> list[tuple[str, int]]:
 @pytest.fixture
 def make_client(env, database, launched) -> Iterator[Callable[..., TestClient]]:
     """TestClients over fresh apps; keyword arguments override the settings. Curves are read
-    in-process unless a test asks for the worker (spawning one costs seconds)."""
+    in-process unless a test asks for the worker (spawning one costs seconds), and the
+    watchdog makes its pass at start only: these tests start no driver."""
     clients: list[TestClient] = []
 
     def make(**settings: Any) -> TestClient:
         settings.setdefault("curves_worker", False)
+        settings.setdefault("watchdog_s", 0.0)
         client = TestClient(create_app(Settings(**settings)))
         client.__enter__()
         clients.append(client)
@@ -155,3 +168,26 @@ def record(database) -> Callable[..., int]:
         return record_sweep(database, spec, **kwargs)
 
     return record_in
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no system chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+    assert not errors, errors

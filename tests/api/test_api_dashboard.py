@@ -28,15 +28,6 @@ from api.main import create_app
 from tests.conftest import drivers_of, tiny_sweep
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 TOKEN = "e2e-token-0123456789"
 TIMEOUT_S = 240
 
@@ -142,30 +133,7 @@ def test_a_sweep_started_over_rest_completes_and_its_curves_come_back(live, fini
     )
 
 
-# --- the browser ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no system chromium at {CHROMIUM} (apt-get install chromium)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.set_default_timeout(30_000)
-    yield page
-    context.close()
-    assert not errors, errors
+# --- the browser (the `browser` and `page` fixtures of conftest.py) ------------------------
 
 
 def lr_traces(page: Any) -> list[list[Any]]:

@@ -10,6 +10,7 @@ from sqlalchemy import update
 import db
 from db._schema import RunRow, SweepRow
 from sweeper import service
+from sweeper.jobs import JobSettings
 
 
 @pytest.fixture
@@ -153,7 +154,7 @@ def test_resume_of_a_completed_run_is_a_conflict(client, auth, sweep_id, databas
 
 def kill_drivers(database: db.Database, *jobs: tuple[type[RunRow] | type[SweepRow], int]) -> None:
     """Leave the jobs as a kill -9 of their drivers does: running, with a stale heartbeat."""
-    long_ago = datetime.now(UTC) - timedelta(seconds=2 * service.DRIVER_STALE_S)
+    long_ago = datetime.now(UTC) - timedelta(seconds=2 * JobSettings().stale_s)
     with database.session("making drivers look dead") as s:
         for row, job_id in jobs:
             values = {"status": db.JobStatus.RUNNING, "driver_heartbeat_at": long_ago}
@@ -191,6 +192,6 @@ def test_two_services_starting_at_once_resume_an_orphan_once(
         ),
     )
     launched.clear()
-    assert service.resume_orphaned_jobs(database) == [f"run {run_id}"]
-    assert service.resume_orphaned_jobs(database) == []  # the second finds it taken
+    assert service.recover_jobs(database) == [f"resumed run {run_id}"]
+    assert service.recover_jobs(database) == []  # the second finds it taken
     assert launched == [("run", run_id)]

@@ -164,3 +164,21 @@ def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
     assert db.get_sweep(reader, sweep_id=sweep_id).name == "renamed"
     writer.dispose()
     reader.dispose()
+
+
+def test_a_write_lock_held_by_another_process_is_unavailable_not_a_storage_error(tmp_path):
+    """SQLite's "database is locked" (another process inside BEGIN IMMEDIATE, as a database
+    browser holds it) is `Unavailable`: worth retrying, unlike other storage errors."""
+    path = tmp_path / "sweeper.db"
+    database = db.connect(f"sqlite:///{path}", busy_timeout_s=0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(db.Unavailable, match="database is locked"):
+            db.create_sweep(database, name="blocked", spec={})
+        assert db.list_sweeps(database).total == 0  # reads go on (WAL)
+        holder.execute("ROLLBACK")
+        assert db.create_sweep(database, name="after", spec={}) == 1
+    finally:
+        holder.close()
+        database.dispose()

@@ -39,7 +39,7 @@ def _revision(engine: Engine) -> str | None:
 
 def test_connect_creates_the_schema_at_the_newest_revision(database: db.Database) -> None:
     assert set(inspect(database.engine).get_table_names()) == TABLES | {"sweeper_alembic_version"}
-    assert _revision(database.engine) == _head() == "0002"
+    assert _revision(database.engine) == _head() == "0003"
 
 
 def test_optuna_shares_the_database(database: db.Database) -> None:
@@ -147,3 +147,18 @@ def test_processes_connecting_at_once_to_a_fresh_database_migrate_it_once(
         assert _revision(database.engine) == _head()
     finally:
         database.dispose()
+
+
+def test_driver_identity_revision_gives_old_jobs_a_heartbeat(database: db.Database) -> None:
+    """0002 -> 0003 adds the driver's host and pid and the watchdog's resume count; a job
+    stored before has no driver, no resume, and its heartbeat is its creation time."""
+    with database.engine.begin() as connection:
+        command.downgrade(alembic_config(connection=connection), "0002")
+        connection.exec_driver_sql(
+            "INSERT INTO sweeper_sweeps (id, name, status, spec, created_at)"
+            " VALUES (1, 'old', 'running', '{}', '2026-11-30 12:00:00+00:00')"
+        )
+    database.migrate()
+    sweep = db.get_sweep(database, sweep_id=1)
+    assert sweep.driver_heartbeat_at == sweep.created_at
+    assert (sweep.driver_host, sweep.driver_pid, sweep.auto_resumes) == (None, None, 0)

@@ -35,7 +35,9 @@ def test_create_and_get_sweep(database: db.Database) -> None:
     assert before <= sweep.created_at <= datetime.now(UTC)
     assert sweep.created_at.tzinfo is not None
     assert sweep.started_at is sweep.finished_at is sweep.error is None
-    assert sweep.driver_heartbeat_at is sweep.optuna_study_name is None
+    assert sweep.optuna_study_name is sweep.driver_host is sweep.driver_pid is None
+    assert sweep.driver_heartbeat_at == sweep.created_at  # the grace period starts here
+    assert sweep.auto_resumes == 0
 
 
 def test_get_missing_sweep_is_not_found(database: db.Database) -> None:
@@ -431,7 +433,8 @@ def test_create_and_get_run(database: db.Database, sweep_id: int) -> None:
     assert (run.name, run.config, run.transfer_id) == ("target", config, transfer_id)
     assert run.sweep_id == sweep_id  # taken from the transfer
     assert run.status is db.JobStatus.QUEUED
-    assert run.checkpoint_path is run.started_at is run.driver_heartbeat_at is None
+    assert run.checkpoint_path is run.started_at is run.driver_pid is None
+    assert run.driver_heartbeat_at == run.created_at and run.auto_resumes == 0
 
     standalone = db.get_run(database, run_id=db.create_run(database, name="solo", config={}))
     assert standalone.sweep_id is standalone.transfer_id is None
@@ -574,3 +577,91 @@ def test_deleting_a_sweep_cascades_but_keeps_its_runs(database: db.Database, swe
     assert db.get_trial(database, trial_id=kept_trial).sweep_id == kept
     with pytest.raises(db.NotFound, match=f"sweep {sweep_id}"):
         db.delete_sweep(database, sweep_id=sweep_id)
+
+
+def test_queuing_again_takes_a_job_over_only_from_the_heartbeat_seen(
+    database: db.Database, sweep_id: int
+) -> None:
+    """What the watchdog relies on: a take-over names the heartbeat it judged stale, so a
+    driver that beat since, or a second watchdog that was first, makes it a Conflict."""
+    db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.RUNNING)
+    db.set_sweep_driver(database, sweep_id=sweep_id, host="node-a", pid=4242)
+    seen = db.get_sweep(database, sweep_id=sweep_id)
+    assert (seen.driver_host, seen.driver_pid) == ("node-a", 4242)
+
+    taken = db.set_sweep_status(
+        database,
+        sweep_id=sweep_id,
+        status=db.JobStatus.QUEUED,
+        expected={db.JobStatus.RUNNING},
+        expected_heartbeat=seen.driver_heartbeat_at,
+        automatic=True,
+    )
+    assert taken.auto_resumes == 1 and taken.driver_pid is taken.driver_host is None
+    assert taken.driver_heartbeat_at is not None
+    assert seen.driver_heartbeat_at is not None
+    assert taken.driver_heartbeat_at > seen.driver_heartbeat_at  # a new grace period
+    with pytest.raises(db.Conflict, match="its driver beat since"):
+        db.set_sweep_status(
+            database,
+            sweep_id=sweep_id,
+            status=db.JobStatus.QUEUED,
+            expected_heartbeat=seen.driver_heartbeat_at,
+            automatic=True,
+        )
+    db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.QUEUED, automatic=True)
+    assert db.get_sweep(database, sweep_id=sweep_id).auto_resumes == 2
+    by_hand = db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.QUEUED)
+    assert by_hand.auto_resumes == 0  # a user's resume starts the count again
+
+
+def test_close_running_trials_ends_them_from_their_last_point(
+    database: db.Database, sweep_id: int
+) -> None:
+    done = db.upsert_trial(database, sweep_id=sweep_id, key="done", width=64, params={})
+    db.finish_trial(
+        database,
+        trial_id=done,
+        status=db.TrialStatus.COMPLETED,
+        final_eval_loss=2.0,
+        steps=20,
+        tokens=640,
+        tokens_per_s=10.0,
+    )
+    midway = db.upsert_trial(database, sweep_id=sweep_id, key="midway", width=64, params={})
+    points = [
+        db.MetricPoint(step=s, tokens=32 * s, train_loss=3.0, eval_loss=2.5, time_s=s)
+        for s in (10, 20)
+    ]
+    db.add_metric_points(database, trial_id=midway, points=points)
+    fresh = db.upsert_trial(database, sweep_id=sweep_id, key="fresh", width=64, params={})
+
+    closed = db.close_running_trials(
+        database, sweep_id=sweep_id, status=db.TrialStatus.ERROR, error="the sweep failed: x"
+    )
+    assert closed == 2
+    trials = {t.key: t for t in db.list_trials(database, sweep_id=sweep_id)}
+    assert trials["done"].status is db.TrialStatus.COMPLETED and trials["done"].error is None
+    assert (trials["midway"].status, trials["midway"].steps, trials["midway"].tokens) == (
+        db.TrialStatus.ERROR,
+        20,
+        640,
+    )
+    assert trials["midway"].error == "the sweep failed: x"
+    assert trials["midway"].finished_at is not None
+    assert (trials["fresh"].steps, trials["fresh"].tokens) == (0, 0)
+    assert db.get_trial(database, trial_id=fresh).status is db.TrialStatus.ERROR
+    assert db.close_running_trials(database, sweep_id=sweep_id, status="cancelled") == 0  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cancelled or error"):
+        db.close_running_trials(database, sweep_id=sweep_id, status=db.TrialStatus.COMPLETED)
+
+
+def test_ids_beyond_64_bits_name_no_row(database: db.Database, sweep_id: int) -> None:
+    """Not an OverflowError from the driver: no row has such an id."""
+    for huge in (2**63, 2**64, -(2**70)):
+        with pytest.raises(db.NotFound, match=f"sweep {huge} not found"):
+            db.get_sweep(database, sweep_id=huge)
+        with pytest.raises(db.NotFound, match=f"run {huge} not found"):
+            db.set_run_status(database, run_id=huge, status=db.JobStatus.CANCELLED)
+    with pytest.raises(ValueError, match="2\\^63"):
+        db.list_sweeps(database, offset=2**63)

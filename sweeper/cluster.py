@@ -1,0 +1,198 @@
+"""The Ray cluster a driver works on: how it is joined, what it holds, where it stores.
+
+With ``RAY_ADDRESS`` set (the service sets it from ``SWEEPER_RAY_ADDRESS``), a driver joins
+that cluster and fails within ``ray_connect_timeout_s`` naming the address when nobody
+answers there. Without it, a driver starts a local cluster of its own, sized by
+`local_node()`. It never joins whatever cluster ``/tmp/ray/ray_current_cluster`` names:
+`ray.init()` with no address would, and that file outlives a cluster killed without
+``ray stop``, so a driver retried a dead address for ever.
+
+What a job asks for is checked against what the cluster holds (`shortfall`): by the service
+before it queues a job on a local cluster, by the driver once it has joined a remote one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import platformdirs
+import ray
+
+from sweeper.jobs import JobSettings
+
+if TYPE_CHECKING:
+    from sweeper.spec import Resources
+
+log = logging.getLogger(__name__)
+
+ADDRESS_VAR = "RAY_ADDRESS"
+
+
+class RayUnreachable(ConnectionError):
+    """No Ray cluster answered at the configured address in time."""
+
+
+class NotEnoughResources(RuntimeError):
+    """A job asks for more CPUs or GPUs than the cluster can ever give it."""
+
+
+def ray_storage_path() -> str:
+    """Where Ray keeps experiment state and checkpoints: ``SWEEPER_RAY_STORAGE`` (a local
+    path or any URI Ray supports, e.g. ``s3://bucket/sweeper``) or the user's data dir."""
+    default = Path(platformdirs.user_data_dir("sweeper")) / "ray_results"
+    return os.environ.get("SWEEPER_RAY_STORAGE", str(default))
+
+
+def configured_address() -> str | None:
+    """The cluster to join (``RAY_ADDRESS``), or None for a local cluster of our own."""
+    return os.environ.get(ADDRESS_VAR) or None
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    cpu: float
+    gpu: float
+
+    def __str__(self) -> str:
+        return f"{self.cpu:g} CPUs, {self.gpu:g} GPUs"
+
+
+@cache
+def local_node() -> NodeResources:
+    """What a local cluster of a driver on this machine holds: the CPUs this process may
+    run on and the GPUs it sees (CUDA_VISIBLE_DEVICES applies)."""
+    import torch  # not at the top: the service imports this module to check requests
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return NodeResources(cpu=float(cpus or 1), gpu=float(torch.cuda.device_count()))
+
+
+def cluster_nodes() -> list[NodeResources]:
+    """The resources of every live node of the cluster this process has joined."""
+    return [
+        NodeResources(cpu=node["Resources"].get("CPU", 0.0), gpu=node["Resources"].get("GPU", 0.0))
+        for node in ray.nodes()
+        if node.get("Alive")
+    ]
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """Why a job cannot run on a cluster: the resource at fault (`count`: one task fits a
+    node but not all of them at once) and the reason, to follow the tasks' name ("a trial
+    asks for 2 GPUs; ...")."""
+
+    resource: Literal["cpu", "gpu", "count"]
+    reason: str
+
+
+def shortfall(
+    nodes: list[NodeResources], *, each: NodeResources, count: int = 1
+) -> Shortfall | None:
+    """Why ``count`` tasks of ``each`` (trials, training workers) cannot all run at once on
+    ``nodes``, each task on one node; None when they can."""
+    where = "; ".join(sorted({_describe(n, nodes) for n in nodes})) or "no live node"
+    for resource, unit in (("gpu", "GPU"), ("cpu", "CPU")):
+        asked = getattr(each, resource)
+        largest = max((getattr(n, resource) for n in nodes), default=0.0)
+        if asked > largest:
+            reason = f"asks for {_amount(asked, unit)}; the largest node has {largest:g} ({where})"
+            return Shortfall("gpu" if resource == "gpu" else "cpu", reason)
+    fits = sum(min(_times(n.cpu, each.cpu), _times(n.gpu, each.gpu)) for n in nodes)
+    if fits < count:
+        need = f"{_amount(count * each.cpu, 'CPU')} and {_amount(count * each.gpu, 'GPU')}"
+        return Shortfall("count", f"need {need} at once; the cluster fits {fits:g} ({where})")
+    return None
+
+
+def trial_shortfall(resources: Resources, nodes: list[NodeResources]) -> tuple[str, str] | None:
+    """(field of the sweep spec, reason) when one trial asking for ``resources`` fits no
+    node of ``nodes``: Tune would keep it pending for ever."""
+    problem = shortfall(nodes, each=NodeResources(cpu=resources.cpu, gpu=resources.gpu))
+    if problem is None:
+        return None
+    field = "resources" if problem.resource == "count" else f"resources.{problem.resource}"
+    return field, f"a trial {problem.reason}"
+
+
+def _amount(value: float, unit: str) -> str:
+    return f"{value:g} {unit}{'' if value == 1 else 's'}"
+
+
+def _times(capacity: float, asked: float) -> float:
+    return float("inf") if asked <= 0 else capacity // asked
+
+
+def _describe(node: NodeResources, nodes: list[NodeResources]) -> str:
+    return f"{sum(n == node for n in nodes)} node(s) of {node}"
+
+
+def ensure_ray(settings: JobSettings | None = None) -> None:
+    """Join the configured cluster (bounded: `RayUnreachable` naming the address when it
+    does not answer within ``ray_connect_timeout_s``), else start a local one of our own."""
+    if ray.is_initialized():
+        return
+    settings = settings or JobSettings()
+    address = configured_address()
+    if address is not None:
+        _wait_until_reachable(address, settings.ray_connect_timeout_s)
+    # ray.init puts a SIGTERM handler of its own (a bare sys.exit) in place of the driver's.
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        if address is None:
+            node = local_node()
+            # "local": a new cluster, whatever ray_current_cluster says.
+            ray.init(
+                address="local",
+                num_cpus=int(node.cpu),
+                num_gpus=int(node.gpu),
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+        else:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    finally:
+        if threading.current_thread() is threading.main_thread() and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _wait_until_reachable(address: str, timeout_s: float) -> None:
+    """Until the cluster's port at ``address`` accepts a connection. Ray's own connect
+    retries a dead address far longer (minutes, and it ignores SIGTERM meanwhile)."""
+    host, port = host_and_port(address)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, timeout_s)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise RayUnreachable(
+                    f"no Ray cluster answers at {address} ({host}:{port}) after"
+                    f" {timeout_s:g} s: {e.strerror or e}"
+                ) from None
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def host_and_port(address: str) -> tuple[str, int]:
+    """``host:port``, ``ray://host:port`` or ``auto`` (the cluster Ray would find here)."""
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address  # no public API
+
+        resolved = canonicalize_bootstrap_address("auto")
+        if resolved is None:
+            raise RayUnreachable("RAY_ADDRESS=auto: no Ray cluster runs on this machine")
+        address = resolved
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"RAY_ADDRESS {address!r} is not host:port, ray://host:port or auto")
+    return host.strip("[]"), int(port)
