@@ -243,7 +243,7 @@ def main() -> None:
     log = Log(args.log)
     for name in args.stages:
         started = time.perf_counter()
-        payload = {"benchmark": f"proxy_speed_{name}", "environment": environment()}
+        payload: dict[str, Any] = {"benchmark": f"proxy_speed_{name}", "environment": environment()}
         payload |= STAGES[name](args, log)
         payload["stage_wall_s"] = time.perf_counter() - started
         path = write_json(f"proxy_speed_{name}", payload)

@@ -66,7 +66,7 @@ from models import TrainConfig
 from models.config import Parametrization, Precision
 from sweeper import service
 from sweeper.compare import LrCurve, SweepComparison
-from sweeper.jobs import HEARTBEAT_S, JobKind
+from sweeper.jobs import ACTIVE, JobKind, JobSettings, driver_gone
 from sweeper.launch import LaunchRequest
 from sweeper.spec import LogRange, Resources, SearchSpace, SweepSpec
 from sweeper.transfer import DRIFT_THRESHOLD, TransferResult
@@ -279,7 +279,7 @@ def find_jobs(database: db.Database, stages: list[Stage]) -> dict[str, Job]:
     jobs: list[Job] = [*service.list_sweeps(database, limit=100_000).items]
     jobs += service.list_runs(database, limit=100_000).items  # both newest first
     for job in jobs:
-        kind = "run" if isinstance(job, db.Run) else "sweep"
+        kind = _kind(job)
         if wanted.get(job.name) == kind:
             found.setdefault(job.name, job)
     return found
@@ -296,12 +296,12 @@ def _resumable_here(database: db.Database, run: db.Run) -> bool:
 
 
 def _driver_gone(job: Job) -> bool:
-    """Its heartbeat has stopped: a driver beats every HEARTBEAT_S while it lives (sooner
-    to tell than the service's staleness rule, which allows for slow beats)."""
-    last = job.driver_heartbeat_at or job.created_at
-    if last.tzinfo is None:
-        last = last.replace(tzinfo=UTC)
-    return (datetime.now(UTC) - last).total_seconds() > 3 * HEARTBEAT_S
+    """Its driver has stopped (`sweeper.jobs.driver_gone`: its process, on this host)."""
+    return driver_gone(_kind(job), job, JobSettings())
+
+
+def _kind(job: Job) -> JobKind:
+    return "run" if isinstance(job, db.Run) else "sweep"
 
 
 def _reread(database: db.Database, job: Job) -> Job:
@@ -428,7 +428,7 @@ class Runner:
 
     def _advance(self, stage: Stage, job: Job | None, jobs: dict[str, Job]) -> Job:
         """Start the stage's job, resume it, or join the live driver that drives it."""
-        if job is not None and job.status in service.CANCELLABLE and service.driver_alive(job):
+        if job is not None and job.status in ACTIVE and not _driver_gone(job):
             return self._said(stage, job, "joined (its driver is alive)")
         if job is not None:
             self._check_data(job)
@@ -481,8 +481,7 @@ class Runner:
             time.sleep(POLL_S)
             waiting = [_reread(self.database, job) for job in waiting]
             for job in waiting:
-                # A driver that started after the cancel moves its job back to running.
-                if job.status in service.CANCELLABLE:
+                if job.status in ACTIVE:  # its driver had not started when it was cancelled
                     self._cancel(job)
             waiting = [job for job in waiting if not _driver_gone(job)]
         for job in waiting:
