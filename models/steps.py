@@ -132,20 +132,25 @@ class GraphedSteps(EagerSteps):
         if self._train_graph is None:
             with self._on_side_stream():
                 return super().train(batch)
-        self._x.copy_(batch[0], non_blocking=True)
-        self._y.copy_(batch[1], non_blocking=True)
-        self._train_graph.replay()
+        loss = self._replay(self._train_graph, batch, self._loss)
         self.scheduler.step()  # fills the LR tensors the next replay reads
-        return self._loss.clone()  # the next replay overwrites the static loss
+        return loss
 
     def eval_loss(self, batch: Batch) -> torch.Tensor:
         if self._train_graph is None:
             with self._on_side_stream():
                 return super().eval_loss(batch)
+        return self._replay(self._eval_graph, batch, self._eval)
+
+    def _replay(
+        self, graph: torch.cuda.CUDAGraph, batch: Batch, output: torch.Tensor
+    ) -> torch.Tensor:
+        """``batch`` into the static inputs, one replay, and a copy of its ``output`` (the
+        next replay overwrites the static one)."""
         self._x.copy_(batch[0], non_blocking=True)
         self._y.copy_(batch[1], non_blocking=True)
-        self._eval_graph.replay()
-        return self._eval.clone()
+        graph.replay()
+        return output.clone()
 
     def warmed_up(self, batch: Batch) -> None:
         with self._on_side_stream():

@@ -74,7 +74,8 @@ class SweepComparison:
 
 
 def trial_outcomes(trials: Iterable[db.Trial]) -> list[TrialOutcome]:
-    """The trials a transfer fits: completed ones with their loss, diverged ones without."""
+    """The trials a transfer fits (the service's transfer and the views alike): completed
+    ones with their loss, diverged ones as points without one."""
     return [
         TrialOutcome(
             width=t.width,

@@ -20,7 +20,7 @@ import platformdirs
 
 import db
 from sweeper import cluster
-from sweeper.compare import SweepComparison, compare_sweep
+from sweeper.compare import SweepComparison, compare_sweep, trial_outcomes
 from sweeper.jobs import (
     ACTIVE,
     Job,
@@ -33,7 +33,7 @@ from sweeper.jobs import (
 )
 from sweeper.launch import MAX_INT, LaunchRequest, launch_config, resource_shortfall
 from sweeper.spec import SweepSpec
-from sweeper.transfer import TransferResult, TrialOutcome, compute_transfer
+from sweeper.transfer import TransferResult, compute_transfer
 
 
 class InvalidInput(ValueError):
@@ -252,21 +252,8 @@ def transfer(
             "to_width",
             f"{to_width} is not a multiple of head_dim ({model.head_dim}) in 1..{MAX_INT}",
         )
-    outcomes = [
-        TrialOutcome(
-            width=t.width,
-            lr=t.params["lr"],
-            wd=t.params["wd"],
-            tau=t.params.get("tau"),
-            # A diverged trial is a point without a loss; pruned ones stopped early and
-            # would bias the curve, so they are left out like unfinished ones.
-            loss=t.final_eval_loss if t.status is db.TrialStatus.COMPLETED else None,
-        )
-        for t in progress.trials
-        if t.status in (db.TrialStatus.COMPLETED, db.TrialStatus.DIVERGED)
-    ]
     try:
-        result = compute_transfer(outcomes, model=model, to_width=to_width)
+        result = compute_transfer(trial_outcomes(progress.trials), model=model, to_width=to_width)
     except ValueError as e:
         raise InvalidInput("sweep_id", f"sweep {sweep_id}: {e}") from None
     transfer_id = db.create_transfer(
