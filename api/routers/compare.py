@@ -9,17 +9,17 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import Field, TypeAdapter, ValidationError
 
 from api.deps import DatabaseDep, Reader
-from api.schemas import Comparison, ErrorBody
+from api.errors import responses
+from api.schemas import Comparison
 from sweeper import service
 
 MAX_SWEEPS = 12  # panels a page can show side by side
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "no token"},
-    403: {"model": ErrorBody, "description": "wrong token"},
-    404: {"model": ErrorBody, "description": "no such sweep"},
-    422: {"model": ErrorBody, "description": "sweep_ids is not 1 to 12 ids"},
-}
-router = APIRouter(prefix="/compare", tags=["compare"], dependencies=[Reader], responses=ERRORS)
+router = APIRouter(
+    prefix="/compare",
+    tags=["compare"],
+    dependencies=[Reader],
+    responses=responses(401, 403, 404, 422, 503),
+)
 
 _SWEEP_IDS = TypeAdapter(
     Annotated[

@@ -196,7 +196,7 @@ def test_start_a_sweep_from_the_form_and_see_it_progress(live, page, shakespeare
         "widths": "16, 20",  # wrong: not a multiple of head_dim
         "train.data": shakespeare,
         "train.model.seq_len": "32",
-        "train.steps": "40",
+        "train.steps": "400",  # long enough that the sweep still runs when it is cancelled
         "train.batch_size": "4",
         "train.eval_interval": "10",
         "train.eval_batches": "2",

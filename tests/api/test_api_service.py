@@ -30,6 +30,7 @@ def test_openapi_lists_every_route_and_the_bearer_scheme(client):
     routes = {(method.upper(), path) for path, ops in schema["paths"].items() for method in ops}
     assert routes == {
         ("GET", "/health"),
+        ("GET", "/compare"),
         ("POST", "/sweeps"),
         ("GET", "/sweeps"),
         ("GET", "/sweeps/{sweep_id}"),
