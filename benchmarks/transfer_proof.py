@@ -370,10 +370,6 @@ class Runner:
         self.database, self.spec, self.budget_s, self.export = database, spec, budget_s, export
         self.stages = plan(spec)
         self.refused: dict[str, str] = {}  # stages the service would not start, and why
-        # Stages whose job ended cancelled without this invocation's budget asking: the
-        # driver of an earlier invocation, still stopping when this one resumed the job,
-        # can record its own cancel last. Each is resumed once more.
-        self.recancelled: set[str] = set()
         self.cluster = RayCluster()
         self.started_at = time.monotonic()
         self.stop_requested = False
@@ -413,19 +409,12 @@ class Runner:
                         self.say(f"{stage.name}: not started: {e}")
                 jobs = find_jobs(self.database, self.stages)
                 active = {name: jobs[name] for name in active}
-                for name, job in list(active.items()):
-                    cancelled = job.status is db.JobStatus.CANCELLED
-                    if cancelled and name not in self.recancelled and not self.over_budget():
-                        self.recancelled.add(name)
-                        del active[name]  # the next pass resumes it
-                        self.say(f"{name}: cancelled by an earlier driver; resuming it again")
                 self._progress(active)
                 in_flight = [job for job in active.values() if not job.status.finished]
                 if self.over_budget():
                     self._stop(in_flight)
                     break
-                resuming = self.recancelled - set(active) - set(self.refused)
-                if not in_flight and not resuming:
+                if not in_flight:
                     break
                 time.sleep(POLL_S)
         finally:

@@ -229,8 +229,9 @@ def test_the_rerun_finishes_every_stage_without_rerunning_finished_trials(experi
             before.final_eval_loss,
         ), f"{key} ran again"
     spec = ProofSpec.load(TINY)
-    sweeps = {s.name: s for s in db.list_sweeps(experiment.database).items}
-    runs = {r.name: r for r in db.list_runs(experiment.database).items}
+    # newest first in the lists: a run restarted afresh leaves its old attempt under its name
+    sweeps = {s.name: s for s in reversed(db.list_sweeps(experiment.database).items)}
+    runs = {r.name: r for r in reversed(db.list_runs(experiment.database).items)}
     for stage in plan(spec):
         job = (runs if stage.kind == "run" else sweeps)[stage.name]
         assert job.status is db.JobStatus.COMPLETED, (stage.name, job.error)
