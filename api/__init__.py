@@ -3,14 +3,14 @@
     from api import Settings, create_app, serve
     serve("127.0.0.1", 8000)            # what `sweeper serve` runs
 
-Layout: `config` (the one Settings class), `deps` (Annotated dependencies, auth),
+Layout: `deps` (Annotated dependencies, auth),
 `schemas` (request and response bodies), `errors` (JSON errors), `routers/` (one module per
 resource), `curves` and `cache` (the curves read off the event loop and kept in memory),
 `static/` (the dashboard page).
 """
 
-from api.config import Settings
 from api.main import create_app
 from api.server import serve
+from sweeper.settings import Settings
 
 __all__ = ["Settings", "create_app", "serve"]

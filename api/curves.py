@@ -15,31 +15,25 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-import db
-from api.schemas import sweep_curves
 from sweeper import service
+from sweeper.service import Database
 
 log = logging.getLogger(__name__)
 
 
-def curves_json(database: db.Database, sweep_id: int) -> bytes:
-    """`schemas.SweepCurves` of a sweep, serialized."""
-    # Progress first: a sweep read as finished here has all its points in the read below.
-    progress = service.sweep_progress(database, sweep_id)
-    points = db.get_curves(database, sweep_id=sweep_id)
-    transfers = db.list_transfers(database, sweep_id=sweep_id)
-    curves = sweep_curves(progress, points, transfers[0] if transfers else None)
-    return curves.model_dump_json().encode()
+def curves_json(database: Database, sweep_id: int) -> bytes:
+    """`views.SweepCurves` of a sweep, serialized."""
+    return service.sweep_curves(database, sweep_id).model_dump_json().encode()
 
 
 # --- in the worker process --------------------------------------------------------------
 
-_worker_database: db.Database | None = None
+_worker_database: Database | None = None
 
 
 def _start_worker(url: str) -> None:
     global _worker_database
-    _worker_database = db.connect(url)
+    _worker_database = service.connect(url)
 
 
 def _ready() -> bool:
@@ -57,7 +51,7 @@ def _curves_json_in_worker(sweep_id: int) -> bytes:
 class CurvesReader:
     """Reads curves in a worker process (``worker=True``) or in the caller's thread."""
 
-    def __init__(self, database: db.Database, *, worker: bool) -> None:
+    def __init__(self, database: Database, *, worker: bool) -> None:
         self._database = database
         self._worker = worker
         self._pool: ProcessPoolExecutor | None = None

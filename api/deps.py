@@ -15,11 +15,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-import db
 from api.cache import TTLCache
-from api.config import Settings
 from api.curves import CurvesReader
-from sweeper.launch import MAX_ID
+from sweeper.service import MAX_ID, Database, Settings
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -33,8 +31,8 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_database(request: Request) -> db.Database:
-    database: db.Database = request.app.state.database
+async def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
     return database
 
 
@@ -49,7 +47,7 @@ async def get_curves_reader(request: Request) -> CurvesReader:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-DatabaseDep = Annotated[db.Database, Depends(get_database)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 CurvesCacheDep = Annotated[TTLCache, Depends(get_curves_cache)]
 CurvesReaderDep = Annotated[CurvesReader, Depends(get_curves_reader)]
 

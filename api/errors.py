@@ -20,7 +20,6 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import db
 from api.schemas import ErrorBody, FieldError
 from sweeper import service
 
@@ -107,12 +106,12 @@ def install(app: FastAPI) -> None:
         errors = [FieldError(field=exc.field, reason=exc.message)]
         return error_response(422, str(exc), errors=errors)
 
-    @app.exception_handler(db.NotFound)
-    async def _not_found(request: Request, exc: db.NotFound) -> JSONResponse:
+    @app.exception_handler(service.NotFound)
+    async def _not_found(request: Request, exc: service.NotFound) -> JSONResponse:
         return error_response(404, str(exc))
 
-    @app.exception_handler(db.Conflict)
-    async def _conflict(request: Request, exc: db.Conflict) -> JSONResponse:
+    @app.exception_handler(service.Conflict)
+    async def _conflict(request: Request, exc: service.Conflict) -> JSONResponse:
         return error_response(409, str(exc))
 
     @app.exception_handler(ValidationError)
@@ -129,7 +128,7 @@ def install(app: FastAPI) -> None:
         log.exception("%s %s failed", request.method, request.url.path)
         return error_response(500, f"internal error ({type(exc).__name__}); see the service log")
 
-    @app.exception_handler(db.StorageError)
-    async def _storage(request: Request, exc: db.StorageError) -> JSONResponse:
+    @app.exception_handler(service.StorageError)
+    async def _storage(request: Request, exc: service.StorageError) -> JSONResponse:
         log.error("storage error on %s %s: %s", request.method, request.url.path, exc)
         return error_response(503, f"the database could not answer: {exc}")

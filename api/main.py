@@ -11,7 +11,6 @@ driver processes that the service layer starts.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 
@@ -19,14 +18,12 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 
-import db
 from api import errors
 from api.cache import TTLCache
-from api.config import Settings
 from api.curves import CurvesReader
 from api.routers import compare, dashboard, runs, sweeps, system
 from sweeper import service
-from sweeper.jobs import Periodic
+from sweeper.service import Database, Periodic, Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +36,15 @@ need the token otherwise. Errors are JSON: `{"error", "reason", "field", "errors
 """
 
 
-def _open(settings: Settings) -> db.Database:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    database = db.connect(settings.database_url)
-    _watch(database)
+def _open(settings: Settings) -> Database:
+    database = service.open_database(settings)
+    _watch(database, settings)
     return database
 
 
-def _watch(database: db.Database) -> None:
+def _watch(database: Database, settings: Settings) -> None:
     """One watchdog pass over the jobs whose driver is gone."""
-    done = service.recover_jobs(database)
+    done = service.recover_jobs(database, settings)
     if done:
         log.warning("jobs whose driver was gone: %s", ", ".join(done))
 
@@ -60,12 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        os.environ.update(settings.driver_environment())  # the drivers inherit it
         app.state.database = database = await run_in_threadpool(_open, settings)
         app.state.curves_reader = CurvesReader(database, worker=settings.curves_worker)
         watchdog: AbstractContextManager[object] = nullcontext()
         if settings.watchdog_s:
-            watchdog = Periodic(lambda: _watch(database), settings.watchdog_s, "watchdog")
+            watchdog = Periodic(lambda: _watch(database, settings), settings.watchdog_s, "watchdog")
         try:
             with watchdog:  # stopped first: it uses the database
                 yield

@@ -7,23 +7,23 @@ reaches no access log); the page keeps it in the browser's local storage.
 
 from __future__ import annotations
 
-import os
 import secrets
 
 import uvicorn
 from pydantic import SecretStr
 
-from api.config import Settings, is_loopback
 from api.main import create_app
+from sweeper.service import Settings, is_loopback
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the service on ``host:port`` until interrupted."""
-    token = os.environ.get("SWEEPER_API_TOKEN") or None
-    made = token is None
-    if token is None:
-        token = secrets.token_urlsafe(32)
-    settings = Settings(api_host=host, api_token=SecretStr(token))
+    settings = Settings(api_host=host)
+    made = settings.api_token is None
+    if settings.api_token is None:
+        settings = settings.model_copy(update={"api_token": SecretStr(secrets.token_urlsafe(32))})
+    assert settings.api_token is not None
+    token = settings.api_token.get_secret_value()
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}"
     print(f"sweeper: dashboard at {url}/   API docs at {url}/docs", flush=True)

@@ -85,7 +85,7 @@ def writer_spec(data: str) -> dict[str, Any]:
 def start_server(env: dict[str, str], port: int, access_log: bool) -> subprocess.Popen[bytes]:
     code = (
         "import uvicorn\n"
-        "from api.config import Settings\n"
+        "from sweeper.settings import Settings\n"
         "from api.main import create_app\n"
         f"uvicorn.run(create_app(Settings()), host={HOST!r}, port={port}, "
         f"log_level='warning', access_log={access_log}, server_header=False)\n"

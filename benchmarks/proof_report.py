@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import secrets
 import socket
 import tempfile
@@ -33,8 +32,8 @@ import uvicorn
 from pydantic import SecretStr
 
 import db
-from api.config import Settings
 from api.main import create_app
+from sweeper.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -82,7 +81,6 @@ def serve(database_url: str) -> Iterator[str]:
             f"jobs still in flight, which the service would resume: {', '.join(busy)};"
             " let the runner finish or stop them first"
         )
-    environ = dict(os.environ)  # the app hands its drivers' settings to the environment
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             db_url=database_url,
@@ -107,8 +105,6 @@ def serve(database_url: str) -> Iterator[str]:
         finally:
             server.should_exit = True
             thread.join(30)
-            os.environ.clear()
-            os.environ.update(environ)
 
 
 @contextmanager

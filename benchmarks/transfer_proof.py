@@ -66,10 +66,11 @@ from models import TrainConfig
 from models.config import Parametrization, Precision
 from sweeper import service
 from sweeper.compare import LrCurve, SweepComparison
-from sweeper.jobs import ACTIVE, JobKind, JobSettings, driver_gone
+from sweeper.jobs import ACTIVE, JobKind, driver_gone
 from sweeper.launch import LaunchRequest
+from sweeper.settings import DB_URL_VAR, Settings
 from sweeper.spec import LogRange, Resources, SearchSpace, SweepSpec
-from sweeper.transfer import DRIFT_THRESHOLD, TransferResult
+from sweeper.transfer import DRIFT_THRESHOLD
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = REPO / "examples" / "proof.yaml"
@@ -227,14 +228,16 @@ def proxy_spec(spec: ProofSpec, stage: Stage) -> SweepSpec:
 
 
 def check_spec(
-    spec: ProofSpec, stage: Stage, proxies: SweepSpec, transfer: TransferResult
+    spec: ProofSpec, stage: Stage, proxies: SweepSpec, transfer: dict[str, Any]
 ) -> SweepSpec:
     """The LR sweep at the target: the proxies' base run at the target's steps, the
-    transferred WD (and τ), LRs on a grid through the transferred LR."""
+    transferred WD (and τ), LRs on a grid through the transferred LR (``transfer``: a
+    transfer's result, `TransferResult.to_dict`)."""
     assert stage.width is not None
     check = spec.targets.check
-    base = math.log2(transfer.base_lr)
-    toward = math.log2(transfer.extrapolated_lr) - base if transfer.extrapolated_lr else 0.0
+    base = math.log2(transfer["base_lr"])
+    extrapolated = transfer["extrapolated_lr"]
+    toward = math.log2(extrapolated) - base if extrapolated else 0.0
     below = round((check.log2_span + max(0.0, -toward)) / check.log2_step)
     above = round((check.log2_span + max(0.0, toward)) / check.log2_step)
     lr = LogRange(
@@ -243,14 +246,14 @@ def check_spec(
         points=below + above + 1,
     )
     model = proxies.train.model.model_dump()
-    if transfer.base_tau is not None:
-        model["tau"] = transfer.base_tau
+    if transfer["base_tau"] is not None:
+        model["tau"] = transfer["base_tau"]
     train = proxies.train.model_dump() | {"model": model, "steps": spec.targets.steps}
     return SweepSpec(
         name=stage.name,
         train=TrainConfig.model_validate(train),
         widths=[stage.width],
-        search=SearchSpace(lr=lr, wd=[transfer.base_wd]),
+        search=SearchSpace(lr=lr, wd=[transfer["base_wd"]]),
         resources=spec.targets.resources,
     )
 
@@ -276,8 +279,8 @@ def find_jobs(database: db.Database, stages: list[Stage]) -> dict[str, Job]:
     """The newest sweep or run named like each stage (a restarted run leaves its old one)."""
     wanted = {s.name: s.kind for s in stages}
     found: dict[str, Job] = {}
-    jobs: list[Job] = [*service.list_sweeps(database, limit=100_000).items]
-    jobs += service.list_runs(database, limit=100_000).items  # both newest first
+    jobs: list[Job] = [*db.list_sweeps(database, limit=100_000).items]
+    jobs += db.list_runs(database, limit=100_000).items  # both newest first
     for job in jobs:
         kind = _kind(job)
         if wanted.get(job.name) == kind:
@@ -297,7 +300,7 @@ def _resumable_here(database: db.Database, run: db.Run) -> bool:
 
 def _driver_gone(job: Job) -> bool:
     """Its driver has stopped (`sweeper.jobs.driver_gone`: its process, on this host)."""
-    return driver_gone(_kind(job), job, JobSettings())
+    return driver_gone(_kind(job), job, Settings())
 
 
 def _kind(job: Job) -> JobKind:
@@ -451,16 +454,19 @@ class Runner:
 
     def _start(self, stage: Stage, jobs: dict[str, Job]) -> Job:
         if stage.role == "proxies":
-            return service.start_sweep(self.database, proxy_spec(self.spec, stage))
+            created = service.start_sweep(self.database, proxy_spec(self.spec, stage))
+            return db.get_sweep(self.database, sweep_id=created.id)
         proxies = jobs[proxies_of(self.spec, stage).name]
         if stage.role == "run":
             request = launch_request(self.spec, stage, proxies.id)
-            return service.launch_run(self.database, request)
+            run = service.launch_run(self.database, request)
+            return db.get_run(self.database, run_id=run.id)
         assert stage.width is not None
-        _, transfer = service.transfer(self.database, sweep_id=proxies.id, to_width=stage.width)
+        transferred = service.transfer(self.database, sweep_id=proxies.id, to_width=stage.width)
         stored = SweepSpec.stored(db.get_sweep(self.database, sweep_id=proxies.id).spec)
-        check = check_spec(self.spec, stage, stored, transfer)
-        return service.start_sweep(self.database, check)
+        check = check_spec(self.spec, stage, stored, transferred.result)
+        created = service.start_sweep(self.database, check)
+        return db.get_sweep(self.database, sweep_id=created.id)
 
     def _check_data(self, job: Job) -> None:
         config = job.spec["train"] if isinstance(job, db.Sweep) else job.config["train"]
@@ -823,11 +829,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.db is not None:
-        os.environ[db.ENV_VAR] = f"sqlite:///{args.db.resolve()}"
-    elif not os.environ.get(db.ENV_VAR):
-        parser.error(f"name the database: --db FILE or {db.ENV_VAR}")
+        os.environ[DB_URL_VAR] = f"sqlite:///{args.db.resolve()}"
+    elif not os.environ.get(DB_URL_VAR):
+        parser.error(f"name the database: --db FILE or {DB_URL_VAR}")
     spec = ProofSpec.load(args.spec, data=args.data)
-    database = db.connect()
+    database = db.connect(os.environ[DB_URL_VAR])
     if args.export is not None and database.backend != "sqlite":
         parser.error("--export copies an SQLite database")
     runner = Runner(database, spec, budget_s=args.budget_s, export=args.export)

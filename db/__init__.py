@@ -1,6 +1,6 @@
 """Storage of sweeps, trials, loss curves, transfers and runs (SQLite or PostgreSQL).
 
-    database = db.connect()            # $SWEEPER_DB_URL, else a per-user SQLite file
+    database = db.connect(url)         # sqlite:///path or postgresql+psycopg://...
     sweep_id = db.create_sweep(database, name="lr-wd", spec=spec)
     trial_id = db.upsert_trial(database, sweep_id=sweep_id, key="w128-lr0.0039-wd0.1",
                                width=128, params={"lr": 0.0039, "wd": 0.1})
@@ -12,7 +12,7 @@ dataclasses, and raises the errors of `db.errors`. Optuna's RDBStorage can share
 database: give it `database.url`.
 """
 
-from db._database import ENV_VAR, Database, connect, resolve_url
+from db._database import Database, connect
 from db._schema import JobStatus, TrialStatus
 from db.errors import Conflict, NotFound, StorageError, Unavailable
 from db.repository import (
@@ -20,6 +20,7 @@ from db.repository import (
     Page,
     Run,
     Sweep,
+    SweepCount,
     Transfer,
     Trial,
     add_metric_points,
@@ -37,6 +38,7 @@ from db.repository import (
     get_trial,
     latest_completed_sweep,
     list_runs,
+    list_sweep_counts,
     list_sweeps,
     list_transfers,
     list_trials,
@@ -53,7 +55,6 @@ from db.repository import (
 )
 
 __all__ = [
-    "ENV_VAR",
     "Conflict",
     "Database",
     "JobStatus",
@@ -63,6 +64,7 @@ __all__ = [
     "Run",
     "StorageError",
     "Sweep",
+    "SweepCount",
     "Transfer",
     "Trial",
     "TrialStatus",
@@ -83,11 +85,11 @@ __all__ = [
     "get_trial",
     "latest_completed_sweep",
     "list_runs",
+    "list_sweep_counts",
     "list_sweeps",
     "list_transfers",
     "list_trials",
     "note_run_resumed",
-    "resolve_url",
     "set_run_checkpoint",
     "set_run_driver",
     "set_run_status",

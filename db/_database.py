@@ -1,6 +1,6 @@
 """Engine, session and migrations: how a process gets a ready database.
 
-`connect()` is the only way in. It resolves the URL, creates the engine with the settings
+`connect(url)` is the only way in. It creates the engine with the settings
 each backend needs for several processes (the sweep driver and the API) sharing one
 database, and brings the schema to the newest Alembic revision before returning, so no
 caller ever sees an old schema.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
@@ -35,7 +33,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.errors import Conflict, NotFound, StorageError, Unavailable
 
-ENV_VAR = "SWEEPER_DB_URL"
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
 # How long a SQLite writer waits for another process's write lock before giving up.
@@ -52,24 +49,14 @@ _ALEMBIC_LOCK = threading.Lock()
 _READ_ONLY: ContextVar[bool] = ContextVar("sweeper_db_read_only", default=False)
 
 
-def resolve_url(url: str | None = None) -> str:
-    """The database URL: the argument, else `$SWEEPER_DB_URL`, else a per-user SQLite file."""
-    if url:
-        return url
-    if os.environ.get(ENV_VAR):
-        return os.environ[ENV_VAR]
-    data_dir = Path(platformdirs.user_data_dir("sweeper"))
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{data_dir / 'sweeper.db'}"
-
-
-def connect(url: str | None = None, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Database:
-    """Open the database at `url` (see `resolve_url`) and migrate it to the newest schema.
+def connect(url: str, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Database:
+    """Open the database at `url` and migrate it to the newest schema (which URL is the
+    caller's to know: `sweeper.settings.Settings.database_url`).
 
     ``busy_timeout_s``: how long one SQLite transaction waits for another process's write
     lock before it fails with `Unavailable` (PostgreSQL waits on row locks as it does).
     """
-    database = Database(resolve_url(url), busy_timeout_s=busy_timeout_s)
+    database = Database(url, busy_timeout_s=busy_timeout_s)
     try:
         database.migrate()
     except BaseException:

@@ -175,6 +175,34 @@ def list_sweeps(
         return Page([_record(Sweep, row) for row in rows], total)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SweepCount:
+    """A sweep and how many of its trials have a result (`TrialStatus.finished`)."""
+
+    sweep: Sweep
+    finished_trials: int
+
+
+def list_sweep_counts(database: Database, *, offset: int = 0, limit: int = 50) -> Page[SweepCount]:
+    """Sweeps newest first with their finished trials counted: one grouped query, the
+    listing that the dashboard polls."""
+    finished = [str(status) for status in TrialStatus if status.finished]
+    count = func.count(TrialRow.id).filter(TrialRow.status.in_(finished))
+    _check_window(offset, limit)
+    with database.session("listing sweeps", read_only=True) as s:
+        total = s.scalar(select(func.count()).select_from(SweepRow)) or 0
+        rows = s.execute(
+            select(SweepRow, count)
+            .outerjoin(TrialRow, TrialRow.sweep_id == SweepRow.id)
+            .group_by(SweepRow.id)
+            .order_by(SweepRow.id.desc())
+            .offset(offset)
+            .limit(limit)
+        ).all()
+        items = [SweepCount(sweep=_record(Sweep, row), finished_trials=n) for row, n in rows]
+        return Page(items, total)
+
+
 def set_sweep_status(
     database: Database,
     *,
@@ -623,11 +651,15 @@ def _record(record_type: type[_RecordT], row: object) -> _RecordT:
     return record_type(**{f.name: getattr(row, f.name) for f in fields})
 
 
+def _check_window(offset: int, limit: int) -> None:
+    if not (0 <= offset <= _MAX_ID and 1 <= limit <= _MAX_ID):
+        raise ValueError(f"need 0 <= offset and 1 <= limit, both < 2^63, got {offset=} {limit=}")
+
+
 def _page(
     session: Session, query: Select[Any], order: Any, *, offset: int, limit: int
 ) -> tuple[Sequence[Any], int]:
-    if not (0 <= offset <= _MAX_ID and 1 <= limit <= _MAX_ID):
-        raise ValueError(f"need 0 <= offset and 1 <= limit, both < 2^63, got {offset=} {limit=}")
+    _check_window(offset, limit)
     total = session.scalar(select(func.count()).select_from(query.subquery()))
     rows = session.scalars(query.order_by(order.desc()).offset(offset).limit(limit)).all()
     return rows, total or 0

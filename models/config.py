@@ -6,8 +6,9 @@ them, so a bad value gets the same message naming the field everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -18,8 +19,11 @@ from pydantic import (
     model_validator,
 )
 
+from models.width_rules import GroupRule, ParamGroup, group_rule
+
 Parametrization = Literal["mus", "sp"]
 Precision = Literal["fp8", "bf16", "fp32"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 Schedule = Literal["cosine", "linear"]
 AttentionOutputScale = Literal["position", "none"]
 ReadoutLR = Literal["constant", "sqrt"]
@@ -61,6 +65,40 @@ class ModelConfig(BaseModel):
     @property
     def n_heads(self) -> int:
         return self.width // self.head_dim
+
+    def parameter_groups(self) -> list[tuple[ParamGroup, int]]:
+        """Each distinct (width-rule group, fan-in) among the parameters: what
+        `GPT.parameter_groups` yields tensor by tensor (a test holds them equal)."""
+        d = self.width
+        return [
+            ("hidden", d),  # QKV, attention out, MLP up
+            ("hidden", self.mlp_ratio * d),  # MLP down
+            ("embedding", d),
+            ("readout", d),
+            ("norm", d),
+        ]
+
+    def group_rule(
+        self, group: ParamGroup, fan_in: int, *, base_lr: float, base_wd: float
+    ) -> GroupRule:
+        """The width rules of ``group`` at ``fan_in`` in this model's parametrization."""
+        return group_rule(
+            group,
+            parametrization=self.parametrization,
+            fan_in=fan_in,
+            base_lr=base_lr,
+            base_wd=base_wd,
+            base_width=self.base_width,
+            readout_multiplier=self.readout_multiplier,
+            readout_lr=self.readout_lr,
+        )
+
+    @property
+    def parameter_count(self) -> int:
+        """Weights and LayerNorm gains: blocks (QKV, out, MLP up and down, two norms), the
+        embedding, the readout and the final norm."""
+        per_block = (3 + 1 + 2 * self.mlp_ratio) * self.width**2 + 2 * self.width
+        return self.depth * per_block + 2 * self.vocab_size * self.width + self.width
 
 
 class TrainConfig(BaseModel):
@@ -113,6 +151,15 @@ class TrainConfig(BaseModel):
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.model.seq_len
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> TrainConfig:
+        """This run with fields of either config changed, by name (``width``, ``lr``, ...):
+        how the CLI's options, a sweep's trials and a launch make their runs. Raises
+        pydantic's ValidationError naming the field."""
+        model_fields = {k: v for k, v in overrides.items() if k in ModelConfig.model_fields}
+        train_fields = {k: v for k, v in overrides.items() if k not in model_fields}
+        model = ModelConfig.model_validate(self.model.model_dump() | model_fields)
+        return TrainConfig.model_validate(self.model_dump() | train_fields | {"model": model})
 
 
 # Named sizes, looked up by name. head_dim stays 64 so that only width and depth change;

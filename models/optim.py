@@ -17,7 +17,6 @@ import torch
 
 from models.config import TrainConfig
 from models.gpt import GPT
-from models.width_rules import group_rule
 
 
 def lr_multiplier(step: int, config: TrainConfig) -> float:
@@ -38,16 +37,7 @@ def param_groups(model: GPT, config: TrainConfig) -> list[dict[str, Any]]:
     mc = config.model
     grouped: dict[tuple[str, float, float], list[torch.Tensor]] = defaultdict(list)
     for group, fan_in, param in model.parameter_groups():
-        rule = group_rule(
-            group,
-            parametrization=mc.parametrization,
-            fan_in=fan_in,
-            base_lr=config.lr,
-            base_wd=config.wd,
-            base_width=mc.base_width,
-            readout_multiplier=mc.readout_multiplier,
-            readout_lr=mc.readout_lr,
-        )
+        rule = mc.group_rule(group, fan_in, base_lr=config.lr, base_wd=config.wd)
         grouped[(group, rule.lr, rule.wd)].append(param)
     return [
         {"params": params, "name": group, "lr": lr, "weight_decay": wd / lr}

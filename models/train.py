@@ -23,28 +23,17 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from db import MetricPoint
 from models.config import TrainConfig
 from models.data import EVAL_SEED, Batches, split_corpus
 from models.gpt import GPT, default_fp8_grad_scale, use_fp8
 from models.optim import build_optimizer
 from models.steps import EagerSteps, GraphedSteps, steps_for, uses_cuda_graphs
 
-TrainStatus = Literal["completed", "diverged"]
+# Where a run stands after a report (`status_after`): "running" until it ends.
+TrainStatus = Literal["running", "completed", "diverged"]
 # A train loss this many times the untrained model's means the run blew up, finite or not.
 EXPLOSION_FACTOR = 1.5
-
-
-@dataclass(frozen=True)
-class MetricPoint:
-    """One report: the state of a run after ``step`` optimizer steps."""
-
-    step: int
-    tokens: int
-    train_loss: float  # mean over the steps since the previous report
-    eval_loss: float
-    tokens_per_s: float  # steady-state training throughput: startup and evaluation excluded
-    time_s: float  # wall time since the run started
-    startup_s: float  # wall time before the first steady-state step (see the module doc)
 
 
 @dataclass(frozen=True)
@@ -68,6 +57,15 @@ class TrainResult:
 
 
 Reporter = Callable[[MetricPoint], None]
+
+
+def status_after(point: MetricPoint, steps: int) -> TrainStatus:
+    """The trainer's status once it has reported ``point`` of a ``steps``-step run: a
+    non-finite or exploded loss (reported as a NaN/None eval loss) ends it diverged. A sweep
+    records it as its trial's status (what ended a run early otherwise: pruned, cancelled)."""
+    if point.eval_loss is None or not math.isfinite(point.eval_loss):
+        return "diverged"
+    return "completed" if point.step >= steps else "running"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -220,7 +218,6 @@ def train(
     clock: float | None = None  # start of the current steady-state stretch
     interval_loss = torch.zeros((), device=device)
     interval_steps = 0
-    status: TrainStatus = "completed"
     while step < config.steps:
         batch = batches.next(device)
         loss = steps.train(batch)
@@ -265,8 +262,7 @@ def train(
             checkpointing.save(point, _training_state(model, optimizer, scheduler, extra))
         elif report is not None:
             report(point)
-        if not (finite and math.isfinite(eval_loss)):
-            status = "diverged"
+        if status_after(point, config.steps) == "diverged":
             break
         interval_loss.zero_()
         interval_steps = 0
@@ -274,10 +270,10 @@ def train(
             clock = time.perf_counter()  # evaluation and reporting are not training time
 
     return TrainResult(
-        status=status,
+        status=status_after(curve[-1], config.steps),
         steps=step,
         tokens=step * config.tokens_per_step,
-        final_eval_loss=curve[-1].eval_loss,
+        final_eval_loss=math.nan if curve[-1].eval_loss is None else curve[-1].eval_loss,
         tokens_per_s=_throughput(steady_steps * config.tokens_per_step, steady_time),
         startup_s=startup_s,
         wall_s=time.perf_counter() - started,

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from models.config import Parametrization, ReadoutLR
+if TYPE_CHECKING:  # models.config asks these rules on a config's behalf
+    from models.config import Parametrization, ReadoutLR
 
 ParamGroup = Literal["hidden", "embedding", "readout", "norm"]
 PARAM_GROUPS: tuple[ParamGroup, ...] = ("hidden", "embedding", "readout", "norm")

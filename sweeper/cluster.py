@@ -1,6 +1,6 @@
 """The Ray cluster a driver works on: how it is joined, what it holds, where it stores.
 
-With ``RAY_ADDRESS`` set (the service sets it from ``SWEEPER_RAY_ADDRESS``), a driver joins
+With `Settings.ray_address` set (``SWEEPER_RAY_ADDRESS`` or ``RAY_ADDRESS``), a driver joins
 that cluster and fails within ``ray_connect_timeout_s`` naming the address when nobody
 answers there. Without it, a driver starts a local cluster of its own, sized by
 `local_node()`. It never joins whatever cluster ``/tmp/ray/ray_current_cluster`` names:
@@ -21,20 +21,16 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import platformdirs
 import ray
 
-from sweeper.jobs import JobSettings
+from sweeper.settings import Settings
 
 if TYPE_CHECKING:
     from sweeper.spec import Resources
 
 log = logging.getLogger(__name__)
-
-ADDRESS_VAR = "RAY_ADDRESS"
 
 
 class RayUnreachable(ConnectionError):
@@ -43,18 +39,6 @@ class RayUnreachable(ConnectionError):
 
 class NotEnoughResources(RuntimeError):
     """A job asks for more CPUs or GPUs than the cluster can ever give it."""
-
-
-def ray_storage_path() -> str:
-    """Where Ray keeps experiment state and checkpoints: ``SWEEPER_RAY_STORAGE`` (a local
-    path or any URI Ray supports, e.g. ``s3://bucket/sweeper``) or the user's data dir."""
-    default = Path(platformdirs.user_data_dir("sweeper")) / "ray_results"
-    return os.environ.get("SWEEPER_RAY_STORAGE", str(default))
-
-
-def configured_address() -> str | None:
-    """The cluster to join (``RAY_ADDRESS``), or None for a local cluster of our own."""
-    return os.environ.get(ADDRESS_VAR) or None
 
 
 @dataclass(frozen=True)
@@ -136,13 +120,12 @@ def _describe(node: NodeResources, nodes: list[NodeResources]) -> str:
     return f"{sum(n == node for n in nodes)} node(s) of {node}"
 
 
-def ensure_ray(settings: JobSettings | None = None) -> None:
+def ensure_ray(settings: Settings) -> None:
     """Join the configured cluster (bounded: `RayUnreachable` naming the address when it
     does not answer within ``ray_connect_timeout_s``), else start a local one of our own."""
     if ray.is_initialized():
         return
-    settings = settings or JobSettings()
-    address = configured_address()
+    address = settings.ray_address
     if address is not None:
         _wait_until_reachable(address, settings.ray_connect_timeout_s)
     # ray.init puts a SIGTERM handler of its own (a bare sys.exit) in place of the driver's.
@@ -190,9 +173,9 @@ def host_and_port(address: str) -> tuple[str, int]:
 
         resolved = canonicalize_bootstrap_address("auto")
         if resolved is None:
-            raise RayUnreachable("RAY_ADDRESS=auto: no Ray cluster runs on this machine")
+            raise RayUnreachable("Ray address auto: no Ray cluster runs on this machine")
         address = resolved
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"RAY_ADDRESS {address!r} is not host:port, ray://host:port or auto")
+        raise ValueError(f"Ray address {address!r} is not host:port, ray://host:port or auto")
     return host.strip("[]"), int(port)

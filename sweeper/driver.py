@@ -14,16 +14,16 @@ import signal
 import sys
 
 import db
-from sweeper.cluster import configured_address, ensure_ray
+from sweeper.cluster import ensure_ray
 from sweeper.jobs import (
     DRIVER_WRITE_ATTEMPT_S,
     Job,
     JobKind,
-    JobSettings,
     Periodic,
     raise_terminated,
     terminating,
 )
+from sweeper.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     kind: JobKind = "sweep" if args[0] == "sweep" else "run"
     job_id = int(args[1])
     try:
-        database = db.connect(busy_timeout_s=DRIVER_WRITE_ATTEMPT_S)
-        job = Job(database, kind, job_id, JobSettings())
+        settings = Settings()  # the service started this process with its own (see there)
+        database = db.connect(settings.database_url, busy_timeout_s=DRIVER_WRITE_ATTEMPT_S)
+        job = Job(database, kind, job_id, settings)
     except Exception:  # nowhere to record it: the watchdog sees this driver gone
         log.exception("%s %s: the driver could not start", kind, job_id)
         return 1
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 def drive(job: Job) -> db.JobStatus:
     if job.status() is not db.JobStatus.QUEUED:
         raise db.Conflict(f"{job} is {job.status()}, not queued")
-    if configured_address() is not None:
+    if job.settings.ray_address is not None:
         # Joined first, beating meanwhile: a cluster that does not answer fails the job within
         # its timeout, before torch and the engine are imported (seconds of CPU). A local
         # cluster starts later, once the job is known to need one.

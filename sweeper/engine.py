@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from collections import deque
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +31,28 @@ from ray.tune.search.optuna import OptunaSearch
 
 import db
 from models import MetricPoint, TrainConfig, train, warm_up
+from models.train import TrainStatus, status_after
 from sweeper.cluster import (
     NotEnoughResources,
     cluster_nodes,
     ensure_ray,
-    ray_storage_path,
     trial_shortfall,
 )
-from sweeper.jobs import DatabaseHandle, Job, JobSettings, traceback_tail, writes
+from sweeper.jobs import DatabaseHandle, Job, traceback_tail, writes
+from sweeper.settings import Settings
 from sweeper.spec import SweepSpec, TrialPlan
 
 log = logging.getLogger(__name__)
 
 OBJECTIVE = "objective"
+# The trainer's status after each report (`models.train.status_after`): the trial's, unless
+# the sweep was cancelled; a trial Tune stopped while running was pruned (ASHA).
+STATUS = "train_status"
+TRIAL_STATUS: dict[TrainStatus, db.TrialStatus] = {
+    "completed": db.TrialStatus.COMPLETED,
+    "diverged": db.TrialStatus.DIVERGED,
+    "running": db.TrialStatus.PRUNED,
+}
 # Optuna and ASHA need a number for a diverged trial: anything worse than an untrained
 # model (whose loss is about ln(vocab)) ranks it last without poisoning TPE's density fit.
 DIVERGED_PENALTY = 2.0
@@ -61,8 +71,9 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     penalty = DIVERGED_PENALTY * math.log(train_config.model.vocab_size)
 
     def report(point: MetricPoint) -> None:
-        objective = point.eval_loss if math.isfinite(point.eval_loss) else penalty
-        tune.report({**point.__dict__, OBJECTIVE: objective, "node_id": node_id})
+        status = status_after(point, train_config.steps)
+        objective = point.eval_loss if status != "diverged" else penalty
+        tune.report(asdict(point) | {OBJECTIVE: objective, "node_id": node_id, STATUS: status})
 
     train(train_config, report=report)
 
@@ -170,7 +181,7 @@ class _SweepAware(DatabaseHandle):
     """Knows its sweep's database. Tune copies its callbacks and stoppers, and the copies
     share nothing in memory, so a cancel is always read from the database."""
 
-    def __init__(self, database: db.Database, sweep_id: int, settings: JobSettings):
+    def __init__(self, database: db.Database, sweep_id: int, settings: Settings):
         super().__init__(database, settings)
         self.sweep_id = sweep_id
 
@@ -182,9 +193,8 @@ class _SweepAware(DatabaseHandle):
 class SweepRecorder(_SweepAware, tune.Callback):
     """Writes every trial start, reported point and outcome to the database."""
 
-    def __init__(self, database: db.Database, sweep_id: int, steps: int, settings: JobSettings):
+    def __init__(self, database: db.Database, sweep_id: int, settings: Settings):
         super().__init__(database, sweep_id, settings)
-        self.steps = steps
         self.trial_ids: dict[str, int] = {}
 
     def _start(self, trial: tune.experiment.Trial) -> None:
@@ -225,20 +235,15 @@ class SweepRecorder(_SweepAware, tune.Callback):
     ) -> None:
         last = trial.last_result or {}
         step = int(last.get("step", 0))
-        eval_loss = last.get("eval_loss", math.nan)
         if self.sweep_cancelled():
             status = db.TrialStatus.CANCELLED
-        elif not math.isfinite(eval_loss):
-            status = db.TrialStatus.DIVERGED
-        elif step < self.steps:
-            status = db.TrialStatus.PRUNED
-        else:
-            status = db.TrialStatus.COMPLETED
+        else:  # no report at all: nothing to show for it, as for a diverged run
+            status = TRIAL_STATUS[last.get(STATUS, "diverged")]
         db.finish_trial(
             self.database,
             trial_id=self.trial_ids[trial.trial_id],
             status=status,
-            final_eval_loss=eval_loss if step else None,
+            final_eval_loss=last.get("eval_loss") if step else None,
             steps=step,
             tokens=int(last.get("tokens", 0)),
             tokens_per_s=last.get("tokens_per_s"),
@@ -268,7 +273,7 @@ class SweepRecorder(_SweepAware, tune.Callback):
 class CancelStopper(_SweepAware, tune.Stopper):
     """Stops every trial once the sweep is cancelled (by the API or the CLI, any process)."""
 
-    def __init__(self, database: db.Database, sweep_id: int, settings: JobSettings):
+    def __init__(self, database: db.Database, sweep_id: int, settings: Settings):
         super().__init__(database, sweep_id, settings)
         self._cancelled = False
         self._last_poll = 0.0
@@ -320,7 +325,7 @@ def build_tuner(
     sweep_id: int,
     spec: SweepSpec,
     remaining: list[TrialPlan],
-    settings: JobSettings,
+    settings: Settings,
 ) -> tune.Tuner:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec.model_dump(mode="json")),
@@ -372,8 +377,8 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=f"sweep-{sweep_id}-{int(time.time())}",
-            storage_path=ray_storage_path(),
-            callbacks=[SweepRecorder(database, sweep_id, spec.train.steps, settings)],
+            storage_path=settings.ray_storage_path,
+            callbacks=[SweepRecorder(database, sweep_id, settings)],
             stop=CancelStopper(database, sweep_id, settings),
             failure_config=tune.FailureConfig(max_failures=1),
             verbose=0,
@@ -381,15 +386,13 @@ def build_tuner(
     )
 
 
-def run_sweep(
-    database: db.Database, sweep_id: int, settings: JobSettings | None = None
-) -> db.JobStatus:
+def run_sweep(database: db.Database, sweep_id: int, settings: Settings) -> db.JobStatus:
     """Drive sweep ``sweep_id`` to its end; returns the status it ends in.
 
-    Joins the Ray cluster at ``RAY_ADDRESS`` when set, else starts a local one (see
+    Joins the Ray cluster of ``settings.ray_address`` when set, else starts a local one (see
     `sweeper.cluster`). Any error, from reading the spec on, fails the sweep with its reason.
     """
-    job = Job(database, "sweep", sweep_id, settings or JobSettings())
+    job = Job(database, "sweep", sweep_id, settings)
     with job.driving():
         spec = SweepSpec.model_validate(db.get_sweep(database, sweep_id=sweep_id).spec)
         remaining = remaining_plan(database, sweep_id, spec)

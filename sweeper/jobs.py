@@ -37,10 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 
 import db
+from sweeper.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -77,38 +77,6 @@ def sources(target: db.JobStatus) -> frozenset[db.JobStatus]:
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
 
 
-class JobSettings(BaseSettings):
-    """The job lifecycle's settings, read from the environment (``SWEEPER_*``) by the
-    service, the CLI and every driver (the service hands its own to the drivers it starts)."""
-
-    model_config = SettingsConfigDict(env_prefix="SWEEPER_", extra="ignore", frozen=True)
-
-    heartbeat_s: float = Field(2.0, gt=0.0, description="seconds between a driver's heartbeats")
-    stale_beats: int = Field(
-        15, ge=2, description="heartbeats a driver may miss before it counts as gone"
-    )
-    max_auto_resumes: int = Field(
-        3, ge=0, description="times in a row the watchdog resumes a job before failing it"
-    )
-    ray_connect_timeout_s: float = Field(
-        30.0, gt=0.0, description="how long a driver waits for the Ray cluster it is given"
-    )
-    write_retry_s: float = Field(
-        180.0, ge=0.0, description="how long a driver retries a write the database refuses"
-    )
-
-    @property
-    def stale_s(self) -> float:
-        """Silence after which a driver counts as gone."""
-        return self.heartbeat_s * self.stale_beats
-
-    def environment(self) -> dict[str, str]:
-        """The job settings as the environment variables a driver reads them from."""
-        return {f"SWEEPER_{name.upper()}": str(getattr(self, name)) for name in _JOB_FIELDS}
-
-
-_JOB_FIELDS = tuple(JobSettings.model_fields)
-
 # --- where a job stands -----------------------------------------------------------------
 
 JobRecord = db.Sweep | db.Run
@@ -141,7 +109,7 @@ def last_beat(job: JobRecord) -> datetime:
 
 
 def driver_gone(
-    kind: JobKind, job: JobRecord, settings: JobSettings, *, now: datetime | None = None
+    kind: JobKind, job: JobRecord, settings: Settings, *, now: datetime | None = None
 ) -> bool:
     """Whether an active job's driver is gone: on its own host, its process has exited;
     from anywhere else (or where processes cannot be seen), it missed `stale_beats` beats.
@@ -243,7 +211,7 @@ class DatabaseHandle:
     (to actors, with experiment state), and an engine cannot be pickled. Its writes retry
     while the database is unavailable (`writes`)."""
 
-    def __init__(self, database: db.Database, settings: JobSettings):
+    def __init__(self, database: db.Database, settings: Settings):
         self.database = database
         self.write_retry_s = settings.write_retry_s
 
@@ -308,7 +276,7 @@ class Job:
     database: db.Database
     kind: JobKind
     id: int
-    settings: JobSettings
+    settings: Settings
 
     def __str__(self) -> str:
         return f"{self.kind} {self.id}"

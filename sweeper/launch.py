@@ -12,6 +12,7 @@ the database refuses writes (the workers wait at their next report meanwhile).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import tempfile
@@ -26,6 +27,7 @@ from ray.train.v2.api.callback import UserCallback
 
 import db
 from models import MetricPoint, ModelConfig, TrainConfig, train
+from models.config import Precision
 from models.gpt import GPT, Block
 from models.train import Checkpointing, Parallel, resolve_device
 from sweeper.cluster import (
@@ -33,10 +35,10 @@ from sweeper.cluster import (
     NotEnoughResources,
     cluster_nodes,
     ensure_ray,
-    ray_storage_path,
     shortfall,
 )
-from sweeper.jobs import DatabaseHandle, Job, JobSettings, writes
+from sweeper.jobs import DatabaseHandle, Job, writes
+from sweeper.settings import Settings
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult
 
@@ -67,7 +69,7 @@ class LaunchRequest(BaseModel):
     depth: int | None = Field(None, ge=1, le=MAX_INT, description="default: the sweep's depth")
     workers: int = Field(1, ge=1, le=4096)
     gpus_per_worker: float = Field(0.0, ge=0.0, le=8.0)
-    precision: Literal["fp8", "bf16", "fp32"] = "fp8"
+    precision: Precision = "fp8"
     checkpoint_every: int | None = Field(None, ge=1, le=MAX_INT, description="default: every eval")
     strategy: Strategy = "auto"
     name: str | None = Field(None, max_length=200)
@@ -75,24 +77,19 @@ class LaunchRequest(BaseModel):
 
 def launch_config(spec: SweepSpec, result: TransferResult, request: LaunchRequest) -> TrainConfig:
     """The target run: the sweep's base run at the target shape with the transferred values."""
-    model_update: dict[str, Any] = {"width": request.to_width}
+    overrides: dict[str, Any] = {
+        "width": request.to_width,
+        "lr": result.base_lr,
+        "wd": result.base_wd,
+        "steps": request.steps,
+        "precision": request.precision,
+        "device": "cuda" if request.gpus_per_worker > 0 else "cpu",
+    }
     if request.depth is not None:
-        model_update["depth"] = request.depth
+        overrides["depth"] = request.depth
     if result.base_tau is not None:
-        model_update["tau"] = result.base_tau
-    model = ModelConfig.model_validate(spec.train.model.model_dump() | model_update)
-    device = "cuda" if request.gpus_per_worker > 0 else "cpu"
-    config = TrainConfig.model_validate(
-        spec.train.model_dump()
-        | {
-            "model": model,
-            "lr": result.base_lr,
-            "wd": result.base_wd,
-            "steps": request.steps,
-            "precision": request.precision,
-            "device": device,
-        }
-    )
+        overrides["tau"] = result.base_tau
+    config = spec.train.with_overrides(overrides)
     if config.batch_size % request.workers:
         raise ValueError(
             f"workers: batch_size {config.batch_size} does not split over {request.workers}"
@@ -120,11 +117,6 @@ def resource_shortfall(
     return "workers", f"{request.workers} workers {problem.reason}"
 
 
-def parameter_count(model: ModelConfig) -> int:
-    per_block = (3 + 1 + 2 * model.mlp_ratio) * model.width**2 + 2 * model.width
-    return model.depth * per_block + 2 * model.vocab_size * model.width + model.width
-
-
 def choose_strategy(strategy: Strategy, model: ModelConfig, device: torch.device) -> Strategy:
     """FSDP when the parameters, gradients and Adam state would crowd one GPU, else DDP."""
     if strategy != "auto":
@@ -132,7 +124,7 @@ def choose_strategy(strategy: Strategy, model: ModelConfig, device: torch.device
     if device.type != "cuda":
         return "ddp"
     gpu_bytes = torch.cuda.get_device_properties(device).total_memory
-    needed = TRAINING_BYTES_PER_PARAM * parameter_count(model)
+    needed = TRAINING_BYTES_PER_PARAM * model.parameter_count
     return "fsdp" if needed > FSDP_MEMORY_SHARE * gpu_bytes else "ddp"
 
 
@@ -151,7 +143,7 @@ def wrap_model(model: GPT, strategy: Strategy, device: torch.device) -> torch.nn
 
 
 def _metrics(point: MetricPoint, resumed_from: int) -> dict[str, Any]:
-    return point.__dict__ | {"resumed_from": resumed_from}
+    return dataclasses.asdict(point) | {"resumed_from": resumed_from}
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -197,7 +189,7 @@ class RunRecorder(DatabaseHandle, UserCallback):
     """On Ray Train's controller: writes rank 0's points and checkpoints to the run's rows,
     counts resumes, and stops the run when it is cancelled."""
 
-    def __init__(self, database: db.Database, run_id: int, settings: JobSettings):
+    def __init__(self, database: db.Database, run_id: int, settings: Settings):
         super().__init__(database, settings)
         self.run_id = run_id
         self.resumes_noted: set[int] = set()
@@ -224,12 +216,10 @@ class RunCancelled(Exception):
     pass
 
 
-def run_launch(
-    database: db.Database, run_id: int, settings: JobSettings | None = None
-) -> db.JobStatus:
+def run_launch(database: db.Database, run_id: int, settings: Settings) -> db.JobStatus:
     """Drive run ``run_id`` to its end on Ray Train; returns the status it ends in. Any
     error, from reading the run's config on, fails the run with its reason."""
-    job = Job(database, "run", run_id, settings or JobSettings())
+    job = Job(database, "run", run_id, settings)
     with job.driving():
         run = db.get_run(database, run_id=run_id)
         request = LaunchRequest.model_validate(run.config["launch"])
@@ -254,7 +244,7 @@ def run_launch(
             ),
             run_config=ray.train.RunConfig(
                 name=f"run-{run_id}",
-                storage_path=ray_storage_path(),
+                storage_path=settings.ray_storage_path,
                 failure_config=ray.train.FailureConfig(max_failures=3),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                 callbacks=[RunRecorder(database, run_id, job.settings)],  # type: ignore[list-item]  # V2 type

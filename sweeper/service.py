@@ -1,4 +1,7 @@
-"""The service layer: what the CLI and the REST API both call. They stay thin shells.
+"""The service layer: what the CLI and the REST API both call, and all they import (with
+the types it re-exports below). They stay thin shells: each call takes the caller's
+`Settings` (read once per process; a fresh `Settings()` when none is given) and returns the
+read models of `sweeper.views`, which both serialise as they are.
 
 Sweeps and runs run in a driver process of their own (`python -m sweeper.driver KIND ID`),
 never in the caller: starting returns at once with the id, after checking that the job can
@@ -19,6 +22,20 @@ from pathlib import Path
 import platformdirs
 
 import db
+from db import (
+    Conflict,
+    Database,
+    JobStatus,
+    MetricPoint,
+    NotFound,
+    StorageError,
+    TrialStatus,
+    Unavailable,
+    connect,
+)
+from models import PRESETS, ModelConfig, TrainConfig, TrainResult, train
+from models.config import PRECISIONS, preset
+from models.coord_check import CoordCheck, coord_check, plot_coord_check
 from sweeper import cluster
 from sweeper.compare import SweepComparison, compare_sweep, trial_outcomes
 from sweeper.jobs import (
@@ -26,14 +43,74 @@ from sweeper.jobs import (
     Job,
     JobKind,
     JobRecord,
-    JobSettings,
+    Periodic,
     driver_gone,
     last_beat,
     this_host,
 )
-from sweeper.launch import MAX_INT, LaunchRequest, launch_config, resource_shortfall
+from sweeper.launch import MAX_ID, MAX_INT, LaunchRequest, launch_config, resource_shortfall
+from sweeper.settings import Settings, is_loopback
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult, compute_transfer
+from sweeper.views import (
+    LrPoint,
+    Page,
+    RunMetrics,
+    RunView,
+    SweepCreated,
+    SweepCurves,
+    SweepDetail,
+    SweepSummary,
+    TransferView,
+    TrialCurve,
+    TrialView,
+    WidthCurve,
+)
+from sweeper.views import is_stale as _is_stale
+
+# What the CLI and the API may use besides the functions below (the import contract in
+# pyproject.toml lets them import this module and nothing under it).
+__all__ = [
+    "MAX_ID",
+    "MAX_INT",
+    "PRECISIONS",
+    "PRESETS",
+    "Conflict",
+    "CoordCheck",
+    "Database",
+    "JobKind",
+    "JobRecord",
+    "JobStatus",
+    "LaunchRequest",
+    "MetricPoint",
+    "ModelConfig",
+    "NotFound",
+    "Page",
+    "Periodic",
+    "RunMetrics",
+    "RunView",
+    "Settings",
+    "StorageError",
+    "SweepComparison",
+    "SweepCreated",
+    "SweepCurves",
+    "SweepDetail",
+    "SweepSpec",
+    "SweepSummary",
+    "TrainConfig",
+    "TrainResult",
+    "TransferResult",
+    "TransferView",
+    "TrialStatus",
+    "TrialView",
+    "Unavailable",
+    "connect",
+    "coord_check",
+    "is_loopback",
+    "plot_coord_check",
+    "preset",
+    "train",
+]
 
 
 class InvalidInput(ValueError):
@@ -44,13 +121,35 @@ class InvalidInput(ValueError):
         self.field, self.message = field, message
 
 
+def open_database(settings: Settings) -> db.Database:
+    """The database the settings name (migrated), its folder made for the default file."""
+    if settings.db_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return db.connect(settings.database_url)
+
+
+# --- models, for `sweeper train` and `sweeper coord-check` ------------------------------
+
+
+def train_config(preset_name: str, overrides: dict[str, object]) -> TrainConfig:
+    """A preset's model with overrides of any ModelConfig or TrainConfig field (ValueError
+    for an unknown preset; pydantic's ValidationError naming the field)."""
+    return TrainConfig(model=preset(preset_name)).with_overrides(overrides)
+
+
+# --- sweeps -----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class SweepProgress:
+    """A sweep with everything its views are made of."""
+
     sweep: db.Sweep
     spec: SweepSpec
     trials: list[db.Trial]
     planned: int
     stale: bool  # active, and its driver is gone (see `is_stale`)
+    settings: Settings
 
     @property
     def finished(self) -> int:
@@ -66,6 +165,15 @@ class SweepProgress:
                 best[t.width] = t
         return dict(sorted(best.items()))
 
+    def summary(self) -> SweepSummary:
+        return SweepSummary.of(self.sweep, self.finished, self.settings)
+
+    def detail(self) -> SweepDetail:
+        best = {w: TrialView.of(t) for w, t in self.best_per_width().items()}
+        return SweepDetail(
+            **dict(self.summary()), spec=self.spec.model_dump(mode="json"), best=best
+        )
+
 
 def log_dir() -> Path:
     path = Path(platformdirs.user_log_dir("sweeper"))
@@ -78,37 +186,46 @@ def driver_log(kind: JobKind, job_id: int) -> Path:
     return log_dir() / f"{kind}-{job_id}.log"
 
 
-def launch_driver(database: db.Database, kind: JobKind, job_id: int) -> Path:
+def launch_driver(database: db.Database, kind: JobKind, job_id: int, settings: Settings) -> Path:
     """Start the detached process that drives a sweep or a run, and record it on the job
-    (host and pid: a watchdog on this host sees it exit); returns its log file."""
+    (host and pid: a watchdog on this host sees it exit); returns its log file. The driver
+    gets these settings and this database as its environment, and no other SWEEPER_*."""
+    inherited = {k: v for k, v in os.environ.items() if k not in Settings.variables()}
     log_path = driver_log(kind, job_id)
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "sweeper.driver", kind, str(job_id)],
-            env=os.environ | {db.ENV_VAR: database.url},
+            env=inherited | settings.driver_environment(database.url),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives the CLI call or the API request that started it
         )
-    Job(database, kind, job_id, JobSettings()).set_driver(this_host(), process.pid)
+    Job(database, kind, job_id, settings).set_driver(this_host(), process.pid)
     return log_path
 
 
-def start_sweep(database: db.Database, spec: SweepSpec) -> db.Sweep:
+def start_sweep(
+    database: db.Database, spec: SweepSpec, settings: Settings | None = None
+) -> SweepCreated:
     """Store the sweep as queued and start its driver. A trial that could never run on the
     driver's local cluster (`cluster.local_node()`) is refused now: queued, it would wait for
     ever. (A driver that joins a configured cluster checks there, and fails at once.)"""
-    if cluster.configured_address() is None:
+    settings = settings or Settings()
+    if settings.ray_address is None:
         problem = cluster.trial_shortfall(spec.resources, [cluster.local_node()])
         if problem is not None:
             raise InvalidInput(*problem)
     sweep_id = db.create_sweep(database, name=spec.name, spec=spec.model_dump(mode="json"))
-    launch_driver(database, "sweep", sweep_id)
-    return db.get_sweep(database, sweep_id=sweep_id)
+    launch_driver(database, "sweep", sweep_id, settings)
+    sweep = db.get_sweep(database, sweep_id=sweep_id)
+    return SweepCreated(id=sweep.id, name=sweep.name, status=sweep.status)
 
 
-def sweep_progress(database: db.Database, sweep_id: int) -> SweepProgress:
+def sweep_progress(
+    database: db.Database, sweep_id: int, settings: Settings | None = None
+) -> SweepProgress:
+    settings = settings or Settings()
     sweep = db.get_sweep(database, sweep_id=sweep_id)
     spec = SweepSpec.stored(sweep.spec)
     trials = db.list_trials(database, sweep_id=sweep_id)
@@ -117,27 +234,53 @@ def sweep_progress(database: db.Database, sweep_id: int) -> SweepProgress:
         spec=spec,
         trials=trials,
         planned=len(spec.plan()),
-        stale=is_stale("sweep", sweep),
+        stale=_is_stale("sweep", sweep, settings),
+        settings=settings,
     )
 
 
-def list_sweeps(database: db.Database, *, offset: int = 0, limit: int = 50) -> db.Page[db.Sweep]:
-    return db.list_sweeps(database, offset=offset, limit=limit)
+def get_sweep(
+    database: db.Database, sweep_id: int, settings: Settings | None = None
+) -> SweepDetail:
+    return sweep_progress(database, sweep_id, settings).detail()
 
 
-def cancel_sweep(database: db.Database, sweep_id: int) -> db.Sweep:
+def list_sweeps(
+    database: db.Database, *, offset: int = 0, limit: int = 50, settings: Settings | None = None
+) -> Page[SweepSummary]:
+    """Sweeps newest first, each with its progress (one grouped query for the page)."""
+    settings = settings or Settings()
+    page = db.list_sweep_counts(database, offset=offset, limit=limit)
+    items = [SweepSummary.of(c.sweep, c.finished_trials, settings) for c in page.items]
+    return Page(items=items, total=page.total, offset=offset, limit=limit)
+
+
+def list_trials(
+    database: db.Database, sweep_id: int, *, offset: int = 0, limit: int = 50
+) -> Page[TrialView]:
+    """A sweep's trials in the order they started."""
+    trials = db.list_trials(database, sweep_id=sweep_id)
+    window = trials[offset : offset + limit]
+    return Page(
+        items=[TrialView.of(t) for t in window], total=len(trials), offset=offset, limit=limit
+    )
+
+
+def cancel_sweep(
+    database: db.Database, sweep_id: int, settings: Settings | None = None
+) -> SweepSummary:
     """Mark the sweep cancelled; its driver sees that within a second and stops its trials.
     What was recorded stays; trials still `running` are closed as cancelled now, so none is
     left running when the driver is gone too."""
+    settings = settings or Settings()
     _check_cancellable("sweep", db.get_sweep(database, sweep_id=sweep_id))
-    sweep = _job(database, "sweep", sweep_id).move(db.JobStatus.CANCELLED, expected=ACTIVE)
+    _job(database, "sweep", sweep_id, settings).move(db.JobStatus.CANCELLED, expected=ACTIVE)
     db.close_running_trials(database, sweep_id=sweep_id, status=db.TrialStatus.CANCELLED)
-    assert isinstance(sweep, db.Sweep)
-    return sweep
+    return sweep_progress(database, sweep_id, settings).summary()
 
 
-def _job(database: db.Database, kind: JobKind, job_id: int) -> Job:
-    return Job(database, kind, job_id, JobSettings())
+def _job(database: db.Database, kind: JobKind, job_id: int, settings: Settings) -> Job:
+    return Job(database, kind, job_id, settings)
 
 
 def _check_cancellable(kind: JobKind, job: JobRecord) -> None:
@@ -145,57 +288,66 @@ def _check_cancellable(kind: JobKind, job: JobRecord) -> None:
         raise db.Conflict(f"{kind} {job.id} is {job.status}: nothing to cancel")
 
 
-def is_stale(kind: JobKind, job: JobRecord) -> bool:
+def is_stale(kind: JobKind, job: JobRecord, settings: Settings | None = None) -> bool:
     """Whether the job should have a live driver (queued or running) and has none: its
     process exited, or it stopped beating (`sweeper.jobs.driver_gone`)."""
-    return job.status in ACTIVE and driver_gone(kind, job, JobSettings())
+    return _is_stale(kind, job, settings or Settings())
 
 
-def resume_sweep(database: db.Database, sweep_id: int) -> db.Sweep:
+def resume_sweep(
+    database: db.Database, sweep_id: int, settings: Settings | None = None
+) -> SweepSummary:
     """Continue a sweep whose driver died, or that failed or was cancelled: finished trials
     are kept, the rest run (again)."""
-    _resume(database, "sweep", db.get_sweep(database, sweep_id=sweep_id))
-    return db.get_sweep(database, sweep_id=sweep_id)
+    settings = settings or Settings()
+    _resume(database, "sweep", db.get_sweep(database, sweep_id=sweep_id), settings)
+    return sweep_progress(database, sweep_id, settings).summary()
 
 
-def resume_run(database: db.Database, run_id: int) -> db.Run:
+def resume_run(database: db.Database, run_id: int, settings: Settings | None = None) -> RunView:
     """Continue a run whose driver died, or that failed or was cancelled, from its latest
     checkpoint (Ray Train finds it under the run's name in its storage path)."""
-    _resume(database, "run", db.get_run(database, run_id=run_id))
-    return db.get_run(database, run_id=run_id)
+    settings = settings or Settings()
+    _resume(database, "run", db.get_run(database, run_id=run_id), settings)
+    return RunView.of(db.get_run(database, run_id=run_id), settings)
 
 
 def _resume(
-    database: db.Database, kind: JobKind, job: JobRecord, *, automatic: bool = False
+    database: db.Database,
+    kind: JobKind,
+    job: JobRecord,
+    settings: Settings,
+    *,
+    automatic: bool = False,
 ) -> None:
-    _check_resumable(kind, job)
+    _check_resumable(kind, job, settings)
     # Queued at once (not when the driver starts), so a watcher does not read the old final
     # status as the end; queuing also restarts the heartbeat's grace period. Only if its
     # heartbeat is still the one judged: a driver that beat since, or another service that
     # resumed it first, wins.
-    _job(database, kind, job.id).move(
+    _job(database, kind, job.id, settings).move(
         db.JobStatus.QUEUED,
         expected=frozenset({job.status}),
         expected_heartbeat=job.driver_heartbeat_at,
         automatic=automatic,
     )
-    launch_driver(database, kind, job.id)
+    launch_driver(database, kind, job.id, settings)
 
 
-def _check_resumable(kind: JobKind, job: JobRecord) -> None:
+def _check_resumable(kind: JobKind, job: JobRecord, settings: Settings) -> None:
     if job.status is db.JobStatus.COMPLETED:
         raise db.Conflict(f"{kind} {job.id} is completed: nothing to resume")
-    if job.status in ACTIVE and not driver_gone(kind, job, JobSettings()):
+    if job.status in ACTIVE and not driver_gone(kind, job, settings):
         raise db.Conflict(f"{kind} {job.id} is {job.status} and its driver is alive")
 
 
-def recover_jobs(database: db.Database) -> list[str]:
+def recover_jobs(database: db.Database, settings: Settings | None = None) -> list[str]:
     """The watchdog's pass: every queued or running sweep and run whose driver is gone is
     resumed (a sweep re-runs its unfinished trials, a run continues from its checkpoint), or
     failed with the reason once the watchdog resumed it `max_auto_resumes` times in a row.
     The service runs it at start and then every heartbeat; returns what it did, as
     "resumed sweep 3", "failed run 1"."""
-    settings = JobSettings()
+    settings = settings or Settings()
     # All listed before any is resumed: a resume moves a job to `queued`, a listed state.
     jobs: list[tuple[JobKind, JobRecord]] = []
     for status in ACTIVE:
@@ -207,23 +359,23 @@ def recover_jobs(database: db.Database) -> list[str]:
             continue
         try:
             if job.auto_resumes < settings.max_auto_resumes:
-                _resume(database, kind, job, automatic=True)
+                _resume(database, kind, job, settings, automatic=True)
                 done.append(f"resumed {kind} {job.id}")
             else:
-                _give_up(database, kind, job)
+                _give_up(database, kind, job, settings)
                 done.append(f"failed {kind} {job.id}")
         except db.Conflict:  # it beat meanwhile, or another service process acted first
             continue
     return done
 
 
-def _give_up(database: db.Database, kind: JobKind, job: JobRecord) -> None:
+def _give_up(database: db.Database, kind: JobKind, job: JobRecord, settings: Settings) -> None:
     process = f"pid {job.driver_pid} on {job.driver_host}, " if job.driver_pid else ""
     reason = (
         f"the driver is gone ({process}last heartbeat {last_beat_text(job)})"
         f" after {job.auto_resumes} automatic resumes; see {driver_log(kind, job.id)}"
     )
-    _job(database, kind, job.id).move(
+    _job(database, kind, job.id, settings).move(
         db.JobStatus.FAILED,
         error=reason,
         expected=frozenset({job.status}),
@@ -239,12 +391,17 @@ def last_beat_text(job: JobRecord) -> str:
     return f"{last_beat(job):%Y-%m-%d %H:%M:%S} UTC"
 
 
-def transfer(
-    database: db.Database, *, sweep_id: int | None, to_width: int
-) -> tuple[int, TransferResult]:
+def transfer(database: db.Database, *, sweep_id: int | None, to_width: int) -> TransferView:
     """Fit the sweep's proxies (the latest completed sweep when ``sweep_id`` is None),
     compute the target width's values and store the result as a transfer record."""
     sweep_id = _sweep_or_latest(database, sweep_id)
+    transfer_id, result = _transfer(database, sweep_id, to_width)
+    return TransferView(
+        id=transfer_id, sweep_id=sweep_id, to_width=to_width, result=result.to_dict()
+    )
+
+
+def _transfer(database: db.Database, sweep_id: int, to_width: int) -> tuple[int, TransferResult]:
     progress = sweep_progress(database, sweep_id)
     model = progress.spec.train.model
     if not 1 <= to_width <= MAX_INT or to_width % model.head_dim:
@@ -271,6 +428,68 @@ def _sweep_or_latest(database: db.Database, sweep_id: int | None) -> int:
     return latest
 
 
+def sweep_curves(database: db.Database, sweep_id: int) -> SweepCurves:
+    """The LR curves of each width and every trial's training curve (the dashboard's)."""
+    # Progress first: a sweep read as finished here has all its points in the read below.
+    progress = sweep_progress(database, sweep_id)
+    points = db.get_curves(database, sweep_id=sweep_id)
+    transfers = db.list_transfers(database, sweep_id=sweep_id)
+    best = progress.best_per_width()
+    widths = []
+    for width in progress.spec.widths:
+        at_width = [
+            LrPoint(
+                trial_id=t.id,
+                lr=t.params["lr"],
+                wd=t.params.get("wd", 0.0),
+                tau=t.params.get("tau"),
+                final_eval_loss=t.final_eval_loss,
+                status=t.status,
+            )
+            for t in progress.trials
+            if t.width == width and "lr" in t.params
+        ]
+        at_width.sort(key=lambda p: p.lr)
+        best_id = best[width].id if width in best else None
+        best_point = next((p for p in at_width if p.trial_id == best_id), None)
+        line = [
+            p
+            for p in at_width
+            if p.final_eval_loss is not None
+            and p.status is db.TrialStatus.COMPLETED
+            and (best_point is None or (p.wd, p.tau) == (best_point.wd, best_point.tau))
+        ]
+        widths.append(WidthCurve(width=width, line=line, points=at_width, best=best_point))
+    trials = []
+    for t in progress.trials:
+        curve = points.get(t.id, [])
+        trials.append(
+            TrialCurve(
+                trial_id=t.id,
+                key=t.key,
+                width=t.width,
+                params=t.params,
+                status=t.status,
+                step=[p.step for p in curve],
+                tokens=[p.tokens for p in curve],
+                train_loss=[p.train_loss for p in curve],
+                eval_loss=[p.eval_loss for p in curve],
+            )
+        )
+    return SweepCurves(
+        sweep_id=progress.sweep.id,
+        status=progress.sweep.status,
+        planned=progress.planned,
+        finished=progress.finished,
+        widths=widths,
+        trials=trials,
+        transfer=transfers[0].result if transfers else None,
+    )
+
+
+# --- runs -------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class RunProgress:
     run: db.Run
@@ -278,17 +497,20 @@ class RunProgress:
     stale: bool  # active, and its driver is gone (see `is_stale`)
 
 
-def launch_run(database: db.Database, request: LaunchRequest) -> db.Run:
+def launch_run(
+    database: db.Database, request: LaunchRequest, settings: Settings | None = None
+) -> RunView:
     """Transfer the sweep's optimum (the latest completed sweep's when the request names
     none) to the target width and start the full-size run; a run whose workers could never
     all run at once on the driver's local cluster is refused (as in `start_sweep`)."""
-    if cluster.configured_address() is None:  # as in `start_sweep`
+    settings = settings or Settings()
+    if settings.ray_address is None:  # as in `start_sweep`
         problem = resource_shortfall(request, [cluster.local_node()])
         if problem is not None:
             raise InvalidInput(*problem)
     sweep_id = _sweep_or_latest(database, request.sweep_id)
     request = request.model_copy(update={"sweep_id": sweep_id})  # stored as it ran
-    transfer_id, result = transfer(database, sweep_id=sweep_id, to_width=request.to_width)
+    transfer_id, result = _transfer(database, sweep_id, request.to_width)
     spec = SweepSpec.stored(db.get_sweep(database, sweep_id=sweep_id).spec)
     try:
         config = launch_config(spec, result, request)
@@ -302,26 +524,50 @@ def launch_run(database: db.Database, request: LaunchRequest) -> db.Run:
         sweep_id=sweep_id,
         transfer_id=transfer_id,
     )
-    launch_driver(database, "run", run_id)
-    return db.get_run(database, run_id=run_id)
+    launch_driver(database, "run", run_id, settings)
+    return RunView.of(db.get_run(database, run_id=run_id), settings)
 
 
-def run_progress(database: db.Database, run_id: int) -> RunProgress:
+def run_progress(
+    database: db.Database, run_id: int, settings: Settings | None = None
+) -> RunProgress:
     run = db.get_run(database, run_id=run_id)
     curve = db.get_run_curve(database, run_id=run_id)
-    return RunProgress(run=run, curve=curve, stale=is_stale("run", run))
+    return RunProgress(run=run, curve=curve, stale=is_stale("run", run, settings))
 
 
-def list_runs(database: db.Database, *, offset: int = 0, limit: int = 50) -> db.Page[db.Run]:
-    return db.list_runs(database, offset=offset, limit=limit)
+def get_run(database: db.Database, run_id: int, settings: Settings | None = None) -> RunView:
+    return RunView.of(db.get_run(database, run_id=run_id), settings or Settings())
 
 
-def cancel_run(database: db.Database, run_id: int) -> db.Run:
+def run_metrics(database: db.Database, run_id: int) -> RunMetrics:
+    """The run's loss curve so far, as columns."""
+    run = db.get_run(database, run_id=run_id)
+    return RunMetrics.of(run, db.get_run_curve(database, run_id=run_id))
+
+
+def list_runs(
+    database: db.Database, *, offset: int = 0, limit: int = 50, settings: Settings | None = None
+) -> Page[RunView]:
+    settings = settings or Settings()
+    page = db.list_runs(database, offset=offset, limit=limit)
+    items = [RunView.of(r, settings) for r in page.items]
+    return Page(items=items, total=page.total, offset=offset, limit=limit)
+
+
+def cancel_run(database: db.Database, run_id: int, settings: Settings | None = None) -> RunView:
     """Mark the run cancelled; its workers stop at their next report. Checkpoints stay."""
+    settings = settings or Settings()
     _check_cancellable("run", db.get_run(database, run_id=run_id))
-    run = _job(database, "run", run_id).move(db.JobStatus.CANCELLED, expected=ACTIVE)
+    run = _job(database, "run", run_id, settings).move(db.JobStatus.CANCELLED, expected=ACTIVE)
     assert isinstance(run, db.Run)
-    return run
+    return RunView.of(run, settings)
+
+
+def health(database: db.Database) -> str:
+    """The database's backend (sqlite or postgresql) once it has answered a query."""
+    db.list_sweeps(database, limit=1)  # a StorageError when it does not answer
+    return database.backend
 
 
 def compare_sweeps(database: db.Database, sweep_ids: Sequence[int]) -> list[SweepComparison]:

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from models import ModelConfig, TrainConfig
+from models import TrainConfig
 
 SearchAlgorithm = Literal["grid", "tpe"]
 # Trials a sweep may plan: its plan is enumerated whenever its progress is read.
@@ -165,13 +165,7 @@ class SweepSpec(_Strict):
 
     def trial_config(self, width: int, params: dict[str, float]) -> TrainConfig:
         """The TrainConfig of one trial: the base run at ``width`` with the trial's values."""
-        model_update: dict[str, Any] = {"width": width}
-        if "tau" in params:
-            model_update["tau"] = params["tau"]
-        model = ModelConfig.model_validate(self.train.model.model_dump() | model_update)
-        return TrainConfig.model_validate(
-            self.train.model_dump() | {"model": model, "lr": params["lr"], "wd": params["wd"]}
-        )
+        return self.train.with_overrides({"width": width} | params)
 
     def plan(self) -> list[TrialPlan]:
         """Every trial of the sweep, in a stable order: widths, then grid points or TPE slots."""

@@ -24,7 +24,6 @@ from typing import Any, Literal
 import numpy as np
 
 from models import ModelConfig
-from models.width_rules import group_rule
 
 # |drift| above this (log2 of the optimum per doubling of width) makes transfer unreliable.
 DRIFT_THRESHOLD = 0.25
@@ -242,16 +241,10 @@ def compute_transfer(
     extrapolated = drift_line(optima, slope, to_width) if slope is not None else None
     widest = optima[-1]  # WD and tau: the choice at the widest proxy
     target = model.model_copy(update={"width": to_width})
-    groups = [
-        _group_values(target, group, fan_in, base_lr, widest.wd)
-        for group, fan_in in (
-            ("hidden", to_width),
-            ("hidden", target.mlp_ratio * to_width),
-            ("embedding", to_width),
-            ("readout", to_width),
-            ("norm", to_width),
-        )
-    ]
+    groups = []
+    for group, fan_in in target.parameter_groups():
+        rule = target.group_rule(group, fan_in, base_lr=base_lr, base_wd=widest.wd)
+        groups.append(GroupValues(group=group, fan_in=fan_in, lr=rule.lr, wd=rule.wd))
     return TransferResult(
         parametrization=model.parametrization,
         to_width=to_width,
@@ -264,19 +257,3 @@ def compute_transfer(
         groups=groups,
         warnings=warnings,
     )
-
-
-def _group_values(
-    model: ModelConfig, group: Any, fan_in: int, base_lr: float, base_wd: float
-) -> GroupValues:
-    rule = group_rule(
-        group,
-        parametrization=model.parametrization,
-        fan_in=fan_in,
-        base_lr=base_lr,
-        base_wd=base_wd,
-        base_width=model.base_width,
-        readout_multiplier=model.readout_multiplier,
-        readout_lr=model.readout_lr,
-    )
-    return GroupValues(group=group, fan_in=fan_in, lr=rule.lr, wd=rule.wd)

@@ -38,8 +38,8 @@ import torch
 from sqlalchemy import make_url
 
 import db
-from db import ENV_VAR
 from models import ModelConfig, TrainConfig, preset
+from sweeper.settings import DB_URL_VAR as ENV_VAR
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "tests" / "data" / "shakespeare.txt"

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import db
+from sweeper.settings import DB_URL_VAR
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -31,7 +32,7 @@ def test_the_readme_main_job_sweeps_transfers_and_launches(tmp_path):
         ["sweeper", "launch"],
     ]
     env = os.environ | {
-        db.ENV_VAR: f"sqlite:///{tmp_path / 'sweeper.db'}",
+        DB_URL_VAR: f"sqlite:///{tmp_path / 'sweeper.db'}",
         "SWEEPER_RAY_STORAGE": str(tmp_path / "ray_results"),
         "XDG_STATE_HOME": str(tmp_path / "state"),
     }
@@ -46,7 +47,7 @@ def test_the_readme_main_job_sweeps_transfers_and_launches(tmp_path):
             timeout=600,
         )
         assert done.returncode == 0, f"{shlex.join(command)}\n{done.stdout}\n{done.stderr}"
-    database = db.connect(env[db.ENV_VAR])
+    database = db.connect(env[DB_URL_VAR])
     (sweep,) = db.list_sweeps(database).items
     assert sweep.status is db.JobStatus.COMPLETED
     assert len(db.list_transfers(database, sweep_id=sweep.id)) == 2  # transfer, then launch

@@ -21,7 +21,7 @@ import pytest
 
 import db
 from sweeper import service
-from sweeper.jobs import JobSettings
+from sweeper.settings import Settings
 from sweeper.spec import SweepSpec
 from tests.conftest import driver_log, drivers_of, ray_processes, tiny_sweep
 from tests.test_sweep_engine import TIMEOUT_S, make_spec, run_to_end, wait_for
@@ -84,7 +84,7 @@ def test_an_unreachable_ray_address_fails_the_sweep_in_bounded_time(
     assert sweep.error.startswith("RayUnreachable: no Ray cluster answers at " + address)
     assert f"sweep {sweep.id} ended failed: RayUnreachable" in out.stderr
     assert took < 60, took  # the 3 s wait, and the driver's and the CLI's start
-    assert JobSettings.model_fields["ray_connect_timeout_s"].default == 30.0  # the default
+    assert Settings.model_fields["ray_connect_timeout_s"].default == 30.0  # the default
     print(f"failed {took:.0f} s after the start (connect timeout 3 s)")
 
 

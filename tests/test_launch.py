@@ -15,6 +15,7 @@ import db
 from models.width_rules import group_rule
 from sweeper import service
 from sweeper.launch import LaunchRequest
+from sweeper.settings import DB_URL_VAR
 from tests.conftest import drivers_of
 from tests.test_sweep_engine import make_spec, run_to_end, wait_for
 
@@ -24,14 +25,14 @@ def swept(tmp_path_factory, shakespeare):
     """A finished tiny µS sweep (2 widths × 4 LRs) in its own SQLite file."""
     tmp = tmp_path_factory.mktemp("launch")
     env = {
-        db.ENV_VAR: f"sqlite:///{tmp / 'sweeper.db'}",
+        DB_URL_VAR: f"sqlite:///{tmp / 'sweeper.db'}",
         "XDG_STATE_HOME": str(tmp / "state"),
         "SWEEPER_RAY_STORAGE": str(tmp / "ray_results"),
     }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
-        database = db.connect()
+        database = db.connect(env[DB_URL_VAR])
         spec = make_spec(shakespeare, search={"lr": {"min": 2**-8, "max": 2**-1, "points": 4}})
         sweep = service.start_sweep(database, spec)
         assert run_to_end(database, sweep.id).sweep.status is db.JobStatus.COMPLETED
@@ -53,8 +54,9 @@ def test_transfer_cli_applies_the_width_rules(swept):
     database, sweep_id, env = swept
     out = cli(env, "transfer", "--to-width", "1024", "--json")  # latest completed sweep
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
-    assert result["to_width"] == 1024 and len(result["widths"]) == 2
+    transferred = json.loads(out.stdout)
+    result = transferred["result"]
+    assert transferred["to_width"] == result["to_width"] == 1024 and len(result["widths"]) == 2
     model = service.sweep_progress(database, sweep_id).spec.train.model
     for group in result["groups"]:
         rule = group_rule(
@@ -67,7 +69,7 @@ def test_transfer_cli_applies_the_width_rules(swept):
         )
         assert group["lr"] == pytest.approx(rule.lr) and group["wd"] == rule.wd
     stored = db.list_transfers(database, sweep_id=sweep_id)
-    assert [t.id for t in stored] == [result["transfer_id"]]
+    assert [t.id for t in stored] == [transferred["id"]]
     assert stored[0].result["base_lr"] == pytest.approx(result["base_lr"])
     bad = cli(env, "transfer", "--to-width", "100")
     assert bad.returncode == 2 and "--to-width" in bad.stderr
@@ -103,7 +105,7 @@ def test_launch_two_workers_resumes_after_a_worker_dies(swept):
     assert [p.step for p in curve] == list(range(10, 151, 10))  # whole, and stored once
     assert curve[-1].eval_loss < curve[0].eval_loss
     listed = json.loads(cli(env, "run", "list", "--json").stdout)
-    assert [r["id"] for r in listed["runs"]] == [run.id]
+    assert [r["id"] for r in listed["items"]] == [run.id]
     done = cli(env, "run", "cancel", str(run.id))
     assert done.returncode == 1 and "nothing to cancel" in done.stderr
 
@@ -150,7 +152,8 @@ def test_cancel_then_resume_with_the_cli_continues_from_the_checkpoint(swept):
     run = json.loads(resumed.stdout)
     assert run["status"] == "completed" and run["restarts"] == 1
     assert 10 <= run["resumed_from_step"] <= stopped_at
-    assert [p["step"] for p in run["curve"]] == list(range(10, 101, 10))
+    metrics = json.loads(cli(env, "run", "metrics", str(run_id), "--json").stdout)
+    assert metrics["step"] == list(range(10, 101, 10))
 
 
 def test_fsdp_and_ddp_train_the_same_model(swept):

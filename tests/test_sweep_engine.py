@@ -162,9 +162,13 @@ def test_cli_sweep_commands(database, shakespeare, tmp_path):
     assert payload["status"] == "completed" and payload["finished"] == payload["planned"] == 4
     assert set(payload["best"]) == {"16", "32"}
     status = json.loads(cli("status", str(payload["id"]), "--json").stdout)
-    assert status["trials"] == payload["trials"]
+    assert status["best"] == payload["best"]
+    trials = json.loads(cli("trials", str(payload["id"]), "--json").stdout)
+    assert trials["total"] == 4 and {t["key"] for t in trials["items"]} >= {
+        t["key"] for t in payload["best"].values()
+    }
     listed = json.loads(cli("list", "--json").stdout)
-    assert [s["id"] for s in listed["sweeps"]] == [payload["id"]]
+    assert [s["id"] for s in listed["items"]] == [payload["id"]]
     done = cli("cancel", str(payload["id"]))
     assert done.returncode == 1 and "nothing to cancel" in done.stderr
     missing = cli("status", "999")

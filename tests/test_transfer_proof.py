@@ -36,6 +36,7 @@ from benchmarks.transfer_proof import (
     proxy_spec,
 )
 from models import ModelConfig
+from sweeper.settings import DB_URL_VAR
 from sweeper.transfer import TrialOutcome, compute_transfer
 from tests.conftest import REPO, drivers_of
 
@@ -77,7 +78,7 @@ def test_a_check_sweep_reaches_the_drift_line_of_a_drifting_side(shakespeare):
     ]
     transfer = compute_transfer(outcomes, model=model, to_width=4096)
     proxies = proxy_spec(spec, next(s for s in plan(spec) if s.name == "proof/sp-bf16-proxies"))
-    check = check_spec(spec, stage, proxies, transfer)
+    check = check_spec(spec, stage, proxies, transfer.to_dict())
     assert check.widths == [4096] and check.search.wd == [transfer.base_wd]
     assert check.train.steps == spec.targets.steps and check.resources.gpu == 0.25
     log2 = [math.log2(lr / transfer.base_lr) for lr in check.search.lr.grid()]
@@ -152,7 +153,7 @@ def experiment(tmp_path_factory, shakespeare) -> Iterator[Experiment]:
     tmp = tmp_path_factory.mktemp("proof")
     ray_tmp = tempfile.mkdtemp(prefix="rp-")  # short: Ray's socket paths must fit 107 bytes
     db_path, results = tmp / "proof.db", tmp / "transfer_proof.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", db.ENV_VAR)} | {
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", DB_URL_VAR)} | {
         "RAY_TMPDIR": ray_tmp,  # the cluster's files apart from other Ray users of the machine
         "SWEEPER_RAY_STORAGE": str(tmp / "ray_results"),
         "XDG_STATE_HOME": str(tmp / "state"),

@@ -18,7 +18,8 @@ import pytest
 
 import db
 from sweeper import service
-from sweeper.jobs import Job, JobSettings, driver_gone, this_host
+from sweeper.jobs import Job, driver_gone, this_host
+from sweeper.settings import Settings
 from tests.conftest import drivers_of, exited_pid, sweeper_serve
 from tests.test_sweep_engine import make_spec, wait_for
 
@@ -97,7 +98,7 @@ def test_a_driver_is_gone_when_its_process_exited_or_its_heartbeat_stopped(
     database,
     sweep_id,
 ):
-    settings = JobSettings()
+    settings = Settings()
     job = Job(database, "sweep", sweep_id, settings)
     job.set_driver(this_host(), os.getpid())  # alive, but not this sweep's driver: gone
     assert driver_gone("sweep", db.get_sweep(database, sweep_id=sweep_id), settings)
@@ -121,7 +122,7 @@ def test_the_watchdog_fails_a_job_it_resumed_too_often_and_closes_its_trials(
     monkeypatch,
 ):
     monkeypatch.setenv("SWEEPER_MAX_AUTO_RESUMES", "1")
-    job = Job(database, "sweep", sweep_id, JobSettings())
+    job = Job(database, "sweep", sweep_id, Settings())
     job.move(db.JobStatus.QUEUED, automatic=True)  # the watchdog's first resume
     job.move(db.JobStatus.RUNNING)
     pid = exited_pid()
@@ -140,7 +141,7 @@ def test_the_watchdog_fails_a_job_it_resumed_too_often_and_closes_its_trials(
 
 
 def test_a_job_whose_driver_beats_elsewhere_is_left_alone(database, sweep_id):
-    job = Job(database, "sweep", sweep_id, JobSettings())
+    job = Job(database, "sweep", sweep_id, Settings())
     job.set_driver("another-host", 12345)
     job.touch()
     assert service.recover_jobs(database) == []

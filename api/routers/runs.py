@@ -6,11 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from api.deps import DatabaseDep, PageDep, Reader, RunId, Writer
+from api.deps import DatabaseDep, PageDep, Reader, RunId, SettingsDep, Writer
 from api.errors import responses
-from api.schemas import ErrorBody, Page, RunMetrics, RunOut
+from api.schemas import ErrorBody
 from sweeper import service
-from sweeper.launch import LaunchRequest
+from sweeper.service import LaunchRequest, Page, RunMetrics, RunView
 
 router = APIRouter(
     prefix="/runs", tags=["runs"], dependencies=[Reader], responses=responses(401, 403, 422, 503)
@@ -32,40 +32,36 @@ CHANGE: dict[int | str, dict[str, Any]] = responses(404, 409)
         },
     },
 )
-def launch_run(request: LaunchRequest, database: DatabaseDep, response: Response) -> RunOut:
+def launch_run(
+    request: LaunchRequest, database: DatabaseDep, settings: SettingsDep, response: Response
+) -> RunView:
     """Transfer the sweep's optimum to `to_width` and start the run in the background."""
-    run = service.launch_run(database, request)
+    run = service.launch_run(database, request, settings)
     response.headers["Location"] = f"/runs/{run.id}"
-    return RunOut.of(run)
+    return run
 
 
 @router.get("")
-def list_runs(database: DatabaseDep, page: PageDep) -> Page[RunOut]:
+def list_runs(database: DatabaseDep, settings: SettingsDep, page: PageDep) -> Page[RunView]:
     """Runs newest first."""
-    runs = service.list_runs(database, offset=page.offset, limit=page.limit)
-    return Page(
-        items=[RunOut.of(r) for r in runs.items],
-        total=runs.total,
-        offset=page.offset,
-        limit=page.limit,
-    )
+    return service.list_runs(database, offset=page.offset, limit=page.limit, settings=settings)
 
 
 @router.get("/{run_id}", responses=ONE)
-def get_run(run_id: RunId, database: DatabaseDep) -> RunOut:
-    return RunOut.of(service.run_progress(database, run_id).run)
+def get_run(run_id: RunId, database: DatabaseDep, settings: SettingsDep) -> RunView:
+    return service.get_run(database, run_id, settings)
 
 
 @router.get("/{run_id}/metrics", responses=ONE)
 def get_run_metrics(run_id: RunId, database: DatabaseDep) -> RunMetrics:
     """The run's loss curve so far, as columns (null: not measured, or not finite)."""
-    return RunMetrics.of(service.run_progress(database, run_id))
+    return service.run_metrics(database, run_id)
 
 
 @router.post("/{run_id}/cancel", dependencies=[Writer], responses=CHANGE)
-def cancel_run(run_id: RunId, database: DatabaseDep) -> RunOut:
+def cancel_run(run_id: RunId, database: DatabaseDep, settings: SettingsDep) -> RunView:
     """Stop the run at its next report; its checkpoints stay."""
-    return RunOut.of(service.cancel_run(database, run_id))
+    return service.cancel_run(database, run_id, settings)
 
 
 @router.post(
@@ -74,7 +70,7 @@ def cancel_run(run_id: RunId, database: DatabaseDep) -> RunOut:
     dependencies=[Writer],
     responses=CHANGE,
 )
-def resume_run(run_id: RunId, database: DatabaseDep) -> RunOut:
+def resume_run(run_id: RunId, database: DatabaseDep, settings: SettingsDep) -> RunView:
     """Continue a run whose driver died, or that failed or was cancelled, from its latest
     checkpoint."""
-    return RunOut.of(service.resume_run(database, run_id))
+    return service.resume_run(database, run_id, settings)

@@ -8,30 +8,29 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-import db
 from api.deps import (
     CurvesCacheDep,
     CurvesReaderDep,
     DatabaseDep,
     PageDep,
     Reader,
+    SettingsDep,
     SweepId,
     Writer,
 )
 from api.errors import responses
-from api.schemas import (
-    ErrorBody,
+from api.schemas import ErrorBody, TransferRequest
+from sweeper import service
+from sweeper.service import (
     Page,
     SweepCreated,
     SweepCurves,
     SweepDetail,
+    SweepSpec,
     SweepSummary,
-    TransferOut,
-    TransferRequest,
-    TrialOut,
+    TransferView,
+    TrialView,
 )
-from sweeper import service
-from sweeper.spec import SweepSpec
 
 router = APIRouter(
     prefix="/sweeps",
@@ -55,38 +54,31 @@ CHANGE: dict[int | str, dict[str, Any]] = responses(404, 409)
         }
     },
 )
-def start_sweep(spec: SweepSpec, database: DatabaseDep, response: Response) -> SweepCreated:
+def start_sweep(
+    spec: SweepSpec, database: DatabaseDep, settings: SettingsDep, response: Response
+) -> SweepCreated:
     """Store the sweep and start its driver; the sweep runs in the background."""
-    sweep = service.start_sweep(database, spec)
+    sweep = service.start_sweep(database, spec, settings)
     response.headers["Location"] = f"/sweeps/{sweep.id}"
-    return SweepCreated(id=sweep.id, name=sweep.name, status=sweep.status)
+    return sweep
 
 
 @router.get("")
-def list_sweeps(database: DatabaseDep, page: PageDep) -> Page[SweepSummary]:
+def list_sweeps(database: DatabaseDep, settings: SettingsDep, page: PageDep) -> Page[SweepSummary]:
     """Sweeps newest first, each with its progress."""
-    sweeps = service.list_sweeps(database, offset=page.offset, limit=page.limit)
-    items = [SweepSummary.of(service.sweep_progress(database, s.id)) for s in sweeps.items]
-    return Page(items=items, total=sweeps.total, offset=page.offset, limit=page.limit)
+    return service.list_sweeps(database, offset=page.offset, limit=page.limit, settings=settings)
 
 
 @router.get("/{sweep_id}", responses=ONE)
-def get_sweep(sweep_id: SweepId, database: DatabaseDep) -> SweepDetail:
+def get_sweep(sweep_id: SweepId, database: DatabaseDep, settings: SettingsDep) -> SweepDetail:
     """A sweep's state, its spec and the best trial at each width."""
-    return SweepDetail.of(service.sweep_progress(database, sweep_id))
+    return service.get_sweep(database, sweep_id, settings)
 
 
 @router.get("/{sweep_id}/trials", responses=ONE)
-def list_trials(sweep_id: SweepId, database: DatabaseDep, page: PageDep) -> Page[TrialOut]:
+def list_trials(sweep_id: SweepId, database: DatabaseDep, page: PageDep) -> Page[TrialView]:
     """A sweep's trials in the order they started."""
-    trials = db.list_trials(database, sweep_id=sweep_id)
-    window = trials[page.offset : page.offset + page.limit]
-    return Page(
-        items=[TrialOut.of(t) for t in window],
-        total=len(trials),
-        offset=page.offset,
-        limit=page.limit,
-    )
+    return service.list_trials(database, sweep_id, offset=page.offset, limit=page.limit)
 
 
 @router.get(
@@ -123,22 +115,22 @@ async def get_curves(
 )
 def transfer(
     sweep_id: SweepId, body: TransferRequest, database: DatabaseDep, cache: CurvesCacheDep
-) -> TransferOut:
+) -> TransferView:
     """Fit each proxy width's optimum, measure the drift and give the target width's
     per-group LR and WD (stored as a transfer; the LR curves show its fit)."""
-    transfer_id, result = service.transfer(database, sweep_id=sweep_id, to_width=body.to_width)
+    transferred = service.transfer(database, sweep_id=sweep_id, to_width=body.to_width)
     cache.drop(sweep_id)
-    return TransferOut(
-        id=transfer_id, sweep_id=sweep_id, to_width=body.to_width, result=result.to_dict()
-    )
+    return transferred
 
 
 @router.post("/{sweep_id}/cancel", dependencies=[Writer], responses=CHANGE)
-def cancel_sweep(sweep_id: SweepId, database: DatabaseDep, cache: CurvesCacheDep) -> SweepSummary:
+def cancel_sweep(
+    sweep_id: SweepId, database: DatabaseDep, settings: SettingsDep, cache: CurvesCacheDep
+) -> SweepSummary:
     """Stop the sweep's trials (within seconds); what was recorded stays."""
-    service.cancel_sweep(database, sweep_id)
+    summary = service.cancel_sweep(database, sweep_id, settings)
     cache.drop(sweep_id)
-    return SweepSummary.of(service.sweep_progress(database, sweep_id))
+    return summary
 
 
 @router.post(
@@ -147,8 +139,10 @@ def cancel_sweep(sweep_id: SweepId, database: DatabaseDep, cache: CurvesCacheDep
     dependencies=[Writer],
     responses=CHANGE,
 )
-def resume_sweep(sweep_id: SweepId, database: DatabaseDep, cache: CurvesCacheDep) -> SweepSummary:
+def resume_sweep(
+    sweep_id: SweepId, database: DatabaseDep, settings: SettingsDep, cache: CurvesCacheDep
+) -> SweepSummary:
     """Continue a sweep whose driver died, or that failed or was cancelled."""
-    service.resume_sweep(database, sweep_id)
+    summary = service.resume_sweep(database, sweep_id, settings)
     cache.drop(sweep_id)
-    return SweepSummary.of(service.sweep_progress(database, sweep_id))
+    return summary

@@ -6,10 +6,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter
 
-import db
 from api.deps import DatabaseDep
 from api.errors import responses
 from api.schemas import Health
+from sweeper import service
 
 router = APIRouter(tags=["service"])
 
@@ -24,5 +24,5 @@ def package_version() -> str:
 @router.get("/health", responses=responses(503))
 def health(database: DatabaseDep) -> Health:
     """Open to all (no token): for load balancers and `docker compose` health checks."""
-    db.list_sweeps(database, limit=1)  # a StorageError answers 503
-    return Health(status="ok", database=database.backend, version=package_version())
+    backend = service.health(database)  # a StorageError answers 503
+    return Health(status="ok", database=backend, version=package_version())

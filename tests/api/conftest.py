@@ -17,9 +17,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 import db
-from api.config import Settings
 from api.main import create_app
 from sweeper import service
+from sweeper.settings import DB_URL_VAR, Settings
 from sweeper.spec import SweepSpec
 from tests.conftest import tiny_sweep
 
@@ -44,7 +44,7 @@ def spec_dict(data: str = "stdlib", **overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def env(tmp_path, monkeypatch) -> dict[str, str]:
     values = {
-        db.ENV_VAR: f"sqlite:///{tmp_path / 'sweeper.db'}",
+        DB_URL_VAR: f"sqlite:///{tmp_path / 'sweeper.db'}",
         "SWEEPER_DATA_DIR": str(tmp_path / "data"),
         "SWEEPER_API_TOKEN": TOKEN,
         "SWEEPER_API_HOST": "127.0.0.1",
@@ -60,7 +60,7 @@ def env(tmp_path, monkeypatch) -> dict[str, str]:
 
 @pytest.fixture
 def database(env) -> Iterator[db.Database]:
-    database = db.connect(env[db.ENV_VAR])
+    database = db.connect(env[DB_URL_VAR])
     yield database
     database.dispose()
 
@@ -70,7 +70,7 @@ def launched(monkeypatch) -> list[tuple[str, int]]:
     """Route tests start no driver: the (kind, id) it would have driven are recorded here."""
     calls: list[tuple[str, int]] = []
 
-    def fake_launch(database: db.Database, kind: str, job_id: int) -> None:
+    def fake_launch(database: db.Database, kind: str, job_id: int, settings: Settings) -> None:
         calls.append((kind, job_id))
 
     monkeypatch.setattr(service, "launch_driver", fake_launch)

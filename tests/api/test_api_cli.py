@@ -1,21 +1,27 @@
-"""`sweeper serve [--host] [--port]`: the CLI starts the service through `api.serve`."""
+"""`sweeper serve [--host] [--port]`: the CLI hands its process to `python -m api`."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 from typer.testing import CliRunner
 
-import api
 from sweeper.cli import app
 
 
 def test_serve_passes_host_and_port(monkeypatch):
     calls = []
-    monkeypatch.setattr(api, "serve", lambda host, port: calls.append((host, port)))
+    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append(argv))
     runner = CliRunner()
     result = runner.invoke(app, ["serve", "--host", "0.0.0.0", "--port", "9001"])
     assert result.exit_code == 0, result.output
     assert runner.invoke(app, ["serve"]).exit_code == 0
-    assert calls == [("0.0.0.0", 9001), ("127.0.0.1", 8000)]
+    api = [sys.executable, "-m", "api"]
+    assert calls == [
+        [*api, "--host", "0.0.0.0", "--port", "9001"],
+        [*api, "--host", "127.0.0.1", "--port", "8000"],
+    ]
 
 
 def test_serve_help_names_its_options():

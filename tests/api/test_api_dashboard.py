@@ -23,8 +23,8 @@ import pytest
 import uvicorn
 
 import db
-from api.config import Settings
 from api.main import create_app
+from sweeper.settings import DB_URL_VAR, Settings
 from tests.conftest import drivers_of, tiny_sweep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("live")
     with pytest.MonkeyPatch.context() as mp:
         for key, value in {
-            db.ENV_VAR: f"sqlite:///{tmp / 'sweeper.db'}",
+            DB_URL_VAR: f"sqlite:///{tmp / 'sweeper.db'}",
             "SWEEPER_DATA_DIR": str(tmp / "data"),
             "SWEEPER_API_TOKEN": TOKEN,
             "SWEEPER_RAY_STORAGE": str(tmp / "ray_results"),

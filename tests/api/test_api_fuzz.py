@@ -17,6 +17,7 @@ import sys
 import pytest
 
 import db
+from sweeper.settings import DB_URL_VAR
 from tests.conftest import drivers_of, free_port, sweeper_serve
 from tests.test_sweep_engine import wait_for
 
@@ -74,4 +75,4 @@ def test_fuzzing_the_api_finds_no_server_error_and_nothing_undocumented(
         assert cases > 1000
         print(f"{cases} cases, 0 server errors, 0 undocumented status codes")
     # A job the fuzzer started or resumed had a driver, which failed it: none is left.
-    wait_for(lambda: not drivers_of(env[db.ENV_VAR]), "the fuzzed jobs' drivers to end", 60)
+    wait_for(lambda: not drivers_of(env[DB_URL_VAR]), "the fuzzed jobs' drivers to end", 60)

@@ -10,7 +10,7 @@ from sqlalchemy import update
 import db
 from db._schema import RunRow, SweepRow
 from sweeper import service
-from sweeper.jobs import JobSettings
+from sweeper.settings import Settings
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def test_resume_of_a_completed_run_is_a_conflict(client, auth, sweep_id, databas
 
 def kill_drivers(database: db.Database, *jobs: tuple[type[RunRow] | type[SweepRow], int]) -> None:
     """Leave the jobs as a kill -9 of their drivers does: running, with a stale heartbeat."""
-    long_ago = datetime.now(UTC) - timedelta(seconds=2 * JobSettings().stale_s)
+    long_ago = datetime.now(UTC) - timedelta(seconds=2 * Settings().stale_s)
     with database.session("making drivers look dead") as s:
         for row, job_id in jobs:
             values = {"status": db.JobStatus.RUNNING, "driver_heartbeat_at": long_ago}

@@ -13,8 +13,8 @@ import pytest
 import db
 from api import server as serve_module
 from api.cache import TTLCache
-from api.config import Settings, is_loopback
 from api.routers import dashboard
+from sweeper.settings import DB_URL_VAR, Settings, is_loopback
 
 
 def test_health(client):
@@ -94,19 +94,21 @@ def test_the_token_is_never_logged(client, auth, make_spec, caplog, capsys):
 
 def test_settings_come_from_the_environment(env, monkeypatch, tmp_path):
     settings = Settings()
-    assert settings.database_url == env[db.ENV_VAR]
+    assert settings.database_url == env[DB_URL_VAR]
     assert settings.api_token is not None
     assert settings.api_token.get_secret_value() == env["SWEEPER_API_TOKEN"]
     assert env["SWEEPER_API_TOKEN"] not in repr(settings)
     assert not settings.reads_need_token
     assert settings.ray_address is None
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
-    monkeypatch.delenv(db.ENV_VAR)
+    monkeypatch.delenv(DB_URL_VAR)
     monkeypatch.setenv("SWEEPER_DATA_DIR", str(tmp_path / "elsewhere"))
     settings = Settings()
     assert settings.ray_address == "ray://head:10001"
     assert settings.database_url == f"sqlite:///{tmp_path / 'elsewhere' / 'sweeper.db'}"
-    assert settings.driver_environment()["RAY_ADDRESS"] == "ray://head:10001"
+    driver = settings.driver_environment("sqlite:///open.db")
+    assert driver["SWEEPER_RAY_ADDRESS"] == "ray://head:10001"
+    assert driver[DB_URL_VAR] == "sqlite:///open.db"
     assert Settings(api_host="10.1.2.3").reads_need_token
 
 

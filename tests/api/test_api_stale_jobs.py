@@ -9,7 +9,8 @@ exited.
 from __future__ import annotations
 
 import db
-from sweeper.jobs import Job, JobSettings, this_host
+from sweeper.jobs import Job, this_host
+from sweeper.settings import Settings
 from tests.conftest import exited_pid, sweeper_serve
 
 
@@ -23,7 +24,7 @@ def test_a_job_whose_driver_is_gone_shows_as_stale(
         run_id = db.create_run(database, name="r", config={"launch": {}, "train": {}})
         db.set_run_status(database, run_id=run_id, status=db.JobStatus.RUNNING)
         for kind, job_id in (("sweep", sweep_id), ("run", run_id)):
-            Job(database, kind, job_id, JobSettings()).set_driver(this_host(), exited_pid())
+            Job(database, kind, job_id, Settings()).set_driver(this_host(), exited_pid())
         fresh = record(make_spec(name="alive"), status=db.JobStatus.RUNNING)  # not stale yet
 
         sweep = client.get(f"/sweeps/{sweep_id}").json()

@@ -1,9 +1,9 @@
-"""`connect`, URL resolution, SQLite settings and the session's error translation."""
+"""`connect`, SQLite settings and the session's error translation (which URL: the
+settings', tests/test_settings.py)."""
 
 from __future__ import annotations
 
 import sqlite3
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,39 +13,6 @@ from sqlalchemy import select, text
 
 import db
 from db._schema import SweepRow, utcnow
-
-
-def test_url_argument_wins_over_the_environment(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("SWEEPER_DB_URL", "sqlite:///from-env.db")
-    assert db.resolve_url("sqlite:///argument.db") == "sqlite:///argument.db"
-    assert db.resolve_url() == "sqlite:///from-env.db"
-
-
-def test_connect_uses_sweeper_db_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    path = tmp_path / "env.db"
-    monkeypatch.setenv(db.ENV_VAR, f"sqlite:///{path}")
-    database = db.connect()
-    try:
-        db.create_sweep(database, name="s", spec={})
-    finally:
-        database.dispose()
-    assert path.is_file()
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="platformdirs reads XDG_DATA_HOME on Linux")
-def test_default_is_a_sqlite_file_in_the_user_data_dir(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.delenv(db.ENV_VAR, raising=False)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # platformdirs on Linux
-    expected = tmp_path / "data" / "sweeper" / "sweeper.db"
-    assert db.resolve_url() == f"sqlite:///{expected}"
-
-    database = db.connect()
-    database.dispose()
-    assert expected.is_file()
 
 
 def test_plain_postgresql_url_gets_the_psycopg_driver() -> None:

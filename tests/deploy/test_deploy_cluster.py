@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
 import db
-from api.config import Settings
 from api.main import create_app
+from sweeper.settings import DB_URL_VAR, Settings
 from sweeper.spec import SweepSpec
 from tests.conftest import drivers_of, tiny_sweep
 
@@ -76,7 +76,7 @@ def database_url(postgres_server) -> Iterator[str]:
 def api(two_node_cluster, database_url, tmp_path, monkeypatch) -> Iterator[TestClient]:
     """The API over PostgreSQL and the cluster, configured by environment only."""
     env = two_node_cluster.client_env | {
-        db.ENV_VAR: database_url,
+        DB_URL_VAR: database_url,
         "SWEEPER_RAY_STORAGE": str(tmp_path / "ray-storage"),
         "SWEEPER_DATA_DIR": str(tmp_path / "data"),
         "SWEEPER_API_TOKEN": TOKEN,
