@@ -11,6 +11,6 @@ resource), `curves` and `cache` (the curves read off the event loop and kept in 
 
 from api.main import create_app
 from api.server import serve
-from sweeper.settings import Settings
+from sweeper.service import Settings
 
 __all__ = ["Settings", "create_app", "serve"]

@@ -5,7 +5,7 @@ The read models of sweeps, trials, transfers and runs are `sweeper.views` (the C
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +31,18 @@ class Health(BaseModel):
     status: Literal["ok"]
     database: str = Field(description="sqlite or postgresql")
     version: str
+
+
+class SweepExample(BaseModel):
+    """The new-sweep form's defaults: the example spec (every field), and the choices the
+    form offers that the spec does not list."""
+
+    spec: dict[str, Any] = Field(description="a SweepSpec: examples/debug_sweep.yaml")
+    precisions: list[str]
+
+    @classmethod
+    def of(cls, spec: service.SweepSpec) -> SweepExample:
+        return cls(spec=spec.model_dump(mode="json"), precisions=list(service.PRECISIONS))
 
 
 # --- transfers ------------------------------------------------------------------------

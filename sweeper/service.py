@@ -139,6 +139,14 @@ def train_config(preset_name: str, overrides: dict[str, object]) -> TrainConfig:
 
 # --- sweeps -----------------------------------------------------------------------------
 
+# A tiny µS sweep that runs on a CPU (`examples/debug_sweep.yaml` links here): the README's
+# first command, and the defaults of the dashboard's new-sweep form.
+EXAMPLE_SPEC = Path(__file__).resolve().parent / "examples" / "debug_sweep.yaml"
+
+
+def example_spec() -> SweepSpec:
+    return SweepSpec.load(EXAMPLE_SPEC)
+
 
 @dataclass(frozen=True)
 class SweepProgress:

@@ -102,3 +102,18 @@ def test_a_plan_too_large_to_enumerate_is_refused():
     with pytest.raises(ValidationError, match="the plan has 20000 trials"):
         spec(algorithm="tpe", trials_per_width=10_000)
     assert len(spec(search={"lr": {"min": 0.01, "max": 0.1, "points": 5000}}).plan()) == 10_000
+
+
+def test_config_derivations_match_the_model():
+    """`ModelConfig` says which (group, fan-in) pairs and how many parameters its GPT has;
+    `with_overrides` changes fields of either config by name."""
+    from models import GPT, ModelConfig, TrainConfig
+
+    model = ModelConfig(depth=2, width=64, head_dim=16, mlp_ratio=3, vocab_size=100)
+    gpt = GPT(model)
+    assert set(model.parameter_groups()) == {(g, f) for g, f, _ in gpt.parameter_groups()}
+    assert model.parameter_count == sum(p.numel() for p in gpt.parameters())
+    config = TrainConfig(model=model).with_overrides({"width": 32, "lr": 0.5, "steps": 3})
+    assert (config.model.width, config.model.depth, config.lr, config.steps) == (32, 2, 0.5, 3)
+    with pytest.raises(ValueError, match="multiple of head_dim"):
+        config.with_overrides({"width": 33})

@@ -19,7 +19,7 @@ from api.deps import (
     Writer,
 )
 from api.errors import responses
-from api.schemas import ErrorBody, TransferRequest
+from api.schemas import ErrorBody, SweepExample, TransferRequest
 from sweeper import service
 from sweeper.service import (
     Page,
@@ -61,6 +61,12 @@ def start_sweep(
     sweep = service.start_sweep(database, spec, settings)
     response.headers["Location"] = f"/sweeps/{sweep.id}"
     return sweep
+
+
+@router.get("/example")
+def example() -> SweepExample:
+    """The defaults of the dashboard's new-sweep form: a tiny CPU sweep, every field set."""
+    return SweepExample.of(service.example_spec())
 
 
 @router.get("")

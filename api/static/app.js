@@ -236,40 +236,41 @@ function showSweeps() {
 
 // --- the start-a-sweep form ------------------------------------------------------------
 
-// [dotted spec path, label, type or choices, default]; defaults: examples/debug_sweep.yaml.
+// [dotted spec path, label, type or choices]; the defaults are the example spec the API serves
+// (GET /sweeps/example: examples/debug_sweep.yaml), "precision" its list of precisions.
 const SPEC_FIELDS = [
   ["Sweep", [
-    ["name", "name", "str", "debug-mus-fp8"],
-    ["widths", "proxy widths (comma-separated)", "ints", "32, 64"],
-    ["algorithm", "search algorithm", ["grid", "tpe"], "grid"],
-    ["trials_per_width", "trials per width (tpe)", "int", 8],
-    ["max_concurrency", "trials at once (empty: no cap)", "int?", ""],
+    ["name", "name", "str"],
+    ["widths", "proxy widths (comma-separated)", "ints"],
+    ["algorithm", "search algorithm", ["grid", "tpe"]],
+    ["trials_per_width", "trials per width (tpe)", "int"],
+    ["max_concurrency", "trials at once (empty: no cap)", "int?"],
   ]],
   ["Search space", [
-    ["search.lr.min", "base LR, lowest", "float", 0.004],
-    ["search.lr.max", "base LR, highest", "float", 0.25],
-    ["search.lr.points", "LR grid points (log-spaced)", "int", 4],
-    ["search.wd", "weight decay values (comma-separated)", "floats", "0.0"],
+    ["search.lr.min", "base LR, lowest", "float"],
+    ["search.lr.max", "base LR, highest", "float"],
+    ["search.lr.points", "LR grid points (log-spaced)", "int"],
+    ["search.wd", "weight decay values (comma-separated)", "floats"],
   ]],
   ["Model (the width is swept)", [
-    ["train.model.depth", "depth (blocks)", "int", 2],
-    ["train.model.head_dim", "head dim", "int", 16],
-    ["train.model.seq_len", "sequence length", "int", 64],
-    ["train.model.parametrization", "parametrization", ["mus", "sp"], "mus"],
+    ["train.model.depth", "depth (blocks)", "int"],
+    ["train.model.head_dim", "head dim", "int"],
+    ["train.model.seq_len", "sequence length", "int"],
+    ["train.model.parametrization", "parametrization", ["mus", "sp"]],
   ]],
   ["Training", [
-    ["train.data", "data: a text file on the server, or stdlib", "str", "stdlib"],
-    ["train.steps", "steps", "int", 60],
-    ["train.batch_size", "batch size", "int", 8],
-    ["train.precision", "precision", ["fp8", "bf16", "fp32"], "fp8"],
-    ["train.eval_interval", "evaluate every (steps)", "int", 20],
-    ["train.eval_batches", "eval batches", "int", 4],
-    ["train.device", "device", ["cpu", "auto", "cuda"], "cpu"],
+    ["train.data", "data: a text file on the server, or stdlib", "str"],
+    ["train.steps", "steps", "int"],
+    ["train.batch_size", "batch size", "int"],
+    ["train.precision", "precision", "precision"],
+    ["train.eval_interval", "evaluate every (steps)", "int"],
+    ["train.eval_batches", "eval batches", "int"],
+    ["train.device", "device", ["cpu", "auto", "cuda"]],
   ]],
   ["Resources per trial", [
-    ["resources.cpu", "CPUs", "float", 1],
-    ["resources.gpu", "GPUs (a fraction shares one)", "float", 0],
-    ["asha", "stop unpromising trials early (ASHA)", "bool", false],
+    ["resources.cpu", "CPUs", "float"],
+    ["resources.gpu", "GPUs (a fraction shares one)", "float"],
+    ["asha", "stop unpromising trials early (ASHA)", "bool"],
   ]],
 ];
 
@@ -283,6 +284,21 @@ function parseField(type, raw) {
     case "ints": case "floats": return list(raw);
     default: return raw;
   }
+}
+
+let formDefaults = null; // the API's example spec and choices, read once
+function defaults() {
+  formDefaults = formDefaults || api("GET", "/sweeps/example");
+  return formDefaults;
+}
+
+function getPath(source, path) {
+  return path.split(".").reduce((node, part) => (node == null ? undefined : node[part]), source);
+}
+
+function shown(value) {
+  if (Array.isArray(value)) return value.join(", ");
+  return value == null ? "" : String(value);
 }
 
 function setPath(target, path, value) {
@@ -328,18 +344,27 @@ async function startSweep(spec, form, errorBox) {
 }
 
 function specForm() {
+  const box = h("div", {});
+  defaults().then((example) => box.append(filledSpecForm(example)),
+    (error) => box.append(h("div", { class: "form-error", role: "alert", text: explain(error) })));
+  return box;
+}
+
+function filledSpecForm(example) {
   const errorBox = h("div", { class: "form-error", id: "spec-error", role: "alert" });
   const form = h("form", { class: "spec", id: "spec-form", novalidate: true },
     SPEC_FIELDS.map(([legend, fields]) => h("fieldset", {}, h("legend", { text: legend }),
-      h("div", { class: "fields" }, fields.map(([path, label, type, value]) => {
+      h("div", { class: "fields" }, fields.map(([path, label, kind]) => {
+        const type = kind === "precision" ? example.precisions : kind;
+        const value = getPath(example.spec, path);
         let input;
         if (Array.isArray(type)) {
           input = h("select", { name: path }, type.map((c) => h("option",
             { value: c, selected: c === value }, c)));
         } else if (type === "bool") {
-          input = h("input", { name: path, type: "checkbox", checked: value });
+          input = h("input", { name: path, type: "checkbox", checked: Boolean(value) });
         } else {
-          input = h("input", { name: path, value: String(value) });
+          input = h("input", { name: path, value: shown(value) });
         }
         return h("label", {}, label, input);
       })))),
@@ -674,9 +699,10 @@ function transferPanel(sweepId, onTransfer) {
       workers: h("input", { name: "workers", type: "number", min: 1, value: 1 }),
       gpus_per_worker: h("input", { name: "gpus_per_worker", type: "number", min: 0, step: "any",
         value: spec && spec.train.device.startsWith("cuda") ? 1 : 0 }),
-      precision: h("select", { name: "precision" }, ["fp8", "bf16", "fp32"].map((p) =>
-        h("option", { value: p, selected: spec && spec.train.precision === p }, p))),
+      precision: h("select", { name: "precision" }),
     };
+    defaults().then((example) => fields.precision.append(...example.precisions.map((p) =>
+      h("option", { value: p, selected: spec && spec.train.precision === p }, p))));
     const launchError = h("div", { class: "form-error", role: "alert" });
     return h("form", { class: "spec", id: "launch-form", onsubmit: async (event) => {
       event.preventDefault();

@@ -33,6 +33,7 @@ def test_openapi_lists_every_route_and_the_bearer_scheme(client):
         ("GET", "/compare"),
         ("POST", "/sweeps"),
         ("GET", "/sweeps"),
+        ("GET", "/sweeps/example"),
         ("GET", "/sweeps/{sweep_id}"),
         ("GET", "/sweeps/{sweep_id}/trials"),
         ("GET", "/sweeps/{sweep_id}/curves"),
