@@ -194,10 +194,13 @@ def driver_log(kind: JobKind, job_id: int) -> Path:
     return log_dir() / f"{kind}-{job_id}.log"
 
 
-def launch_driver(database: db.Database, kind: JobKind, job_id: int, settings: Settings) -> Path:
+def launch_driver(
+    database: db.Database, kind: JobKind, job_id: int, settings: Settings | None = None
+) -> Path:
     """Start the detached process that drives a sweep or a run, and record it on the job
     (host and pid: a watchdog on this host sees it exit); returns its log file. The driver
     gets these settings and this database as its environment, and no other SWEEPER_*."""
+    settings = settings or Settings()
     inherited = {k: v for k, v in os.environ.items() if k not in Settings.variables()}
     log_path = driver_log(kind, job_id)
     with log_path.open("ab") as log_file:
