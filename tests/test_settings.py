@@ -4,14 +4,15 @@ the drivers alike, and what a driver is started with."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import db
 from sweeper import service
+from sweeper.cli import app, main
 from sweeper.settings import DB_URL_VAR, Settings
 from tests.conftest import tiny_sweep
 
@@ -49,15 +50,9 @@ def test_data_dir_moves_the_cli_database_too(clean_env: pytest.MonkeyPatch, tmp_
     database = service.open_database(Settings())
     sweep_id = db.create_sweep(database, name="here", spec=tiny_sweep("stdlib"))
     database.dispose()
-    out = subprocess.run(
-        [sys.executable, "-m", "sweeper", "sweep", "list", "--json", "--limit", "1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "SWEEPER_DATA_DIR": str(data), "HOME": str(tmp_path)},
-    )
-    assert out.returncode == 0, out.stderr
-    assert [s["id"] for s in json.loads(out.stdout)["items"]] == [sweep_id]
+    result = CliRunner().invoke(app, ["sweep", "list", "--json", "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    assert [s["id"] for s in json.loads(result.stdout)["items"]] == [sweep_id]
     assert not (tmp_path / "xdg").exists()
 
 
@@ -78,12 +73,15 @@ def test_a_driver_gets_the_settings_and_nothing_stale(
     assert Settings() == settings.model_copy(update=resolved)
 
 
-def test_a_bad_setting_is_one_line_and_exit_2(clean_env: pytest.MonkeyPatch) -> None:
+def test_a_bad_setting_is_one_line_and_exit_2(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     clean_env.setenv("SWEEPER_HEARTBEAT_S", "-1")
-    out = subprocess.run(
-        [sys.executable, "-m", "sweeper", "run", "list"], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [
+    clean_env.setattr(sys, "argv", ["sweeper", "run", "list"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out = capsys.readouterr()
+    assert exited.value.code == 2
+    assert out.err.strip().splitlines() == [
         "sweeper: error: SWEEPER_HEARTBEAT_S: Input should be greater than 0"
     ]
