@@ -371,7 +371,10 @@ def prepare(
         tokenizer = str(Path(tokenizer).expanduser().absolute())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the dataset from other users
         encoder = _encoder(tokenizer, vocab_size, inputs, text_field)
         chosen = token_dtype(dtype, encoder.vocab_size)
         writer = SplitWriter(tmp, chosen)
