@@ -6,6 +6,7 @@ them, so a bad value gets the same message naming the field everywhere.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -125,7 +126,7 @@ class TrainConfig(BaseModel):
         self = handler(values)
         if not (info.context or {}).get("check_files", True) or self.data == STDLIB:
             return self
-        if not Path(self.data).exists():
+        if not os.path.exists(self.data):  # os.path: a name too long is missing, not an error
             raise ValueError(f"data: no such file or directory {self.data!r} (or use 'stdlib')")
         if not is_prepared(self.data):
             return self

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sysconfig
 from functools import lru_cache
@@ -91,7 +92,8 @@ class DataIdentity(BaseModel):
 
 
 def is_prepared(source: str) -> bool:
-    return source != STDLIB and Path(source).is_dir()
+    # os.path, not pathlib: a name too long for the OS is then "not a directory", no error.
+    return source != STDLIB and os.path.isdir(source)
 
 
 def read_meta(directory: str | Path) -> TokenMeta:
