@@ -111,7 +111,12 @@ class TrainConfig(BaseModel):
     def _data_path_absolute(cls, data: str) -> str:
         # Trials and launches run in Ray workers with another working directory: a path
         # relative to where the user stood would name nothing there.
-        return data if data == STDLIB else str(Path(data).expanduser().absolute())
+        if data == STDLIB:
+            return data
+        try:
+            return str(Path(data).expanduser().absolute())
+        except RuntimeError as e:  # ~user of no such user
+            raise ValueError(str(e)) from None
 
     @model_validator(mode="wrap")
     @classmethod

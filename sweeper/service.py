@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
+from pydantic import ValidationError
 
 import db
 from models.data import DataError, DataIdentity, data_identity
@@ -328,7 +329,14 @@ def launch_run(database: db.Database, request: LaunchRequest) -> db.Run:
     result = _fit_transfer(progress, request.to_width)
     try:
         config = launch_config(progress.spec, result, request)
-    except ValueError as e:  # a pydantic ValidationError is one too
+    except ValidationError as e:  # one line, on the field at fault where it has one
+        first = e.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        field = ".".join(str(part) for part in first["loc"]) or "launch"
+        if field == "launch" and message.startswith("data: "):  # TrainConfig's data check
+            field, message = "data", message.removeprefix("data: ")
+        raise InvalidInput(field, message) from None
+    except ValueError as e:
         raise InvalidInput("launch", str(e)) from None
     data = identify_data(config.data, "data")
     proxy = progress.spec.train

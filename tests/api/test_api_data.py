@@ -56,7 +56,8 @@ def test_sweeps_and_runs_carry_their_data_and_the_transfer_warns(
 
     body = {"sweep_id": sweep_id, "to_width": 64, "steps": 20, "data": str(tmp_path / "gone")}
     missing = client.post("/runs", json=body, headers=auth)
-    assert missing.status_code == 422 and "gone" in missing.json()["reason"], missing.text
+    assert missing.status_code == 422 and missing.json()["field"] == "data", missing.text
+    assert "gone" in missing.json()["reason"] and "\n" not in missing.json()["reason"]
 
 
 def test_the_dashboard_shows_dataset_tokenizer_and_token_counts(
