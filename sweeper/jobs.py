@@ -96,6 +96,12 @@ class JobSettings(BaseSettings):
     write_retry_s: float = Field(
         180.0, ge=0.0, description="how long a driver retries a write the database refuses"
     )
+    run_start_timeout_s: float = Field(
+        3600.0,
+        gt=0.0,
+        description="how long a run waits for its workers' resources while other jobs hold"
+        " them (a run the cluster could never hold is refused at once)",
+    )
 
     @property
     def stale_s(self) -> float:
