@@ -71,6 +71,9 @@ class SweepSummary(BaseModel):
     driver_heartbeat_at: datetime | None = Field(description="its driver's last heartbeat")
     auto_resumes: int = Field(description="times the watchdog resumed it since its last start")
     error: str | None
+    data: service.DataIdentity | None = Field(
+        description="what its trials train on; null for a sweep stored before it was kept"
+    )
 
     @classmethod
     def of(cls, progress: service.SweepProgress) -> SweepSummary:
@@ -89,6 +92,7 @@ class SweepSummary(BaseModel):
             driver_heartbeat_at=s.driver_heartbeat_at,
             auto_resumes=s.auto_resumes,
             error=s.error,
+            data=progress.data,
         )
 
 
@@ -204,6 +208,9 @@ class RunOut(BaseModel):
     driver_heartbeat_at: datetime | None = Field(description="its driver's last heartbeat")
     auto_resumes: int = Field(description="times the watchdog resumed it since its last start")
     error: str | None
+    data: service.DataIdentity | None = Field(
+        description="what it trains on; null for a run stored before it was kept"
+    )
 
     @classmethod
     def of(cls, run: db.Run) -> RunOut:

@@ -123,7 +123,8 @@ def config_from_options(preset_name: str, overrides: dict[str, Any]) -> TrainCon
     model_fields = {k: v for k, v in overrides.items() if k in ModelConfig.model_fields}
     train_fields = {k: v for k, v in overrides.items() if k not in model_fields}
     try:
-        model = ModelConfig.model_validate(base.model_dump() | model_fields)
+        # Only the preset's own fields count as set: a prepared dataset fills vocab_size.
+        model = ModelConfig.model_validate(base.model_dump(exclude_unset=True) | model_fields)
         return TrainConfig.model_validate(train_fields | {"model": model})
     except ValidationError as e:
         raise UsageError(_validation_message(e)) from None
@@ -283,9 +284,28 @@ def _progress_json(progress: service.SweepProgress) -> dict[str, Any]:
         "created_at": sweep.created_at.isoformat(),
         "finished_at": sweep.finished_at.isoformat() if sweep.finished_at else None,
         "error": sweep.error,
+        "data": _data_json(progress.data),
         "best": {str(w): _trial_json(t) for w, t in progress.best_per_width().items()},
         "trials": [_trial_json(t) for t in progress.trials],
     }
+
+
+def _data_json(data: service.DataIdentity | None) -> dict[str, Any] | None:
+    return None if data is None else data.model_dump(mode="json")
+
+
+def _data_line(data: service.DataIdentity | None) -> str:
+    if data is None:
+        return "data: not recorded (stored before data identities were)"
+    counts = (
+        ""
+        if data.train_tokens is None or data.val_tokens is None
+        else f", {data.train_tokens:,} train + {data.val_tokens:,} validation tokens"
+    )
+    return (
+        f"data: {data.source} (tokenizer {data.tokenizer}, vocabulary {data.vocab_size:,}"
+        f"{counts}; sha256 {data.sha256[:12]})"
+    )
 
 
 def _stale(stale: bool) -> str:
@@ -299,6 +319,7 @@ def _print_progress(progress: service.SweepProgress) -> None:
         f"sweep {sweep.id} [bold]{sweep.name}[/]: {sweep.status}{_stale(progress.stale)}, "
         f"{progress.finished}/{progress.planned} trials finished"
     )
+    console.print(_data_line(progress.data), highlight=False)
     if sweep.error:
         console.print(f"error: {sweep.error}", highlight=False)
     table = Table()
@@ -585,6 +606,7 @@ def _run_json(progress: service.RunProgress) -> dict[str, Any]:
         "restarts": run.restarts,
         "resumed_from_step": run.resumed_from_step,
         "error": run.error,
+        "data": _data_json(progress.data),
         "config": run.config,
         "curve": [dataclasses.asdict(p) for p in progress.curve],
     }
@@ -595,6 +617,7 @@ def _print_run(progress: service.RunProgress) -> None:
     console.print(
         f"run {run.id} [bold]{run.name}[/]: {run.status}{_stale(progress.stale)}", highlight=False
     )
+    console.print(_data_line(progress.data), highlight=False)
     if run.restarts:
         console.print(
             f"restarted {run.restarts}x, last from the checkpoint of step {run.resumed_from_step}"
@@ -652,6 +675,9 @@ def launch_command(
         int | None, typer.Option(help="steps between checkpoints [default: eval interval]")
     ] = None,
     strategy: Annotated[str, typer.Option(help="auto, ddp or fsdp")] = "auto",
+    data: Annotated[
+        str | None, typer.Option(help="the target's data [default: the sweep's]")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the run until it ends")] = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -667,6 +693,7 @@ def launch_command(
             precision=precision,
             checkpoint_every=checkpoint_every,
             strategy=strategy,
+            data=data,
         )
     except ValidationError as e:
         raise UsageError(_validation_message(e)) from None
@@ -675,6 +702,9 @@ def launch_command(
         run = service.launch_run(database, request)
     except service.InvalidInput as e:
         raise BadParameter(e.message, param_hint=_option_name(e.field)) from None
+    assert run.transfer_id is not None  # a launch always stores its transfer
+    for warning in db.get_transfer(database, transfer_id=run.transfer_id).result["warnings"]:
+        stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if not wait:
         if json_output:
             _print_json({"id": run.id, "status": str(run.status)})
@@ -781,6 +811,59 @@ def serve_command(
     from api import serve  # here, not at the top: the other commands need no web stack
 
     serve(host, port)
+
+
+# --- sweeper data: one self-contained block (its logic is models.prepare) --------------
+
+data_app = typer.Typer(
+    help="Datasets: local text tokenized into the token files a run reads.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    inputs: Annotated[
+        list[Path], typer.Argument(metavar="INPUT...", help=".txt, .jsonl or .parquet files")
+    ],
+    tokenizer: Annotated[
+        str, typer.Option(help="bytes, bpe (trained on the inputs) or a tokenizer.json path")
+    ],
+    out: Annotated[Path, typer.Option(help="the directory to create (must not exist)")],
+    vocab_size: Annotated[int | None, typer.Option(help="bpe: its vocabulary size")] = None,
+    text_field: Annotated[
+        str, typer.Option(help="the text's field (.jsonl) or column (.parquet)")
+    ] = "text",
+    dtype: Annotated[str, typer.Option(help="token files: auto, uint16 or uint32")] = "auto",
+    json_output: JsonOption = False,
+) -> None:
+    """Tokenize local text files into a dataset directory: train.bin, val.bin (nanoGPT's
+    layout) and meta.json; give it to a run as --data DIR or a spec's train.data."""
+    # Imported here so that the block moves into another module as one piece.
+    from models.data import DataError
+    from models.prepare import DtypeChoice, PrepareError, prepare
+
+    if dtype not in ("auto", "uint16", "uint32"):
+        raise BadParameter(f"{dtype!r} is not auto, uint16 or uint32", param_hint="--dtype")
+    try:
+        with stderr.status(f"preparing {out} ..."):
+            identity = prepare(
+                inputs,
+                tokenizer=tokenizer,
+                out=out,
+                vocab_size=vocab_size,
+                text_field=text_field,
+                dtype=typing.cast(DtypeChoice, dtype),
+            )
+    except PrepareError as e:
+        hint = "INPUT" if e.field == "inputs" else _option_name(e.field)
+        raise BadParameter(str(e), param_hint=hint) from None
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    if json_output:
+        _print_json(identity.model_dump(mode="json"))
+    else:
+        typer.echo(_data_line(identity).removeprefix("data: "))
 
 
 def main() -> None:

@@ -73,16 +73,25 @@ class LaunchRequest(BaseModel):
     checkpoint_every: int | None = Field(None, ge=1, le=MAX_INT, description="default: every eval")
     strategy: Strategy = "auto"
     name: str | None = Field(None, max_length=200)
+    data: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="the target's data (a prepared directory, a text file or 'stdlib');"
+        " default: the sweep's",
+    )
 
 
 def launch_config(spec: SweepSpec, result: TransferResult, request: LaunchRequest) -> TrainConfig:
-    """The target run: the sweep's base run at the target shape with the transferred values."""
+    """The target run: the sweep's base run at the target shape with the transferred values,
+    on the request's data when it names other data (its vocabulary then comes from it)."""
     model_update: dict[str, Any] = {"width": request.to_width}
     if request.depth is not None:
         model_update["depth"] = request.depth
     if result.base_tau is not None:
         model_update["tau"] = result.base_tau
-    model = ModelConfig.model_validate(spec.train.model.model_dump() | model_update)
+    base = spec.train.model.model_dump(exclude={"vocab_size"} if request.data else None)
+    model = ModelConfig.model_validate(base | model_update)
     device = "cuda" if request.gpus_per_worker > 0 else "cpu"
     config = TrainConfig.model_validate(
         spec.train.model_dump()
@@ -94,6 +103,7 @@ def launch_config(spec: SweepSpec, result: TransferResult, request: LaunchReques
             "precision": request.precision,
             "device": device,
         }
+        | ({"data": request.data} if request.data else {})
     )
     if config.batch_size % request.workers:
         raise ValueError(

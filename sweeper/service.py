@@ -9,16 +9,20 @@ jobs whose driver died.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import platformdirs
+from pydantic import ValidationError
 
 import db
+from models.data import DataError, DataIdentity, data_identity
 from sweeper import cluster
 from sweeper.compare import SweepComparison, compare_sweep, trial_outcomes
 from sweeper.jobs import (
@@ -33,7 +37,7 @@ from sweeper.jobs import (
 )
 from sweeper.launch import MAX_INT, LaunchRequest, launch_config, resource_shortfall
 from sweeper.spec import SweepSpec
-from sweeper.transfer import TransferResult, compute_transfer
+from sweeper.transfer import TransferResult, compute_transfer, data_warnings
 
 
 class InvalidInput(ValueError):
@@ -56,6 +60,11 @@ class SweepProgress:
     def finished(self) -> int:
         return sum(t.status.finished for t in self.trials)
 
+    @property
+    def data(self) -> DataIdentity | None:
+        """What the sweep's trials train on; None for a sweep stored before it was kept."""
+        return stored_identity(self.sweep.data)
+
     def best_per_width(self) -> dict[int, db.Trial]:
         """The trial with the lowest final eval loss at each width (finite losses only)."""
         best: dict[int, db.Trial] = {}
@@ -65,6 +74,19 @@ class SweepProgress:
             if t.width not in best or t.final_eval_loss < (best[t.width].final_eval_loss or 0):
                 best[t.width] = t
         return dict(sorted(best.items()))
+
+
+def stored_identity(data: dict[str, Any] | None) -> DataIdentity | None:
+    return None if data is None else DataIdentity.model_validate(data)
+
+
+def identify_data(source: str, field: str) -> DataIdentity:
+    """The identity of ``source`` (`models.data.data_identity`), or InvalidInput on
+    ``field`` when it cannot be read."""
+    try:
+        return data_identity(source)
+    except (DataError, OSError) as e:
+        raise InvalidInput(field, str(e)) from None
 
 
 def log_dir() -> Path:
@@ -103,7 +125,10 @@ def start_sweep(database: db.Database, spec: SweepSpec) -> db.Sweep:
         problem = cluster.trial_shortfall(spec.resources, [cluster.local_node()])
         if problem is not None:
             raise InvalidInput(*problem)
-    sweep_id = db.create_sweep(database, name=spec.name, spec=spec.model_dump(mode="json"))
+    data = identify_data(spec.train.data, "train.data")
+    sweep_id = db.create_sweep(
+        database, name=spec.name, spec=spec.model_dump(mode="json"), data=data.model_dump()
+    )
     launch_driver(database, "sweep", sweep_id)
     return db.get_sweep(database, sweep_id=sweep_id)
 
@@ -245,7 +270,15 @@ def transfer(
     """Fit the sweep's proxies (the latest completed sweep when ``sweep_id`` is None),
     compute the target width's values and store the result as a transfer record."""
     sweep_id = _sweep_or_latest(database, sweep_id)
-    progress = sweep_progress(database, sweep_id)
+    result = _fit_transfer(sweep_progress(database, sweep_id), to_width)
+    transfer_id = db.create_transfer(
+        database, sweep_id=sweep_id, to_width=to_width, result=result.to_dict()
+    )
+    return transfer_id, result
+
+
+def _fit_transfer(progress: SweepProgress, to_width: int) -> TransferResult:
+    sweep_id = progress.sweep.id
     model = progress.spec.train.model
     if not 1 <= to_width <= MAX_INT or to_width % model.head_dim:
         raise InvalidInput(
@@ -256,10 +289,7 @@ def transfer(
         result = compute_transfer(trial_outcomes(progress.trials), model=model, to_width=to_width)
     except ValueError as e:
         raise InvalidInput("sweep_id", f"sweep {sweep_id}: {e}") from None
-    transfer_id = db.create_transfer(
-        database, sweep_id=sweep_id, to_width=to_width, result=result.to_dict()
-    )
-    return transfer_id, result
+    return result
 
 
 def _sweep_or_latest(database: db.Database, sweep_id: int | None) -> int:
@@ -277,30 +307,57 @@ class RunProgress:
     curve: list[db.MetricPoint]
     stale: bool  # active, and its driver is gone (see `is_stale`)
 
+    @property
+    def data(self) -> DataIdentity | None:
+        """What the run trains on; None for a run stored before it was kept."""
+        return stored_identity(self.run.data)
+
 
 def launch_run(database: db.Database, request: LaunchRequest) -> db.Run:
     """Transfer the sweep's optimum (the latest completed sweep's when the request names
     none) to the target width and start the full-size run; a run whose workers could never
-    all run at once on the driver's local cluster is refused (as in `start_sweep`)."""
+    all run at once on the driver's local cluster is refused (as in `start_sweep`). The
+    transfer record it stores also warns when the target's data, tokenizer or token
+    horizon differ from the proxies' (`sweeper.transfer.data_warnings`)."""
     if cluster.configured_address() is None:  # as in `start_sweep`
         problem = resource_shortfall(request, [cluster.local_node()])
         if problem is not None:
             raise InvalidInput(*problem)
     sweep_id = _sweep_or_latest(database, request.sweep_id)
     request = request.model_copy(update={"sweep_id": sweep_id})  # stored as it ran
-    transfer_id, result = transfer(database, sweep_id=sweep_id, to_width=request.to_width)
-    spec = SweepSpec.stored(db.get_sweep(database, sweep_id=sweep_id).spec)
+    progress = sweep_progress(database, sweep_id)
+    result = _fit_transfer(progress, request.to_width)
     try:
-        config = launch_config(spec, result, request)
-    except ValueError as e:  # a pydantic ValidationError is one too
+        config = launch_config(progress.spec, result, request)
+    except ValidationError as e:  # one line, on the field at fault where it has one
+        first = e.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        field = ".".join(str(part) for part in first["loc"]) or "launch"
+        if field == "launch" and message.startswith("data: "):  # TrainConfig's data check
+            field, message = "data", message.removeprefix("data: ")
+        raise InvalidInput(field, message) from None
+    except ValueError as e:
         raise InvalidInput("launch", str(e)) from None
-    name = request.name or f"{spec.name} @ width {request.to_width}"
+    data = identify_data(config.data, "data")
+    proxy = progress.spec.train
+    warnings = data_warnings(
+        progress.data,
+        data,
+        proxy_tokens=proxy.steps * proxy.tokens_per_step,
+        target_tokens=config.steps * config.tokens_per_step,
+    )
+    result = dataclasses.replace(result, warnings=[*result.warnings, *warnings])
+    transfer_id = db.create_transfer(
+        database, sweep_id=sweep_id, to_width=request.to_width, result=result.to_dict()
+    )
+    name = request.name or f"{progress.spec.name} @ width {request.to_width}"
     run_id = db.create_run(
         database,
         name=name,
         config={"launch": request.model_dump(mode="json"), "train": config.model_dump(mode="json")},
         sweep_id=sweep_id,
         transfer_id=transfer_id,
+        data=data.model_dump(),
     )
     launch_driver(database, "run", run_id)
     return db.get_run(database, run_id=run_id)
