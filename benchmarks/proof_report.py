@@ -1,6 +1,6 @@
 """docs/EXPERIMENTS.md and its pictures, from the transfer proof's results and database.
 
-    python -m benchmarks.proof_report --db .devdata/proof.db \\
+    python -m benchmarks.proof_report --db benchmarks/results/transfer_proof.db \\
         [--results benchmarks/results/transfer_proof.json] [--out docs]
 
 Serves the database through the API on a loopback port (in this process), opens the
@@ -320,13 +320,14 @@ def experiments_markdown(results: dict[str, Any], pictures: dict[str, str]) -> s
         "## How to rerun",
         "On a GPU machine, until it exits 0 (3: stopped at its budget, resumable; each call "
         "hands back the database and the results in `$OUT`, to put in place before the next):",
-        "```bash\npython -m benchmarks.transfer_proof --db .devdata/proof.db "
+        "```bash\npython -m benchmarks.transfer_proof --db benchmarks/results/transfer_proof.db "
         "--data .devdata/shakespeare.txt --budget-s 420 --export $OUT\n```",
         "Then, anywhere with chromium: `python -m benchmarks.proof_report --db "
-        ".devdata/proof.db` writes this note and its pictures.",
+        "benchmarks/results/transfer_proof.db` writes this note and its pictures.",
         "## Raw data",
         "Every number above is in `benchmarks/results/transfer_proof.json` (with the spec, "
-        "each stage's sweep or run id and every invocation); the curves are in the database.",
+        "each stage's sweep or run id and every invocation); the curves are in the database, "
+        "`benchmarks/results/transfer_proof.db`, committed with them (a rerun resumes from it).",
     ]
     return "\n\n".join(parts) + "\n"
 

@@ -2,8 +2,9 @@
 widths, SP does not. Every step goes through the product: sweeps on Ray Tune with packed
 trials, the SQL store, the transfer, launches on Ray Train.
 
-    python -m benchmarks.transfer_proof --db .devdata/proof.db --data .devdata/shakespeare.txt \\
-        [--spec examples/proof.yaml] [--budget-s 420] [--export $OUT]
+    python -m benchmarks.transfer_proof --db benchmarks/results/transfer_proof.db \\
+        --data .devdata/shakespeare.txt [--spec examples/proof.yaml] [--budget-s 420] \\
+        [--export $OUT]
 
 The spec (`examples/proof.yaml`; `examples/proof_tiny.yaml` runs on a CPU in minutes) names
 the proxies and the sides (a parametrization and a precision each, with its LR range), the

@@ -182,6 +182,9 @@ class SweepRow(Base):
     driver_pid: Mapped[int | None]
     # Resumes the service's watchdog made since the job was last started or resumed by hand.
     auto_resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # What it trains on (`models.data.DataIdentity`), taken when it was created; NULL for
+    # jobs stored before revision 0004.
+    data: Mapped[dict[str, Any] | None]
 
 
 class TrialRow(Base):
@@ -258,6 +261,7 @@ class RunRow(Base):
     driver_host: Mapped[str | None] = mapped_column(String(255))
     driver_pid: Mapped[int | None]
     auto_resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    data: Mapped[dict[str, Any] | None]  # as a sweep's
 
 
 class MetricPointRow(Base):

@@ -64,6 +64,7 @@ class Sweep:
     driver_host: str | None
     driver_pid: int | None
     auto_resumes: int
+    data: dict[str, Any] | None  # what it trains on; None for sweeps stored before 0004
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +128,7 @@ class Run:
     driver_host: str | None
     driver_pid: int | None
     auto_resumes: int
+    data: dict[str, Any] | None  # what it trains on; None for runs stored before 0004
 
 
 @dataclass(frozen=True)
@@ -140,15 +142,23 @@ class Page(Generic[T]):
 # --- sweeps -----------------------------------------------------------------------------
 
 
-def create_sweep(database: Database, *, name: str, spec: Mapping[str, Any]) -> int:
-    """Store a new `queued` sweep with its whole spec; returns its id. Its driver's grace
-    period starts now (the heartbeat is set to the creation time)."""
+def create_sweep(
+    database: Database,
+    *,
+    name: str,
+    spec: Mapping[str, Any],
+    data: Mapping[str, Any] | None = None,
+) -> int:
+    """Store a new `queued` sweep with its whole spec and the identity of its data; returns
+    its id. Its driver's grace period starts now (the heartbeat is set to the creation
+    time)."""
     with database.session(f"creating sweep {name!r}") as s:
         now = utcnow()
         row = SweepRow(
             name=name,
             status=JobStatus.QUEUED,
             spec=dict(spec),
+            data=None if data is None else dict(data),
             created_at=now,
             driver_heartbeat_at=now,
             auto_resumes=0,
@@ -519,8 +529,9 @@ def create_run(
     config: Mapping[str, Any],
     sweep_id: int | None = None,
     transfer_id: int | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> int:
-    """Store a new `queued` run; returns its id.
+    """Store a new `queued` run with the identity of its data; returns its id.
 
     With a `transfer_id` and no `sweep_id`, the run is linked to the transfer's sweep. Its
     driver's grace period starts now, as a sweep's.
@@ -542,6 +553,7 @@ def create_run(
             name=name,
             status=JobStatus.QUEUED,
             config=dict(config),
+            data=None if data is None else dict(data),
             sweep_id=sweep_id,
             transfer_id=transfer_id,
             restarts=0,

@@ -6,6 +6,7 @@ them, so a bad value gets the same message naming the field everywhere.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -14,11 +15,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from models.data import STDLIB, DataError, is_prepared, read_meta
 from models.width_rules import GroupRule, ParamGroup, group_rule
 
 Parametrization = Literal["mus", "sp"]
@@ -34,7 +39,9 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    vocab_size: int = Field(256, ge=2, description="byte-level tokens: 256")
+    vocab_size: int = Field(
+        256, ge=2, description="bytes: 256; a prepared dataset's comes from its meta.json"
+    )
     depth: int = Field(4, ge=1, description="transformer blocks")
     width: int = Field(128, ge=1, description="d_model")
     head_dim: int = Field(32, ge=1, description="fixed across widths: heads = width / head_dim")
@@ -107,7 +114,11 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: ModelConfig = Field(default_factory=ModelConfig)
-    data: str = Field("stdlib", description="a text file path, or 'stdlib' (Python's own source)")
+    data: str = Field(
+        "stdlib",
+        description="a text file (bytes), a directory from `sweeper data prepare`, or 'stdlib'"
+        " (Python's own source)",
+    )
     steps: int = Field(200, ge=1, description="optimizer steps")
     batch_size: int = Field(32, ge=1, description="sequences per step")
     precision: Precision = Field("fp8", description="hidden matmuls: fp8 (e4m3/e5m2), bf16, fp32")
@@ -137,15 +148,53 @@ class TrainConfig(BaseModel):
     def _data_path_absolute(cls, data: str) -> str:
         # Trials and launches run in Ray workers with another working directory: a path
         # relative to where the user stood would name nothing there.
-        return data if data == "stdlib" else str(Path(data).expanduser().absolute())
+        if data == STDLIB:
+            return data
+        try:
+            return str(Path(data).expanduser().absolute())
+        except RuntimeError as e:  # ~user of no such user
+            raise ValueError(str(e)) from None
 
-    @model_validator(mode="after")
-    def _data_exists(self, info: ValidationInfo) -> TrainConfig:
-        # A stored config is read back with context {"check_files": False}: a data file
-        # deleted since must not make its sweep unreadable.
-        check = (info.context or {}).get("check_files", True)
-        if check and self.data != "stdlib" and not Path(self.data).is_file():
-            raise ValueError(f"data: no such file {self.data!r} (or use 'stdlib')")
+    @model_validator(mode="wrap")
+    @classmethod
+    def _data_readable(
+        cls, values: object, handler: ModelWrapValidatorHandler[TrainConfig], info: ValidationInfo
+    ) -> TrainConfig:
+        """The data exists; a prepared directory's meta.json gives the vocabulary size.
+
+        A vocab_size left unset takes the dataset's; one set to another value is an error
+        on ``model.vocab_size``. A stored config is read back with context
+        {"check_files": False}: data deleted since must not make its sweep unreadable."""
+        self = handler(values)
+        if not (info.context or {}).get("check_files", True) or self.data == STDLIB:
+            return self
+        if not os.path.exists(self.data):  # os.path: a name too long is missing, not an error
+            raise ValueError(f"data: no such file or directory {self.data!r} (or use 'stdlib')")
+        if not is_prepared(self.data):
+            return self
+        try:
+            vocab_size = read_meta(self.data).vocab_size
+        except DataError as e:
+            raise ValueError(f"data: {e}") from None
+        if "vocab_size" not in self.model.model_fields_set:
+            model = self.model.model_copy(update={"vocab_size": vocab_size})
+            return self.model_copy(update={"model": model})
+        if self.model.vocab_size != vocab_size:
+            error = PydanticCustomError(
+                "vocab_mismatch",
+                "{given} does not match the vocabulary of the data ({vocab} tokens, from"
+                " {meta}): leave vocab_size out to take the data's",
+                {
+                    "given": self.model.vocab_size,
+                    "vocab": vocab_size,
+                    "meta": str(Path(self.data) / "meta.json"),
+                },
+            )
+            given = self.model.vocab_size
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [InitErrorDetails(type=error, loc=("model", "vocab_size"), input=given)],
+            )
         return self
 
     @property
@@ -155,10 +204,12 @@ class TrainConfig(BaseModel):
     def with_overrides(self, overrides: Mapping[str, Any]) -> TrainConfig:
         """This run with fields of either config changed, by name (``width``, ``lr``, ...):
         how the CLI's options, a sweep's trials and a launch make their runs. Raises
-        pydantic's ValidationError naming the field."""
+        pydantic's ValidationError naming the field. Other ``data`` without a ``vocab_size``
+        takes that data's vocabulary (a prepared directory's meta.json)."""
         model_fields = {k: v for k, v in overrides.items() if k in ModelConfig.model_fields}
         train_fields = {k: v for k, v in overrides.items() if k not in model_fields}
-        model = ModelConfig.model_validate(self.model.model_dump() | model_fields)
+        keep = self.model.model_dump(exclude={"vocab_size"} if "data" in train_fields else None)
+        model = ModelConfig.model_validate(keep | model_fields)
         return TrainConfig.model_validate(self.model_dump() | train_fields | {"model": model})
 
 

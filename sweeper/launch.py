@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +39,7 @@ from sweeper.cluster import (
     ensure_ray,
     shortfall,
 )
-from sweeper.jobs import DatabaseHandle, Job, writes
+from sweeper.jobs import DatabaseHandle, Job, Periodic, writes
 from sweeper.settings import Settings
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult
@@ -73,10 +75,18 @@ class LaunchRequest(BaseModel):
     checkpoint_every: int | None = Field(None, ge=1, le=MAX_INT, description="default: every eval")
     strategy: Strategy = "auto"
     name: str | None = Field(None, max_length=200)
+    data: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="the target's data (a prepared directory, a text file or 'stdlib');"
+        " default: the sweep's",
+    )
 
 
 def launch_config(spec: SweepSpec, result: TransferResult, request: LaunchRequest) -> TrainConfig:
-    """The target run: the sweep's base run at the target shape with the transferred values."""
+    """The target run: the sweep's base run at the target shape with the transferred values,
+    on the request's data when it names other data (its vocabulary then comes from it)."""
     overrides: dict[str, Any] = {
         "width": request.to_width,
         "lr": result.base_lr,
@@ -89,6 +99,8 @@ def launch_config(spec: SweepSpec, result: TransferResult, request: LaunchReques
         overrides["depth"] = request.depth
     if result.base_tau is not None:
         overrides["tau"] = result.base_tau
+    if request.data:
+        overrides["data"] = request.data
     config = spec.train.with_overrides(overrides)
     if config.batch_size % request.workers:
         raise ValueError(
@@ -216,6 +228,29 @@ class RunCancelled(Exception):
     pass
 
 
+class CancelWatch:
+    """Ends a cancelled run's driver that `fit` still holds ``grace_s`` after the cancel.
+    Training workers see a cancel at their next report and stop with their checkpoints;
+    a run whose workers never started (waiting for resources) reports nothing, and Ray
+    Train's own abort of a starting worker group can take minutes. Exiting is safe: the
+    run is recorded cancelled already, and Ray ends the actors this driver owns."""
+
+    def __init__(self, job: Job, grace_s: float):
+        self.job, self.grace_s = job, grace_s
+        self.seen_at: float | None = None
+
+    def __call__(self) -> None:
+        if self.seen_at is None:
+            if self.job.status() is db.JobStatus.CANCELLED:
+                self.seen_at = time.monotonic()
+        elif time.monotonic() - self.seen_at >= self.grace_s:
+            log.warning(
+                "%s: cancelled %.0f s ago and still not stopped; exiting", self.job, self.grace_s
+            )
+            logging.shutdown()
+            os._exit(0)
+
+
 def run_launch(database: db.Database, run_id: int, settings: Settings) -> db.JobStatus:
     """Drive run ``run_id`` to its end on Ray Train; returns the status it ends in. Any
     error, from reading the run's config on, fails the run with its reason."""
@@ -228,6 +263,10 @@ def run_launch(database: db.Database, run_id: int, settings: Settings) -> db.Job
         problem = resource_shortfall(request, cluster_nodes())
         if problem is not None:
             raise NotEnoughResources(f"{problem[0]}: {problem[1]}")
+        # Ray Train gives up on a worker group that cannot start within 60 s and counts it
+        # as one of `max_failures`: on a cluster busy with sweeps a feasible run would fail
+        # after four minutes. The controller reads this from the driver's environment.
+        os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(job.settings.run_start_timeout_s)
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={
@@ -250,11 +289,13 @@ def run_launch(database: db.Database, run_id: int, settings: Settings) -> db.Job
                 callbacks=[RunRecorder(database, run_id, job.settings)],  # type: ignore[list-item]  # V2 type
             ),
         )
-        try:
-            trainer.fit()
-        except Exception:
-            if job.status() is not db.JobStatus.CANCELLED:
-                raise  # `driving` records why
+        watch = CancelWatch(job, grace_s=job.settings.stale_s)
+        with Periodic(watch, job.settings.heartbeat_s, f"cancel watch {job}"):
+            try:
+                trainer.fit()
+            except Exception:
+                if job.status() is not db.JobStatus.CANCELLED:
+                    raise  # `driving` records why
         if job.status() is db.JobStatus.CANCELLED:
             return db.JobStatus.CANCELLED
         return job.finish(db.JobStatus.COMPLETED)

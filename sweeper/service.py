@@ -12,14 +12,17 @@ jobs whose driver died.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+from pydantic import ValidationError
 
 import db
 from db import (
@@ -36,6 +39,8 @@ from db import (
 from models import PRESETS, ModelConfig, TrainConfig, TrainResult, train
 from models.config import PRECISIONS, preset
 from models.coord_check import CoordCheck, coord_check, plot_coord_check
+from models.data import DataError, DataIdentity, data_identity
+from models.prepare import DTYPE_CHOICES, DtypeChoice, PrepareError, prepare
 from sweeper import cluster
 from sweeper.compare import SweepComparison, compare_sweep, trial_outcomes
 from sweeper.jobs import (
@@ -51,7 +56,7 @@ from sweeper.jobs import (
 from sweeper.launch import MAX_ID, MAX_INT, LaunchRequest, launch_config, resource_shortfall
 from sweeper.settings import Settings, is_loopback
 from sweeper.spec import SweepSpec
-from sweeper.transfer import TransferResult, compute_transfer
+from sweeper.transfer import TransferResult, compute_transfer, data_warnings
 from sweeper.views import (
     LrPoint,
     Page,
@@ -65,18 +70,22 @@ from sweeper.views import (
     TrialCurve,
     TrialView,
     WidthCurve,
+    stored_identity,
 )
 from sweeper.views import is_stale as _is_stale
 
 # What the CLI and the API may use besides the functions below (the import contract in
 # pyproject.toml lets them import this module and nothing under it).
 __all__ = [
+    "DTYPE_CHOICES",
     "MAX_ID",
     "MAX_INT",
     "PRECISIONS",
     "PRESETS",
     "Conflict",
     "CoordCheck",
+    "DataError",
+    "DataIdentity",
     "Database",
     "JobKind",
     "JobRecord",
@@ -137,6 +146,38 @@ def train_config(preset_name: str, overrides: dict[str, object]) -> TrainConfig:
     return TrainConfig(model=preset(preset_name)).with_overrides(overrides)
 
 
+# --- datasets, for `sweeper data prepare` -------------------------------------------------
+
+
+def prepare_data(
+    inputs: Sequence[Path],
+    *,
+    tokenizer: str,
+    out: Path,
+    vocab_size: int | None = None,
+    text_field: str = "text",
+    dtype: str = "auto",
+) -> DataIdentity:
+    """Tokenize local text files into the prepared directory ``out`` (`models.prepare`) and
+    return its identity. Bad arguments raise InvalidInput on the argument at fault
+    (``inputs``, ``out``, ``vocab_size``, ``text_field``, ``dtype``); unreadable data
+    raises DataError."""
+    if dtype not in DTYPE_CHOICES:
+        choices = ", ".join(DTYPE_CHOICES[:-1]) + f" or {DTYPE_CHOICES[-1]}"
+        raise InvalidInput("dtype", f"{dtype!r} is not {choices}")
+    try:
+        return prepare(
+            inputs,
+            tokenizer=tokenizer,
+            out=out,
+            vocab_size=vocab_size,
+            text_field=text_field,
+            dtype=typing.cast(DtypeChoice, dtype),
+        )
+    except PrepareError as e:
+        raise InvalidInput(e.field, str(e)) from None
+
+
 # --- sweeps -----------------------------------------------------------------------------
 
 # A tiny µS sweep that runs on a CPU (`examples/debug_sweep.yaml` links here): the README's
@@ -163,6 +204,11 @@ class SweepProgress:
     def finished(self) -> int:
         return sum(t.status.finished for t in self.trials)
 
+    @property
+    def data(self) -> DataIdentity | None:
+        """What the sweep's trials train on; None for a sweep stored before it was kept."""
+        return stored_identity(self.sweep.data)
+
     def best_per_width(self) -> dict[int, db.Trial]:
         """The trial with the lowest final eval loss at each width (finite losses only)."""
         best: dict[int, db.Trial] = {}
@@ -181,6 +227,15 @@ class SweepProgress:
         return SweepDetail(
             **dict(self.summary()), spec=self.spec.model_dump(mode="json"), best=best
         )
+
+
+def identify_data(source: str, field: str) -> DataIdentity:
+    """The identity of ``source`` (`models.data.data_identity`), or InvalidInput on
+    ``field`` when it cannot be read."""
+    try:
+        return data_identity(source)
+    except (DataError, OSError) as e:
+        raise InvalidInput(field, str(e)) from None
 
 
 def log_dir() -> Path:
@@ -227,7 +282,10 @@ def start_sweep(
         problem = cluster.trial_shortfall(spec.resources, [cluster.local_node()])
         if problem is not None:
             raise InvalidInput(*problem)
-    sweep_id = db.create_sweep(database, name=spec.name, spec=spec.model_dump(mode="json"))
+    data = identify_data(spec.train.data, "train.data")
+    sweep_id = db.create_sweep(
+        database, name=spec.name, spec=spec.model_dump(mode="json"), data=data.model_dump()
+    )
     launch_driver(database, "sweep", sweep_id, settings)
     sweep = db.get_sweep(database, sweep_id=sweep_id)
     return SweepCreated(id=sweep.id, name=sweep.name, status=sweep.status)
@@ -406,14 +464,22 @@ def transfer(database: db.Database, *, sweep_id: int | None, to_width: int) -> T
     """Fit the sweep's proxies (the latest completed sweep when ``sweep_id`` is None),
     compute the target width's values and store the result as a transfer record."""
     sweep_id = _sweep_or_latest(database, sweep_id)
-    transfer_id, result = _transfer(database, sweep_id, to_width)
+    result = _fit_transfer(sweep_progress(database, sweep_id), to_width)
+    transfer_id = db.create_transfer(
+        database, sweep_id=sweep_id, to_width=to_width, result=result.to_dict()
+    )
     return TransferView(
         id=transfer_id, sweep_id=sweep_id, to_width=to_width, result=result.to_dict()
     )
 
 
-def _transfer(database: db.Database, sweep_id: int, to_width: int) -> tuple[int, TransferResult]:
-    progress = sweep_progress(database, sweep_id)
+def get_transfer(database: db.Database, transfer_id: int) -> TransferView:
+    t = db.get_transfer(database, transfer_id=transfer_id)
+    return TransferView(id=t.id, sweep_id=t.sweep_id, to_width=t.to_width, result=t.result)
+
+
+def _fit_transfer(progress: SweepProgress, to_width: int) -> TransferResult:
+    sweep_id = progress.sweep.id
     model = progress.spec.train.model
     if not 1 <= to_width <= MAX_INT or to_width % model.head_dim:
         raise InvalidInput(
@@ -424,10 +490,7 @@ def _transfer(database: db.Database, sweep_id: int, to_width: int) -> tuple[int,
         result = compute_transfer(trial_outcomes(progress.trials), model=model, to_width=to_width)
     except ValueError as e:
         raise InvalidInput("sweep_id", f"sweep {sweep_id}: {e}") from None
-    transfer_id = db.create_transfer(
-        database, sweep_id=sweep_id, to_width=to_width, result=result.to_dict()
-    )
-    return transfer_id, result
+    return result
 
 
 def _sweep_or_latest(database: db.Database, sweep_id: int | None) -> int:
@@ -507,13 +570,20 @@ class RunProgress:
     curve: list[db.MetricPoint]
     stale: bool  # active, and its driver is gone (see `is_stale`)
 
+    @property
+    def data(self) -> DataIdentity | None:
+        """What the run trains on; None for a run stored before it was kept."""
+        return stored_identity(self.run.data)
+
 
 def launch_run(
     database: db.Database, request: LaunchRequest, settings: Settings | None = None
 ) -> RunView:
     """Transfer the sweep's optimum (the latest completed sweep's when the request names
     none) to the target width and start the full-size run; a run whose workers could never
-    all run at once on the driver's local cluster is refused (as in `start_sweep`)."""
+    all run at once on the driver's local cluster is refused (as in `start_sweep`). The
+    transfer record it stores also warns when the target's data, tokenizer or token
+    horizon differ from the proxies' (`sweeper.transfer.data_warnings`)."""
     settings = settings or Settings()
     if settings.ray_address is None:  # as in `start_sweep`
         problem = resource_shortfall(request, [cluster.local_node()])
@@ -521,19 +591,39 @@ def launch_run(
             raise InvalidInput(*problem)
     sweep_id = _sweep_or_latest(database, request.sweep_id)
     request = request.model_copy(update={"sweep_id": sweep_id})  # stored as it ran
-    transfer_id, result = _transfer(database, sweep_id, request.to_width)
-    spec = SweepSpec.stored(db.get_sweep(database, sweep_id=sweep_id).spec)
+    progress = sweep_progress(database, sweep_id, settings)
+    result = _fit_transfer(progress, request.to_width)
     try:
-        config = launch_config(spec, result, request)
-    except ValueError as e:  # a pydantic ValidationError is one too
+        config = launch_config(progress.spec, result, request)
+    except ValidationError as e:  # one line, on the field at fault where it has one
+        first = e.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        field = ".".join(str(part) for part in first["loc"]) or "launch"
+        if field == "launch" and message.startswith("data: "):  # TrainConfig's data check
+            field, message = "data", message.removeprefix("data: ")
+        raise InvalidInput(field, message) from None
+    except ValueError as e:
         raise InvalidInput("launch", str(e)) from None
-    name = request.name or f"{spec.name} @ width {request.to_width}"
+    data = identify_data(config.data, "data")
+    proxy = progress.spec.train
+    warnings = data_warnings(
+        progress.data,
+        data,
+        proxy_tokens=proxy.steps * proxy.tokens_per_step,
+        target_tokens=config.steps * config.tokens_per_step,
+    )
+    result = dataclasses.replace(result, warnings=[*result.warnings, *warnings])
+    transfer_id = db.create_transfer(
+        database, sweep_id=sweep_id, to_width=request.to_width, result=result.to_dict()
+    )
+    name = request.name or f"{progress.spec.name} @ width {request.to_width}"
     run_id = db.create_run(
         database,
         name=name,
         config={"launch": request.model_dump(mode="json"), "train": config.model_dump(mode="json")},
         sweep_id=sweep_id,
         transfer_id=transfer_id,
+        data=data.model_dump(),
     )
     launch_driver(database, "run", run_id, settings)
     return RunView.of(db.get_run(database, run_id=run_id), settings)

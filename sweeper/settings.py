@@ -12,6 +12,7 @@ SWEEPER_RAY_STORAGE    Ray Tune's and Ray Train's results and checkpoints (a pat
                        Ray supports; default: data dir/ray_results)
 SWEEPER_HEARTBEAT_S, SWEEPER_STALE_BEATS, SWEEPER_MAX_AUTO_RESUMES,
 SWEEPER_RAY_CONNECT_TIMEOUT_S, SWEEPER_WRITE_RETRY_S   the job lifecycle (`sweeper.jobs`)
+SWEEPER_RUN_START_TIMEOUT_S   how long a run waits for its workers' resources
 SWEEPER_API_TOKEN, SWEEPER_API_HOST, SWEEPER_CURVES_TTL_S, SWEEPER_CURVES_WORKER,
 SWEEPER_WATCHDOG_S     the API service's own
 """
@@ -73,6 +74,12 @@ class Settings(BaseSettings):
     )
     write_retry_s: float = Field(
         180.0, ge=0.0, description="how long a driver retries a write the database refuses"
+    )
+    run_start_timeout_s: float = Field(
+        3600.0,
+        gt=0.0,
+        description="how long a run waits for its workers' resources while other jobs hold"
+        " them (a run the cluster could never hold is refused at once)",
     )
 
     # --- the API service ----------------------------------------------------------------

@@ -24,11 +24,17 @@ from typing import Any, Literal
 import numpy as np
 
 from models import ModelConfig
+from models.data import DataIdentity
 
 # |drift| above this (log2 of the optimum per doubling of width) makes transfer unreliable.
 DRIFT_THRESHOLD = 0.25
 MIN_POINTS = 3  # finite points a width needs for a fit
 FIT_NEIGHBOURS = 2  # points each side of the lowest one that the parabola sees
+# Tokens of the target run over tokens of one proxy trial beyond which (either way) the
+# transfer warns. Width transfer holds at a fixed token horizon; the optimal LR falls as
+# training gets longer. Within a decade that shift is usually below a grid step (2x in LR);
+# beyond it, it can be several, so the proxies should be swept nearer the target's horizon.
+HORIZON_RATIO = 10.0
 
 Method = Literal["parabola", "argmin"]
 
@@ -257,3 +263,42 @@ def compute_transfer(
         groups=groups,
         warnings=warnings,
     )
+
+
+def _tokenizer_text(data: DataIdentity) -> str:
+    digest = f" {data.tokenizer_sha256[:12]}" if data.tokenizer_sha256 else ""
+    return f"{data.tokenizer}{digest} (vocabulary {data.vocab_size})"
+
+
+def data_warnings(
+    proxies: DataIdentity | None,
+    target: DataIdentity,
+    *,
+    proxy_tokens: int,
+    target_tokens: int,
+) -> list[str]:
+    """Why the proxies' optimum may not be the target's: another tokenizer, other data
+    (content, not path), or a token horizon beyond HORIZON_RATIO. ``proxies`` is None for
+    a sweep stored before data identities were: only the horizon is compared then."""
+    warnings = []
+    if proxies is not None:
+        tokenizer = (proxies.tokenizer, proxies.tokenizer_sha256, proxies.vocab_size)
+        if tokenizer != (target.tokenizer, target.tokenizer_sha256, target.vocab_size):
+            warnings.append(
+                f"the proxies used tokenizer {_tokenizer_text(proxies)}, the target"
+                f" {_tokenizer_text(target)}: the optimum was found for another tokenizer"
+            )
+        elif proxies.sha256 != target.sha256:
+            warnings.append(
+                f"the proxies trained on {proxies.source} (sha256 {proxies.sha256[:12]}), the"
+                f" target on {target.source} (sha256 {target.sha256[:12]}): the optimum"
+                " carries over only if the two are samples of one distribution"
+            )
+    ratio = target_tokens / proxy_tokens
+    if not 1 / HORIZON_RATIO <= ratio <= HORIZON_RATIO:
+        warnings.append(
+            f"the target trains on {target_tokens:,} tokens, {ratio:.3g}x the"
+            f" {proxy_tokens:,} of a proxy trial: the optimal LR moves with the token horizon"
+            f" (beyond {HORIZON_RATIO:g}x either way), so sweep proxies nearer the target's"
+        )
+    return warnings

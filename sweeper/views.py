@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 import db
+from models.data import DataIdentity
 from sweeper.jobs import JobKind, driver_gone
 from sweeper.settings import Settings
 from sweeper.spec import SweepSpec
@@ -41,6 +42,12 @@ def is_stale(kind: JobKind, job: db.Sweep | db.Run, settings: Settings) -> bool:
     return not job.status.finished and driver_gone(kind, job, settings)
 
 
+def stored_identity(data: dict[str, Any] | None) -> DataIdentity | None:
+    """A stored data identity (`db.Sweep.data`, `db.Run.data`); None for a job stored
+    before revision 0004 kept it."""
+    return None if data is None else DataIdentity.model_validate(data)
+
+
 # --- sweeps -----------------------------------------------------------------------------
 
 
@@ -67,6 +74,9 @@ class SweepSummary(View):
     driver_heartbeat_at: datetime | None = Field(description="its driver's last heartbeat")
     auto_resumes: int = Field(description="times the watchdog resumed it since its last start")
     error: str | None
+    data: DataIdentity | None = Field(
+        description="what its trials train on; null for a sweep stored before it was kept"
+    )
 
     @classmethod
     def of(cls, sweep: db.Sweep, finished: int, settings: Settings) -> SweepSummary:
@@ -85,6 +95,7 @@ class SweepSummary(View):
             driver_heartbeat_at=sweep.driver_heartbeat_at,
             auto_resumes=sweep.auto_resumes,
             error=sweep.error,
+            data=stored_identity(sweep.data),
         )
 
 
@@ -141,11 +152,15 @@ class RunView(View):
     driver_heartbeat_at: datetime | None = Field(description="its driver's last heartbeat")
     auto_resumes: int = Field(description="times the watchdog resumed it since its last start")
     error: str | None
+    data: DataIdentity | None = Field(
+        description="what it trains on; null for a run stored before it was kept"
+    )
 
     @classmethod
     def of(cls, run: db.Run, settings: Settings) -> RunView:
-        fields = {name: getattr(run, name) for name in cls.model_fields if name != "stale"}
-        return cls(**fields, stale=is_stale("run", run, settings))
+        skip = {"stale", "data"}
+        fields = {name: getattr(run, name) for name in cls.model_fields if name not in skip}
+        return cls(**fields, stale=is_stale("run", run, settings), data=stored_identity(run.data))
 
 
 class RunMetrics(View):

@@ -200,7 +200,9 @@ def debug_config(data: str, **overrides: object) -> TrainConfig:
     """A TrainConfig on the debug preset; model fields and train fields may be overridden."""
     model_fields = {k: v for k, v in overrides.items() if k in ModelConfig.model_fields}
     train_fields = {k: v for k, v in overrides.items() if k not in model_fields}
-    model = ModelConfig.model_validate(preset("debug").model_dump() | model_fields)
+    model = ModelConfig.model_validate(
+        preset("debug").model_dump(exclude_unset=True) | model_fields
+    )
     return TrainConfig.model_validate({"data": data, "model": model} | train_fields)
 
 

@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
+import ray
 
 import db
 from models.width_rules import group_rule
@@ -133,6 +135,36 @@ def test_a_run_whose_driver_dies_resumes_from_its_checkpoint(swept, monkeypatch)
     assert [p.step for p in curve] == list(range(10, 101, 10))  # whole, and stored once
     again = cli(env, "run", "resume", str(run.id))
     assert again.returncode == 1 and "nothing to resume" in again.stderr
+
+
+def test_a_run_waiting_for_its_workers_resources_waits_and_cancels_promptly(swept, monkeypatch):
+    """A feasible run on a busy cluster waits for its workers (Ray Train alone gives up after
+    60 s and counts that as a failure), and a cancel stops its driver although no worker
+    ever reports: within the grace of one stale driver (here 15 heartbeats of 0.5 s)."""
+    database, sweep_id, env = swept
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        held = ray.util.placement_group([{"CPU": 1}])  # the cluster's one CPU
+        ray.get(held.ready())
+        monkeypatch.setenv("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+        monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "5")  # the driver overrides
+        monkeypatch.setenv("SWEEPER_HEARTBEAT_S", "0.5")
+        request = LaunchRequest(sweep_id=sweep_id, to_width=64, steps=20, precision="fp32")
+        run = service.launch_run(database, request)
+        wait_for(lambda: drivers_of(database.url), "the run's driver")
+        time.sleep(25)  # five of Ray Train's default start timeouts, as the override is 5 s
+        waiting = db.get_run(database, run_id=run.id)
+        assert waiting.status is db.JobStatus.RUNNING, waiting.error
+        assert not db.get_run_curve(database, run_id=run.id)
+        service.cancel_run(database, run.id)
+        cancelled_at = time.monotonic()
+        wait_for(lambda: not drivers_of(database.url), "the cancelled run's driver to stop", 60)
+        assert time.monotonic() - cancelled_at < 20
+        assert db.get_run(database, run_id=run.id).status is db.JobStatus.CANCELLED
+    finally:
+        ray.shutdown()
 
 
 def test_cancel_then_resume_with_the_cli_continues_from_the_checkpoint(swept):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
-import torch
 
 from models import train
 from models.data import Batches, load_corpus, split_corpus
@@ -14,11 +14,11 @@ from tests.conftest import debug_config
 
 @pytest.fixture(scope="module")
 def runs(shakespeare):
-    """The same 300-step run (width 64, depth 2) in each precision."""
+    """The same 200-step run (width 64, depth 2) in each precision."""
     return {
         precision: train(
             debug_config(
-                shakespeare, precision=precision, steps=300, batch_size=16, eval_interval=50
+                shakespeare, precision=precision, steps=200, batch_size=16, eval_interval=50
             )
         )
         for precision in ("fp8", "bf16", "fp32")
@@ -27,8 +27,8 @@ def runs(shakespeare):
 
 def test_fp8_lowers_eval_loss_by_a_nat(runs):
     fp8 = runs["fp8"]
-    assert fp8.status == "completed" and fp8.steps == 300
-    assert [p.step for p in fp8.curve] == [50, 100, 150, 200, 250, 300]
+    assert fp8.status == "completed" and fp8.steps == 200
+    assert [p.step for p in fp8.curve] == [50, 100, 150, 200]
     first_train_loss = math.log(256)  # what an untrained model scores, about
     assert fp8.curve[0].train_loss < first_train_loss + 1.0
     assert fp8.final_eval_loss < first_train_loss - 1.0
@@ -82,4 +82,4 @@ def test_stdlib_corpus_is_python_source():
     assert len(tokens) > 1_000_000
     text = bytes(tokens[:200_000].tolist()).decode("utf-8", errors="replace")
     assert "def " in text and "import " in text
-    assert torch.equal(split_corpus("stdlib")[0][:100], split_corpus("stdlib")[0][:100])
+    assert np.array_equal(split_corpus("stdlib")[0][:100], split_corpus("stdlib")[0][:100])

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from models import ModelConfig
+from models.data import DataIdentity
 from models.width_rules import group_rule
 from sweeper.transfer import (
     Drift,
     TrialOutcome,
     compute_transfer,
+    data_warnings,
     drift_line,
     drift_warning,
     fit_log_optimum,
@@ -122,3 +124,40 @@ def test_best_wd_and_group_values_follow_the_width_rules():
         assert (g.lr, g.wd) == (pytest.approx(rule.lr), rule.wd)
     hidden = {g.fan_in: g.lr for g in result.groups if g.group == "hidden"}
     assert hidden[4096] == pytest.approx(hidden[1024] / 2)  # sqrt(d0/fan_in)
+
+
+def _data(**overrides: object) -> DataIdentity:
+    fields: dict[str, object] = {
+        "source": "/data/web-bpe",
+        "sha256": "a" * 64,
+        "tokenizer": "bpe",
+        "tokenizer_sha256": "b" * 64,
+        "vocab_size": 8192,
+        "train_tokens": 10**9,
+        "val_tokens": 10**8,
+    }
+    return DataIdentity.model_validate(fields | overrides)
+
+
+def test_data_warnings_name_what_differs_between_proxies_and_target():
+    same = data_warnings(_data(), _data(), proxy_tokens=10**6, target_tokens=10**7)
+    assert same == []  # 10x is still within the horizon threshold
+    [tokenizer] = data_warnings(
+        _data(),
+        _data(tokenizer_sha256="c" * 64),
+        proxy_tokens=10**6,
+        target_tokens=10**6,
+    )
+    assert "tokenizer bpe bbbbbbbbbbbb (vocabulary 8192)" in tokenizer
+    # Same tokenizer, other content under the same path: the data, not the path, is compared.
+    [content] = data_warnings(
+        _data(), _data(sha256="d" * 64), proxy_tokens=10**6, target_tokens=10**6
+    )
+    assert "sha256 aaaaaaaaaaaa" in content and "sha256 dddddddddddd" in content
+    [long, short] = [
+        data_warnings(_data(), _data(), proxy_tokens=10**6, target_tokens=t)[0]
+        for t in (2 * 10**7, 10**4)
+    ]
+    assert "20x the 1,000,000" in long and "0.01x" in short
+    # A sweep stored before data identities were: only the horizon is compared.
+    assert data_warnings(None, _data(), proxy_tokens=10**6, target_tokens=10**6) == []

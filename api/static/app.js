@@ -56,6 +56,17 @@ function jobBadge(job) {
       "the service's watchdog resumes it" });
 }
 
+// What a sweep or run trains on (its data identity): dataset, tokenizer, token counts.
+function dataInfo(data, id) {
+  if (!data) return h("span", { class: "muted", id, text: "data not recorded" });
+  const name = data.source.split("/").filter(Boolean).pop() || data.source;
+  const counts = data.train_tokens === null ? "" :
+    ` · ${fmt.int(data.train_tokens)} train + ${fmt.int(data.val_tokens)} val tokens`;
+  return h("span", { class: "muted", id, title: `${data.source} (sha256 ${data.sha256})`,
+    text: `data ${name} · ${data.tokenizer} tokenizer · vocab ${fmt.int(data.vocab_size)}` +
+      counts });
+}
+
 // Resume is offered for a job that ended other than completed, or whose driver is gone.
 function resumable(job) {
   return job.status !== "completed" && (FINISHED.has(job.status) || job.stale);
@@ -591,7 +602,8 @@ function showSweep(id) {
       h("span", { class: "muted" }, `widths ${detail.widths.join(", ")} · `,
         `${detail.spec.train.model.parametrization} · ${detail.spec.train.precision} · `,
         `${detail.spec.algorithm} · started ${fmt.time(detail.started_at)} · `,
-        `took ${fmt.duration(detail.started_at, detail.finished_at)}`));
+        `took ${fmt.duration(detail.started_at, detail.finished_at)}`),
+      dataInfo(detail.data, "sweep-data"));
     errorLine.textContent = detail.error || "";
     cancel.disabled = FINISHED.has(detail.status);
     resume.disabled = !resumable(detail);
@@ -851,7 +863,8 @@ function showRun(id) {
       run.restarts ? h("span", { id: "run-restarts", text:
         `resumed ${run.restarts}× (last from the checkpoint of step ${run.resumed_from_step})` })
         : null,
-      h("span", { class: "muted", text: `took ${fmt.duration(run.started_at, run.finished_at)}` }));
+      h("span", { class: "muted", text: `took ${fmt.duration(run.started_at, run.finished_at)}` }),
+      dataInfo(run.data, "run-data"));
     errorLine.textContent = run.error || "";
     config.textContent = JSON.stringify(run.config, null, 2);
     cancel.disabled = FINISHED.has(run.status);

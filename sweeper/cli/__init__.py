@@ -10,9 +10,10 @@ imports from (with the types the service re-exports).
     sweeps    `sweep start|status|trials|list|cancel|resume` and `transfer`
     runs      `launch` and `run status|metrics|list|cancel|resume`
     serve     `serve`: the REST API and dashboard, in a process of the API's own
+    data      `data prepare`: local text tokenized into a dataset directory
 """
 
-from sweeper.cli import runs, serve, sweeps, train
+from sweeper.cli import data, runs, serve, sweeps, train
 from sweeper.cli._app import app, main
 
-__all__ = ["app", "main", "runs", "serve", "sweeps", "train"]
+__all__ = ["app", "data", "main", "runs", "serve", "sweeps", "train"]

@@ -26,6 +26,10 @@ sweep_app = typer.Typer(
 app.add_typer(sweep_app, name="sweep")
 run_app = typer.Typer(help="Full-size runs launched from a transfer.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
+data_app = typer.Typer(
+    help="Datasets: local text tokenized into the token files a run reads.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
 stderr = Console(stderr=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")]

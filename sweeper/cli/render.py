@@ -42,6 +42,29 @@ def bar(title: str, unit: str, *, transient: bool = False) -> Progress:
     )
 
 
+# --- data -------------------------------------------------------------------------------
+
+
+def data_text(data: service.DataIdentity) -> str:
+    """What a dataset is, on one line (`data prepare`, and the data line of a job)."""
+    counts = (
+        ""
+        if data.train_tokens is None or data.val_tokens is None
+        else f", {data.train_tokens:,} train + {data.val_tokens:,} validation tokens"
+    )
+    return (
+        f"{data.source} (tokenizer {data.tokenizer}, vocabulary {data.vocab_size:,}"
+        f"{counts}; sha256 {data.sha256[:12]})"
+    )
+
+
+def data_line(data: service.DataIdentity | None) -> str:
+    """`sweep status` and `run status`: what the job trains on."""
+    if data is None:
+        return "data: not recorded (stored before data identities were)"
+    return f"data: {data_text(data)}"
+
+
 # --- sweeps -----------------------------------------------------------------------------
 
 
@@ -55,6 +78,7 @@ def sweep(detail: service.SweepDetail, trials: service.Page[service.TrialView]) 
         f"sweep {detail.id} [bold]{detail.name}[/]: {detail.status}{_stale(detail.stale)}, "
         f"{detail.finished}/{detail.planned} trials finished"
     )
+    console.print(data_line(detail.data), highlight=False)
     if detail.error:
         console.print(f"error: {detail.error}", highlight=False)
     table = Table()
@@ -134,6 +158,12 @@ def transfer(transferred: service.TransferView) -> None:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
+def warnings(transferred: service.TransferView) -> None:
+    """A launch's transfer warnings, on stderr (stdout holds the run)."""
+    for warning in transferred.result["warnings"]:
+        stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
 # --- runs -------------------------------------------------------------------------------
 
 
@@ -142,6 +172,7 @@ def run(view: service.RunView, metrics: service.RunMetrics) -> None:
     console.print(
         f"run {view.id} [bold]{view.name}[/]: {view.status}{_stale(view.stale)}", highlight=False
     )
+    console.print(data_line(view.data), highlight=False)
     if view.restarts:
         console.print(
             f"restarted {view.restarts}x, last from the checkpoint of step {view.resumed_from_step}"

@@ -59,6 +59,9 @@ def launch_command(
         int | None, typer.Option(help="steps between checkpoints [default: eval interval]")
     ] = None,
     strategy: Annotated[str, typer.Option(help="auto, ddp or fsdp")] = "auto",
+    data: Annotated[
+        str | None, typer.Option(help="the target's data [default: the sweep's]")
+    ] = None,
     wait: WaitOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -74,6 +77,7 @@ def launch_command(
             precision=precision,
             checkpoint_every=checkpoint_every,
             strategy=strategy,
+            data=data,
         )
     except ValidationError as e:
         raise UsageError(validation_message(e)) from None
@@ -83,6 +87,8 @@ def launch_command(
         run = service.launch_run(db, request, config)
     except service.InvalidInput as e:
         raise invalid_input(e) from None
+    assert run.transfer_id is not None  # a launch always stores its transfer
+    render.warnings(service.get_transfer(db, run.transfer_id))
     if wait:
         _follow(db, config, run.id, json_output)
     elif json_output:

@@ -114,12 +114,16 @@ def record_sweep(
     status: db.JobStatus = db.JobStatus.COMPLETED,
     diverge_above: float = math.inf,
 ) -> int:
-    """Store a sweep as its driver would have: every planned trial with its curve."""
-    plan = SweepSpec.model_validate(spec).plan()
+    """Store a sweep as `service.start_sweep` and its driver would have: its data identity,
+    every planned trial with its curve."""
     steps, every = spec["train"]["steps"], spec["train"]["eval_interval"]
-    sweep_id = db.create_sweep(database, name=spec["name"], spec=spec)
+    validated = SweepSpec.model_validate(spec)
+    data = service.identify_data(validated.train.data, "train.data")
+    sweep_id = db.create_sweep(
+        database, name=spec["name"], spec=validated.model_dump(mode="json"), data=data.model_dump()
+    )
     db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.RUNNING)
-    for trial in plan:
+    for trial in validated.plan():
         trial_id = db.upsert_trial(
             database, sweep_id=sweep_id, key=trial.key, width=trial.width, params=trial.params
         )

@@ -111,6 +111,7 @@ def test_bad_launches_answer_422_naming_the_field(client, auth, sweep_id, launch
         ({"steps": 0}, "steps"),
         ({"precision": "fp4"}, "precision"),
         ({"colour": "red"}, "colour"),
+        ({"data": "/no/such/dataset"}, "data"),
     ]
     for overrides, field in cases:
         response = launch(client, auth, sweep_id, **overrides)

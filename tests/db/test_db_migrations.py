@@ -39,7 +39,7 @@ def _revision(engine: Engine) -> str | None:
 
 def test_connect_creates_the_schema_at_the_newest_revision(database: db.Database) -> None:
     assert set(inspect(database.engine).get_table_names()) == TABLES | {"sweeper_alembic_version"}
-    assert _revision(database.engine) == _head() == "0003"
+    assert _revision(database.engine) == _head() == "0004"
 
 
 def test_optuna_shares_the_database(database: db.Database) -> None:
@@ -162,3 +162,23 @@ def test_driver_identity_revision_gives_old_jobs_a_heartbeat(database: db.Databa
     sweep = db.get_sweep(database, sweep_id=1)
     assert sweep.driver_heartbeat_at == sweep.created_at
     assert (sweep.driver_host, sweep.driver_pid, sweep.auto_resumes) == (None, None, 0)
+
+
+def test_data_identity_revision_keeps_old_jobs_without_data(database: db.Database) -> None:
+    """0003 -> 0004 adds the data identity to sweeps and runs: jobs stored before have none,
+    jobs stored after keep theirs as given."""
+    with database.engine.begin() as connection:
+        command.downgrade(alembic_config(connection=connection), "0003")
+        connection.exec_driver_sql(
+            # No explicit id: PostgreSQL's sequence must hand out the next ones below.
+            "INSERT INTO sweeper_sweeps (name, status, spec, created_at, auto_resumes)"
+            " VALUES ('old', 'completed', '{}', '2026-11-30 12:00:00+00:00', 0)"
+        )
+    database.migrate()
+    [old] = db.list_sweeps(database).items
+    assert old.name == "old" and old.data is None
+    identity = {"source": "/data/c", "sha256": "ab", "tokenizer": "bpe", "vocab_size": 512}
+    sweep_id = db.create_sweep(database, name="new", spec={}, data=identity)
+    run_id = db.create_run(database, name="r", config={}, sweep_id=sweep_id, data=identity)
+    assert db.get_sweep(database, sweep_id=sweep_id).data == identity
+    assert db.get_run(database, run_id=run_id).data == identity
