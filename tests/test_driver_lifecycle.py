@@ -138,8 +138,8 @@ def test_a_stored_spec_that_no_longer_validates_fails_the_sweep(database, shakes
     progress = run_to_end(database, sweep_id)
     assert progress.sweep.status is db.JobStatus.FAILED
     assert progress.sweep.error == (
-        f"ValidationError: SweepSpec is invalid: train: Value error, data: no such file"
-        f" {missing!r} (or use 'stdlib')"
+        "ValidationError: SweepSpec is invalid: train: Value error, data: no such file or"
+        f" directory {missing!r} (or use 'stdlib')"
     )
 
 

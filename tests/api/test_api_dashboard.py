@@ -196,11 +196,13 @@ def test_start_a_sweep_from_the_form_and_see_it_progress(live, page, shakespeare
         "widths": "16, 20",  # wrong: not a multiple of head_dim
         "train.data": shakespeare,
         "train.model.seq_len": "32",
-        "train.steps": "400",  # long enough that the sweep still runs when it is cancelled
+        "train.steps": "400",
         "train.batch_size": "4",
         "train.eval_interval": "10",
         "train.eval_batches": "2",
-        "search.lr.points": "2",
+        # 8 trials: when the first has finished, others still wait for a CPU (trials that
+        # ran side by side would finish together, before the cancel)
+        "search.lr.points": "4",
     }.items():
         page.fill(f"input[name='{name}']", value)
     page.select_option("select[name='train.precision']", "fp32")
@@ -225,7 +227,7 @@ def test_start_a_sweep_from_the_form_and_see_it_progress(live, page, shakespeare
 
     progress = "() => document.querySelector('#sweep-progress progress')"
     page.wait_for_function(f"() => ({progress})()?.value >= 1", timeout=TIMEOUT_S * 1000)
-    assert page.evaluate(f"() => ({progress})().max") == 4
+    assert page.evaluate(f"() => ({progress})().max") == 8
     page.wait_for_function(
         "() => document.getElementById('lr-plot').data.some((t) => t.x.length > 0)"
     )
