@@ -189,7 +189,9 @@ def train(
         stream=rank,
     )
     gpt = build_model(config, device)
-    model = gpt if parallel is None else parallel.wrap(gpt)
+    # One rank has nothing to synchronise, so it trains the bare model: DDP's gradient
+    # hooks would break the capture of its CUDA graphs.
+    model = parallel.wrap(gpt) if parallel is not None and world_size > 1 else gpt
     graphed = uses_cuda_graphs(config, device, world_size=world_size)
     # The groups come from the GPT itself, whatever wraps it.
     optimizer, scheduler = build_optimizer(gpt, config, capturable=graphed)

@@ -145,12 +145,16 @@ _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:\([^)]*\))?: 
 
 def traceback_tail(text: str) -> str:
     """The exception a formatted traceback ends with, as "Type: message" (its module path
-    dropped): what a user needs of it; the rest belongs in a log."""
-    lines = [line for line in text.splitlines() if line.strip() and not line[0].isspace()]
-    if not lines:
+    dropped): what a user needs of it; the rest belongs in a log. The exception is the
+    first line after the last frame: lines after it continue its message (a CUDA error's
+    hints about CUDA_LAUNCH_BLOCKING, say)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    frames_end = max((i + 1 for i, line in enumerate(lines) if line[0].isspace()), default=0)
+    tail = lines[frames_end:] or lines[-1:]
+    if not tail:
         return "no message"
-    match = _EXCEPTION_LINE.match(lines[-1])
-    return (match.group(1) if match else lines[-1])[:MAX_ERROR]
+    match = _EXCEPTION_LINE.match(tail[0])
+    return (match.group(1) if match else tail[0])[:MAX_ERROR]
 
 
 # --- what a driver runs -----------------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from models import ModelConfig, TrainConfig, train
+from models.train import Parallel
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU (the CPU trains eagerly)", allow_module_level=True)
@@ -56,6 +57,23 @@ def test_graphed_training_matches_eager(parametrization: str, precision: str) ->
         assert g.eval_loss == pytest.approx(e.eval_loss, rel=LOSS_RTOL), (e, g)
     # the schedule reached the graph: a frozen LR would leave the loss far from eager's
     assert graphed.curve[-1].eval_loss < graphed.curve[0].eval_loss
+
+
+def test_a_one_rank_run_in_a_process_group_replays_its_graphs(tmp_path: Path) -> None:
+    """A launch with one worker runs in Ray Train's process group of one; its model trains
+    bare (DDP's gradient hooks would break the capture) and matches a plain run."""
+    torch.distributed.init_process_group(
+        "nccl", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1
+    )
+    try:
+        ddp = Parallel(0, 1, lambda m: torch.nn.parallel.DistributedDataParallel(m, [0]))
+        launched = train(config("mus", "fp8", graphs=True), parallel=ddp)
+    finally:
+        torch.distributed.destroy_process_group()
+    plain = train(config("mus", "fp8", graphs=True))
+    assert launched.status == plain.status == "completed"
+    for p, q in zip(plain.curve, launched.curve, strict=True):
+        assert q.eval_loss == pytest.approx(p.eval_loss, rel=LOSS_RTOL), (p, q)
 
 
 def test_a_new_process_starts_from_the_kernel_cache(tmp_path: Path) -> None:

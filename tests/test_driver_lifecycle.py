@@ -15,12 +15,14 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pytest
 
 import db
 from sweeper import service
+from sweeper.jobs import traceback_tail
 from sweeper.settings import Settings
 from sweeper.spec import SweepSpec
 from tests.conftest import driver_log, drivers_of, ray_processes, tiny_sweep
@@ -163,6 +165,32 @@ def test_a_trial_out_of_memory_is_an_error_with_its_message_and_the_sweep_goes_o
     assert error.startswith("1 of 2 trials did not finish: w1099511627776-") and (
         "can't allocate memory" in error and error.endswith("; resume to re-run them")
     ), error
+
+
+def test_an_error_whose_message_runs_on_is_recorded_by_its_first_line():
+    """A CUDA error's message ends with hints (CUDA_LAUNCH_BLOCKING, TORCH_USE_CUDA_DSA);
+    the recorded error is the line that names it, as Ray's formatted traceback holds it."""
+
+    def fail() -> None:
+        raise RuntimeError(
+            "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"
+            "\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1"
+            "\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side assertions."
+        )
+
+    try:
+        try:
+            fail()
+        except RuntimeError as cause:
+            raise ValueError("the run failed:\nsee the log") from cause
+    except ValueError as error:
+        chained = "".join(traceback.format_exception(error))
+    try:
+        fail()
+    except RuntimeError as error:
+        single = "".join(traceback.format_exception(error))
+    assert traceback_tail(single) == "RuntimeError: CUDA error: out of memory"
+    assert traceback_tail(chained) == "ValueError: the run failed:"
 
 
 def test_wait_exits_when_the_driver_is_gone_and_nothing_resumes_it(
