@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sweeper import service
-from sweeper.service import MAX_INT, JobStatus
+from sweeper.service import MAX_INT, MAX_TOKENS, JobStatus
 
 
 class FieldError(BaseModel):
@@ -52,6 +52,13 @@ class TransferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     to_width: int = Field(gt=0, le=MAX_INT, description="the width of the full-size model")
+    to_tokens: int | None = Field(
+        None,
+        gt=0,
+        le=MAX_TOKENS,
+        description="the full-size run's training tokens: with proxies swept at two or more"
+        " horizons the transfer carries the optimum there",
+    )
 
 
 # --- comparisons (GET /compare) ---------------------------------------------------------

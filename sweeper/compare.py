@@ -22,6 +22,7 @@ from sweeper.transfer import (
     Drift,
     Optimum,
     TrialOutcome,
+    at_longest_horizon,
     drift,
     drift_line,
     width_optimum,
@@ -73,9 +74,11 @@ class SweepComparison:
     transfers: list[TransferMark]  # the latest transfer to each target width, by width
 
 
-def trial_outcomes(trials: Iterable[db.Trial]) -> list[TrialOutcome]:
+def trial_outcomes(trials: Iterable[db.Trial], spec: SweepSpec) -> list[TrialOutcome]:
     """The trials a transfer fits (the service's transfer and the views alike): completed
-    ones with their loss, diverged ones as points without one."""
+    ones with their loss, diverged ones as points without one, each with the tokens it
+    was planned to train on (its own ``steps`` where the sweep varies the horizon)."""
+    base = spec.train
     return [
         TrialOutcome(
             width=t.width,
@@ -84,6 +87,7 @@ def trial_outcomes(trials: Iterable[db.Trial]) -> list[TrialOutcome]:
             tau=t.params.get("tau"),
             # Pruned trials stopped early and would bias the curve; unfinished ones have none.
             loss=t.final_eval_loss if t.status is db.TrialStatus.COMPLETED else None,
+            tokens=int(t.params.get("steps", base.steps)) * base.tokens_per_step,
         )
         for t in trials
         if t.status in (db.TrialStatus.COMPLETED, db.TrialStatus.DIVERGED) and "lr" in t.params
@@ -98,7 +102,7 @@ def compare_sweep(
 ) -> SweepComparison:
     """One sweep's part of a comparison (``transfers`` newest first, as db lists them)."""
     by_width: dict[int, list[TrialOutcome]] = defaultdict(list)
-    for outcome in trial_outcomes(trials):
+    for outcome in at_longest_horizon(trial_outcomes(trials, spec)):
         by_width[outcome.width].append(outcome)
     optima = [fit for width in sorted(by_width) if (fit := width_optimum(width, by_width[width]))]
     latest: dict[int, TransferMark] = {}

@@ -40,7 +40,7 @@ from sweeper.cluster import (
 )
 from sweeper.jobs import DatabaseHandle, Job, traceback_tail, writes
 from sweeper.settings import Settings
-from sweeper.spec import SweepSpec, TrialPlan
+from sweeper.spec import TRIAL_VALUES, SweepSpec, TrialPlan
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     """One Tune trial: train the spec's base run at the trial's width and values."""
     sweep = SweepSpec.model_validate(spec)
     trial = config["trial"]
-    params = {k: trial[k] for k in ("lr", "wd", "tau") if k in trial}
+    params = {k: trial[k] for k in TRIAL_VALUES if k in trial}
     train_config = sweep.trial_config(trial["width"], params)
     node_id = ray.get_runtime_context().get_node_id()
     penalty = DIVERGED_PENALTY * math.log(train_config.model.vocab_size)

@@ -56,6 +56,8 @@ CHECKPOINT_FILE = "state.pt"
 # column on PostgreSQL is 32-bit).
 MAX_ID = 2**63 - 1
 MAX_INT = 2**31 - 1
+# The most training tokens a transfer targets (a quadrillion: far past any run today).
+MAX_TOKENS = 10**15
 
 
 class LaunchRequest(BaseModel):

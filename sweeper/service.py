@@ -53,11 +53,19 @@ from sweeper.jobs import (
     last_beat,
     this_host,
 )
-from sweeper.launch import MAX_ID, MAX_INT, LaunchRequest, launch_config, resource_shortfall
+from sweeper.launch import (
+    MAX_ID,
+    MAX_INT,
+    MAX_TOKENS,
+    LaunchRequest,
+    launch_config,
+    resource_shortfall,
+)
 from sweeper.settings import Settings, is_loopback
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult, compute_transfer, data_warnings
 from sweeper.views import (
+    JobView,
     LrPoint,
     Page,
     RunMetrics,
@@ -80,6 +88,7 @@ __all__ = [
     "DTYPE_CHOICES",
     "MAX_ID",
     "MAX_INT",
+    "MAX_TOKENS",
     "PRECISIONS",
     "PRESETS",
     "Conflict",
@@ -90,6 +99,7 @@ __all__ = [
     "JobKind",
     "JobRecord",
     "JobStatus",
+    "JobView",
     "LaunchRequest",
     "MetricPoint",
     "ModelConfig",
@@ -460,11 +470,14 @@ def last_beat_text(job: JobRecord) -> str:
     return f"{last_beat(job):%Y-%m-%d %H:%M:%S} UTC"
 
 
-def transfer(database: db.Database, *, sweep_id: int | None, to_width: int) -> TransferView:
+def transfer(
+    database: db.Database, *, sweep_id: int | None, to_width: int, to_tokens: int | None = None
+) -> TransferView:
     """Fit the sweep's proxies (the latest completed sweep when ``sweep_id`` is None),
-    compute the target width's values and store the result as a transfer record."""
+    compute the target's values (at ``to_tokens`` training tokens when given) and store the
+    result as a transfer record."""
     sweep_id = _sweep_or_latest(database, sweep_id)
-    result = _fit_transfer(sweep_progress(database, sweep_id), to_width)
+    result = _fit_transfer(sweep_progress(database, sweep_id), to_width, to_tokens)
     transfer_id = db.create_transfer(
         database, sweep_id=sweep_id, to_width=to_width, result=result.to_dict()
     )
@@ -478,7 +491,7 @@ def get_transfer(database: db.Database, transfer_id: int) -> TransferView:
     return TransferView(id=t.id, sweep_id=t.sweep_id, to_width=t.to_width, result=t.result)
 
 
-def _fit_transfer(progress: SweepProgress, to_width: int) -> TransferResult:
+def _fit_transfer(progress: SweepProgress, to_width: int, to_tokens: int | None) -> TransferResult:
     sweep_id = progress.sweep.id
     model = progress.spec.train.model
     if not 1 <= to_width <= MAX_INT or to_width % model.head_dim:
@@ -486,8 +499,15 @@ def _fit_transfer(progress: SweepProgress, to_width: int) -> TransferResult:
             "to_width",
             f"{to_width} is not a multiple of head_dim ({model.head_dim}) in 1..{MAX_INT}",
         )
+    if to_tokens is not None and not 1 <= to_tokens <= MAX_TOKENS:
+        raise InvalidInput("to_tokens", f"{to_tokens} is not in 1..{MAX_TOKENS:.0e}")
     try:
-        result = compute_transfer(trial_outcomes(progress.trials), model=model, to_width=to_width)
+        result = compute_transfer(
+            trial_outcomes(progress.trials, progress.spec),
+            model=model,
+            to_width=to_width,
+            to_tokens=to_tokens,
+        )
     except ValueError as e:
         raise InvalidInput("sweep_id", f"sweep {sweep_id}: {e}") from None
     return result
@@ -517,6 +537,7 @@ def sweep_curves(database: db.Database, sweep_id: int) -> SweepCurves:
                 lr=t.params["lr"],
                 wd=t.params.get("wd", 0.0),
                 tau=t.params.get("tau"),
+                steps=t.params.get("steps"),
                 final_eval_loss=t.final_eval_loss,
                 status=t.status,
             )
@@ -531,25 +552,13 @@ def sweep_curves(database: db.Database, sweep_id: int) -> SweepCurves:
             for p in at_width
             if p.final_eval_loss is not None
             and p.status is db.TrialStatus.COMPLETED
-            and (best_point is None or (p.wd, p.tau) == (best_point.wd, best_point.tau))
+            and (
+                best_point is None
+                or (p.wd, p.tau, p.steps) == (best_point.wd, best_point.tau, best_point.steps)
+            )
         ]
         widths.append(WidthCurve(width=width, line=line, points=at_width, best=best_point))
-    trials = []
-    for t in progress.trials:
-        curve = points.get(t.id, [])
-        trials.append(
-            TrialCurve(
-                trial_id=t.id,
-                key=t.key,
-                width=t.width,
-                params=t.params,
-                status=t.status,
-                step=[p.step for p in curve],
-                tokens=[p.tokens for p in curve],
-                train_loss=[p.train_loss for p in curve],
-                eval_loss=[p.eval_loss for p in curve],
-            )
-        )
+    trials = [TrialCurve.of(t, points.get(t.id, [])) for t in progress.trials]
     return SweepCurves(
         sweep_id=progress.sweep.id,
         status=progress.sweep.status,
@@ -582,8 +591,8 @@ def launch_run(
     """Transfer the sweep's optimum (the latest completed sweep's when the request names
     none) to the target width and start the full-size run; a run whose workers could never
     all run at once on the driver's local cluster is refused (as in `start_sweep`). The
-    transfer record it stores also warns when the target's data, tokenizer or token
-    horizon differ from the proxies' (`sweeper.transfer.data_warnings`)."""
+    transfer, at the run's tokens, also warns when the target's data or tokenizer differ
+    from the proxies' (`sweeper.transfer.data_warnings`)."""
     settings = settings or Settings()
     if settings.ray_address is None:  # as in `start_sweep`
         problem = resource_shortfall(request, [cluster.local_node()])
@@ -592,7 +601,9 @@ def launch_run(
     sweep_id = _sweep_or_latest(database, request.sweep_id)
     request = request.model_copy(update={"sweep_id": sweep_id})  # stored as it ran
     progress = sweep_progress(database, sweep_id, settings)
-    result = _fit_transfer(progress, request.to_width)
+    # The run trains the sweep's batches and sequences for its own steps.
+    to_tokens = request.steps * progress.spec.train.tokens_per_step
+    result = _fit_transfer(progress, request.to_width, to_tokens)
     try:
         config = launch_config(progress.spec, result, request)
     except ValidationError as e:  # one line, on the field at fault where it has one
@@ -605,13 +616,7 @@ def launch_run(
     except ValueError as e:
         raise InvalidInput("launch", str(e)) from None
     data = identify_data(config.data, "data")
-    proxy = progress.spec.train
-    warnings = data_warnings(
-        progress.data,
-        data,
-        proxy_tokens=proxy.steps * proxy.tokens_per_step,
-        target_tokens=config.steps * config.tokens_per_step,
-    )
+    warnings = data_warnings(progress.data, data)
     result = dataclasses.replace(result, warnings=[*result.warnings, *warnings])
     transfer_id = db.create_transfer(
         database, sweep_id=sweep_id, to_width=request.to_width, result=result.to_dict()

@@ -59,6 +59,12 @@ class SearchSpace(_Strict):
     lr: LogRange = Field(description="base learning rate (log scale)")
     wd: list[float] = Field([0.0], min_length=1, description="base weight decay values")
     tau: list[float] | None = Field(None, min_length=1, description="µS residual mix values")
+    steps: list[int] | None = Field(
+        None,
+        min_length=2,
+        description="token horizons: train steps of each proxy, two or more (grid only); the"
+        " transfer fits how the optimum moves with tokens and carries it to the target's",
+    )
 
     @field_validator("wd")
     @classmethod
@@ -66,6 +72,15 @@ class SearchSpace(_Strict):
         if any(v < 0 for v in values):
             raise ValueError("weight decay values must be >= 0")
         return values
+
+    @field_validator("steps")
+    @classmethod
+    def _distinct_positive_steps(cls, values: list[int] | None) -> list[int] | None:
+        if values is None:
+            return None
+        if any(v < 1 for v in values) or len(set(values)) != len(values):
+            raise ValueError("steps must be distinct and >= 1")
+        return sorted(values)
 
     @field_validator("tau")
     @classmethod
@@ -89,13 +104,17 @@ class Resources(_Strict):
         return gpu
 
 
+# The values a trial's params may hold: a grid trial's point, or what TPE suggests.
+TRIAL_VALUES = ("lr", "wd", "tau", "steps")
+
+
 @dataclass(frozen=True)
 class TrialPlan:
     """One planned trial: its stable key (what makes resume idempotent) and its values."""
 
     key: str
     width: int
-    params: dict[str, float]  # lr, wd and, when swept, tau; empty for a TPE slot
+    params: dict[str, float]  # lr, wd and, when swept, tau and steps; empty for a TPE slot
 
 
 class SweepSpec(_Strict):
@@ -136,7 +155,12 @@ class SweepSpec(_Strict):
         if self.algorithm == "tpe":
             per_width = self.trials_per_width
         else:
-            per_width = self.search.lr.points * len(self.search.wd) * len(self.search.tau or [0])
+            per_width = (
+                self.search.lr.points
+                * len(self.search.wd)
+                * len(self.search.tau or [0])
+                * len(self.search.steps or [0])
+            )
         if per_width * len(self.widths) > MAX_TRIALS:
             raise ValueError(
                 f"the plan has {per_width * len(self.widths)} trials, more than {MAX_TRIALS}"
@@ -150,6 +174,25 @@ class SweepSpec(_Strict):
         if search.tau is not None and train is not None and train.model.parametrization != "mus":
             raise ValueError("tau is swept only in the mus parametrization")
         return search
+
+    # Token horizons (search.steps) need a grid without ASHA: TPE would model trials of
+    # different horizons as one objective, and ASHA would stop a long trial by the loss a
+    # short one reaches at the same step.
+    @field_validator("algorithm")
+    @classmethod
+    def _horizons_on_a_grid(cls, algorithm: str, info: ValidationInfo) -> str:
+        search = info.data.get("search")
+        if algorithm != "grid" and search is not None and search.steps is not None:
+            raise ValueError("search.steps (token horizons) needs the grid algorithm")
+        return algorithm
+
+    @field_validator("asha")
+    @classmethod
+    def _horizons_without_asha(cls, asha: bool, info: ValidationInfo) -> bool:
+        search = info.data.get("search")
+        if asha and search is not None and search.steps is not None:
+            raise ValueError("search.steps (token horizons) cannot be stopped early by asha")
+        return asha
 
     @classmethod
     def stored(cls, data: Any) -> SweepSpec:
@@ -178,7 +221,15 @@ class SweepSpec(_Strict):
                     yield TrialPlan(key=f"w{width}-t{n:03d}", width=width, params={})
                 continue
             taus: list[float | None] = list(self.search.tau) if self.search.tau else [None]
-            for lr, wd, tau in itertools.product(self.search.lr.grid(), self.search.wd, taus):
-                params = {"lr": lr, "wd": wd} | ({} if tau is None else {"tau": tau})
-                key = f"w{width}-lr{lr:.6g}-wd{wd:g}" + ("" if tau is None else f"-tau{tau:g}")
-                yield TrialPlan(key=key, width=width, params=params)
+            horizons: list[int | None] = list(self.search.steps) if self.search.steps else [None]
+            grid = itertools.product(horizons, self.search.lr.grid(), self.search.wd, taus)
+            for steps, lr, wd, tau in grid:
+                params: dict[str, float] = {"lr": lr, "wd": wd}
+                parts = [f"w{width}"] + ([] if steps is None else [f"s{steps}"])
+                parts += [f"lr{lr:.6g}", f"wd{wd:g}"]
+                if tau is not None:
+                    params["tau"] = tau
+                    parts.append(f"tau{tau:g}")
+                if steps is not None:
+                    params["steps"] = steps
+                yield TrialPlan(key="-".join(parts), width=width, params=params)

@@ -11,6 +11,13 @@ at one width (an LR sweep at a target, checking a transfer) has no drift: it is 
 The target's base value is the mean of the proxies' log2 optima weighted by width and by
 the inverse variance of each optimum, so the widths closest to the target weigh most; the
 width rules of `models.width_rules` then give each parameter group's actual LR and WD.
+
+Token horizon: width transfer holds at a fixed number of training tokens, and the optimal
+LR falls as training gets longer. A sweep that runs its proxies at two or more horizons
+(``search.steps``) gives each horizon its own width optima; the slope of log2(optimum)
+against log2(tokens), pooled over the widths (LR*(D) ∝ D^slope; Bjorck et al. 2025 fit the
+same power law), carries the longest horizon's transferred value to the target's tokens.
+With one horizon the transfer warns when the target trains far longer or shorter.
 """
 
 from __future__ import annotations
@@ -41,13 +48,15 @@ Method = Literal["parabola", "argmin"]
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """One finished proxy trial as the transfer sees it (loss None: diverged or no result)."""
+    """One finished proxy trial as the transfer sees it (loss None: diverged or no result;
+    tokens: its planned training tokens, None when unknown: one horizon)."""
 
     width: int
     lr: float
     wd: float
     loss: float | None
     tau: float | None = None
+    tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,27 @@ class Drift:
 
 
 @dataclass(frozen=True)
+class HorizonOptima:
+    """The width optima of the proxies trained on ``tokens`` tokens each."""
+
+    tokens: int
+    widths: list[WidthOptimum]
+    drift: Drift | None
+
+
+@dataclass(frozen=True)
+class HorizonFit:
+    """How the optimum moves with training tokens, and the move to the target's tokens."""
+
+    slope: float  # d log2(optimal base LR) / d log2(tokens), pooled over the widths
+    uncertainty: float
+    from_tokens: int  # the longest proxy horizon: the width transfer's
+    to_tokens: int
+    log2_shift: float  # slope x log2(to_tokens / from_tokens): added to log2(base LR)
+    log2_shift_uncertainty: float
+
+
+@dataclass(frozen=True)
 class GroupValues:
     group: str
     fan_in: int
@@ -95,6 +125,9 @@ class TransferResult:
     extrapolated_lr: float | None  # the drift line at the target width
     groups: list[GroupValues]
     warnings: list[str] = field(default_factory=list)
+    to_tokens: int | None = None  # the target's training tokens, when given
+    horizons: list[HorizonOptima] = field(default_factory=list)  # with 2+ horizons swept
+    horizon: HorizonFit | None = None  # with 2+ horizons and the target's tokens
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -204,39 +237,116 @@ def drift_warning(d: Drift) -> str | None:
     return None
 
 
-def compute_transfer(
-    outcomes: Iterable[TrialOutcome], *, model: ModelConfig, to_width: int
-) -> TransferResult:
-    """Fit every proxy width, measure the drift and derive the target's per-group values."""
+def horizon_slope(horizons: Sequence[HorizonOptima]) -> Drift | None:
+    """Weighted least-squares slope of log2(optimum) against log2(tokens), one slope for
+    every width (each width centred on its own mean: widths differ in their optimum, not
+    in how it moves); None unless some width was fitted at two or more horizons."""
+    by_width: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
+    for h in horizons:
+        for o in h.widths:
+            weight = 1 / max(o.lr.log2_uncertainty, 1e-3) ** 2
+            by_width[o.width].append((math.log2(h.tokens), math.log2(o.lr.value), weight))
+    sxx = sxy = 0.0
+    for points in by_width.values():
+        if len(points) < 2:
+            continue
+        x, y, w = (np.array(column) for column in zip(*points, strict=True))
+        x_mean, y_mean = np.sum(w * x) / np.sum(w), np.sum(w * y) / np.sum(w)
+        sxx += float(np.sum(w * (x - x_mean) ** 2))
+        sxy += float(np.sum(w * (x - x_mean) * (y - y_mean)))
+    if sxx == 0:
+        return None
+    return Drift(sxy / sxx, math.sqrt(1 / sxx))
+
+
+def _width_optima(
+    outcomes: Iterable[TrialOutcome], warnings: list[str], where: str
+) -> list[WidthOptimum]:
+    """Every width's fit, with a warning (prefixed by ``where``) for each weak one."""
     by_width: dict[int, list[TrialOutcome]] = defaultdict(list)
     for o in outcomes:
         by_width[o.width].append(o)
-    warnings: list[str] = []
     optima: list[WidthOptimum] = []
     for width in sorted(by_width):
         fit = width_optimum(width, by_width[width])
         if fit is None:
-            warnings.append(f"width {width}: no finite result (every trial diverged or failed)")
+            warnings.append(
+                f"{where}width {width}: no finite result (every trial diverged or failed)"
+            )
             continue
         if fit.finite_points < MIN_POINTS:
             warnings.append(
-                f"width {width}: only {fit.finite_points} finite points (need {MIN_POINTS});"
-                " its optimum is a plain argmin"
+                f"{where}width {width}: only {fit.finite_points} finite points (need"
+                f" {MIN_POINTS}); its optimum is a plain argmin"
             )
         if fit.lr.at_edge:
             direction = "upward" if fit.lr.at_edge == "upper" else "downward"
             warnings.append(
-                f"width {width}: the best LR {fit.lr.value:.4g} is at the {fit.lr.at_edge} edge"
-                f" of the searched range: extend the range {direction}"
+                f"{where}width {width}: the best LR {fit.lr.value:.4g} is at the"
+                f" {fit.lr.at_edge} edge of the searched range: extend the range {direction}"
             )
         optima.append(fit)
-    if not optima:
-        raise ValueError("no width has a finite result: nothing to transfer")
-    if len(by_width) < 2:
+    if len(by_width) < 2 and optima:
         raise ValueError(
             f"every finished trial is at width {optima[0].width}: a transfer needs proxies at"
             " two or more widths"
         )
+    return optima
+
+
+def by_horizon(outcomes: Iterable[TrialOutcome]) -> dict[int | None, list[TrialOutcome]]:
+    """The outcomes of each token horizon, shortest first (None: unknown, one horizon)."""
+    groups: dict[int | None, list[TrialOutcome]] = defaultdict(list)
+    for o in outcomes:
+        groups[o.tokens].append(o)
+    return dict(sorted(groups.items(), key=lambda item: item[0] or 0))
+
+
+def at_longest_horizon(outcomes: Iterable[TrialOutcome]) -> list[TrialOutcome]:
+    """The outcomes at the longest horizon swept: the width transfer's (and the LR curves
+    a comparison draws)."""
+    groups = by_horizon(outcomes)
+    return groups[list(groups)[-1]] if groups else []
+
+
+def horizon_warning(proxy_tokens: int, target_tokens: int) -> str | None:
+    """A target far from the one horizon the proxies were swept at (HORIZON_RATIO)."""
+    ratio = target_tokens / proxy_tokens
+    if 1 / HORIZON_RATIO <= ratio <= HORIZON_RATIO:
+        return None
+    return (
+        f"the target trains on {target_tokens:,} tokens, {ratio:.3g}x the {proxy_tokens:,}"
+        f" of a proxy trial: the optimal LR moves with the token horizon (beyond"
+        f" {HORIZON_RATIO:g}x either way), so sweep proxies nearer the target's or at two"
+        " or more horizons (search.steps)"
+    )
+
+
+def compute_transfer(
+    outcomes: Iterable[TrialOutcome],
+    *,
+    model: ModelConfig,
+    to_width: int,
+    to_tokens: int | None = None,
+) -> TransferResult:
+    """Fit every proxy width at every horizon, measure the drifts and derive the target's
+    per-group values (at ``to_tokens`` when given and two or more horizons were swept)."""
+    groups = by_horizon(outcomes)
+    if not groups:
+        raise ValueError("no width has a finite result: nothing to transfer")
+    longest = list(groups)[-1]
+    warnings: list[str] = []
+    horizons: list[HorizonOptima] = []
+    if len(groups) > 1:  # each horizon's optima, its warnings named by its tokens
+        for tokens, at_tokens in groups.items():
+            assert tokens is not None  # trial_outcomes gives every outcome its tokens
+            fits = _width_optima(at_tokens, warnings, f"{tokens:,} tokens: ")
+            horizons.append(HorizonOptima(tokens, fits, drift(fits)))
+        optima = horizons[-1].widths
+    else:
+        optima = _width_optima(groups[longest], warnings, "")
+    if not optima:
+        raise ValueError("no width has a finite result: nothing to transfer")
 
     slope = drift(optima)
     if slope is not None and (warning := drift_warning(slope)):
@@ -244,13 +354,29 @@ def compute_transfer(
     weights = [o.width / max(o.lr.log2_uncertainty, 1e-3) ** 2 for o in optima]
     log2_lr = sum(w * math.log2(o.lr.value) for w, o in zip(weights, optima, strict=True))
     base_lr = 2 ** (log2_lr / sum(weights))
+    horizon = None
+    tokens_slope = horizon_slope(horizons)
+    if to_tokens is not None and longest is not None:
+        if tokens_slope is not None:
+            log2_ratio = math.log2(to_tokens / longest)
+            horizon = HorizonFit(
+                slope=tokens_slope.slope,
+                uncertainty=tokens_slope.uncertainty,
+                from_tokens=longest,
+                to_tokens=to_tokens,
+                log2_shift=tokens_slope.slope * log2_ratio,
+                log2_shift_uncertainty=tokens_slope.uncertainty * abs(log2_ratio),
+            )
+            base_lr *= 2**horizon.log2_shift
+        elif warning := horizon_warning(longest, to_tokens):
+            warnings.append(warning)
     extrapolated = drift_line(optima, slope, to_width) if slope is not None else None
     widest = optima[-1]  # WD and tau: the choice at the widest proxy
     target = model.model_copy(update={"width": to_width})
-    groups = []
+    values = []
     for group, fan_in in target.parameter_groups():
         rule = target.group_rule(group, fan_in, base_lr=base_lr, base_wd=widest.wd)
-        groups.append(GroupValues(group=group, fan_in=fan_in, lr=rule.lr, wd=rule.wd))
+        values.append(GroupValues(group=group, fan_in=fan_in, lr=rule.lr, wd=rule.wd))
     return TransferResult(
         parametrization=model.parametrization,
         to_width=to_width,
@@ -260,8 +386,11 @@ def compute_transfer(
         base_wd=widest.wd,
         base_tau=widest.tau,
         extrapolated_lr=extrapolated,
-        groups=groups,
+        groups=values,
         warnings=warnings,
+        to_tokens=to_tokens,
+        horizons=horizons,
+        horizon=horizon,
     )
 
 
@@ -270,35 +399,22 @@ def _tokenizer_text(data: DataIdentity) -> str:
     return f"{data.tokenizer}{digest} (vocabulary {data.vocab_size})"
 
 
-def data_warnings(
-    proxies: DataIdentity | None,
-    target: DataIdentity,
-    *,
-    proxy_tokens: int,
-    target_tokens: int,
-) -> list[str]:
-    """Why the proxies' optimum may not be the target's: another tokenizer, other data
-    (content, not path), or a token horizon beyond HORIZON_RATIO. ``proxies`` is None for
-    a sweep stored before data identities were: only the horizon is compared then."""
-    warnings = []
-    if proxies is not None:
-        tokenizer = (proxies.tokenizer, proxies.tokenizer_sha256, proxies.vocab_size)
-        if tokenizer != (target.tokenizer, target.tokenizer_sha256, target.vocab_size):
-            warnings.append(
-                f"the proxies used tokenizer {_tokenizer_text(proxies)}, the target"
-                f" {_tokenizer_text(target)}: the optimum was found for another tokenizer"
-            )
-        elif proxies.sha256 != target.sha256:
-            warnings.append(
-                f"the proxies trained on {proxies.source} (sha256 {proxies.sha256[:12]}), the"
-                f" target on {target.source} (sha256 {target.sha256[:12]}): the optimum"
-                " carries over only if the two are samples of one distribution"
-            )
-    ratio = target_tokens / proxy_tokens
-    if not 1 / HORIZON_RATIO <= ratio <= HORIZON_RATIO:
-        warnings.append(
-            f"the target trains on {target_tokens:,} tokens, {ratio:.3g}x the"
-            f" {proxy_tokens:,} of a proxy trial: the optimal LR moves with the token horizon"
-            f" (beyond {HORIZON_RATIO:g}x either way), so sweep proxies nearer the target's"
-        )
-    return warnings
+def data_warnings(proxies: DataIdentity | None, target: DataIdentity) -> list[str]:
+    """Why the proxies' optimum may not be the target's: another tokenizer, or other data
+    (content, not path). ``proxies`` is None for a sweep stored before data identities
+    were: nothing is compared then. (The token horizon is the transfer's own check.)"""
+    if proxies is None:
+        return []
+    tokenizer = (proxies.tokenizer, proxies.tokenizer_sha256, proxies.vocab_size)
+    if tokenizer != (target.tokenizer, target.tokenizer_sha256, target.vocab_size):
+        return [
+            f"the proxies used tokenizer {_tokenizer_text(proxies)}, the target"
+            f" {_tokenizer_text(target)}: the optimum was found for another tokenizer"
+        ]
+    if proxies.sha256 != target.sha256:
+        return [
+            f"the proxies trained on {proxies.source} (sha256 {proxies.sha256[:12]}), the"
+            f" target on {target.source} (sha256 {target.sha256[:12]}): the optimum"
+            " carries over only if the two are samples of one distribution"
+        ]
+    return []

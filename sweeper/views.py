@@ -5,6 +5,7 @@ one ``of`` classmethod; `sweeper.service` is the only caller."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -48,6 +49,44 @@ def stored_identity(data: dict[str, Any] | None) -> DataIdentity | None:
     return None if data is None else DataIdentity.model_validate(data)
 
 
+# --- the lifecycle of a sweep or a run ----------------------------------------------------
+
+
+class JobView(View):
+    """What a sweep and a run share: a job with a driver, its lifecycle and its data."""
+
+    id: int
+    name: str
+    status: db.JobStatus
+    stale: bool = Field(
+        description="queued or running, but its driver is gone (its process exited or its"
+        " heartbeat stopped): the service's watchdog resumes it"
+    )
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    driver_heartbeat_at: datetime | None = Field(description="its driver's last heartbeat")
+    auto_resumes: int = Field(description="times the watchdog resumed it since its last start")
+    error: str | None
+    data: DataIdentity | None = Field(
+        description="what it trains on; null for a job stored before it was kept"
+    )
+
+    @classmethod
+    def _fields_of(
+        cls, kind: JobKind, job: db.Sweep | db.Run, settings: Settings, **computed: Any
+    ) -> dict[str, Any]:
+        """The view's fields: the ``computed`` ones, the two every job derives (``stale``,
+        ``data``), and the rest as the stored row holds them."""
+        derived = {
+            "stale": is_stale(kind, job, settings),
+            "data": stored_identity(job.data),
+            **computed,
+        }
+        stored = {name: getattr(job, name) for name in cls.model_fields if name not in derived}
+        return stored | derived
+
+
 # --- sweeps -----------------------------------------------------------------------------
 
 
@@ -57,45 +96,23 @@ class SweepCreated(View):
     status: db.JobStatus
 
 
-class SweepSummary(View):
-    id: int
-    name: str
-    status: db.JobStatus
-    stale: bool = Field(
-        description="queued or running, but its driver is gone (its process exited or its"
-        " heartbeat stopped): the service's watchdog resumes it"
-    )
+class SweepSummary(JobView):
     planned: int = Field(description="trials in the plan")
     finished: int = Field(description="trials with a result (completed, diverged, pruned)")
     widths: list[int]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    driver_heartbeat_at: datetime | None = Field(description="its driver's last heartbeat")
-    auto_resumes: int = Field(description="times the watchdog resumed it since its last start")
-    error: str | None
-    data: DataIdentity | None = Field(
-        description="what its trials train on; null for a sweep stored before it was kept"
-    )
 
     @classmethod
     def of(cls, sweep: db.Sweep, finished: int, settings: Settings) -> SweepSummary:
         spec = SweepSpec.stored(sweep.spec)
         return cls(
-            id=sweep.id,
-            name=sweep.name,
-            status=sweep.status,
-            stale=is_stale("sweep", sweep, settings),
-            planned=len(spec.plan()),
-            finished=finished,
-            widths=spec.widths,
-            created_at=sweep.created_at,
-            started_at=sweep.started_at,
-            finished_at=sweep.finished_at,
-            driver_heartbeat_at=sweep.driver_heartbeat_at,
-            auto_resumes=sweep.auto_resumes,
-            error=sweep.error,
-            data=stored_identity(sweep.data),
+            **cls._fields_of(
+                "sweep",
+                sweep,
+                settings,
+                planned=len(spec.plan()),
+                finished=finished,
+                widths=spec.widths,
+            )
         )
 
 
@@ -135,60 +152,48 @@ class TransferView(View):
     result: dict[str, Any] = Field(description="per-width optima, drift, per-group LR/WD")
 
 
-class RunView(View):
-    id: int
+class RunView(JobView):
     sweep_id: int | None
     transfer_id: int | None
-    name: str
-    status: db.JobStatus
-    stale: bool = Field(description="queued or running, but its driver is gone (see sweeps)")
     config: dict[str, Any]
     checkpoint_path: str | None
     restarts: int = Field(description="times the run resumed from a checkpoint")
     resumed_from_step: int | None = Field(description="the step of the latest resume")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    driver_heartbeat_at: datetime | None = Field(description="its driver's last heartbeat")
-    auto_resumes: int = Field(description="times the watchdog resumed it since its last start")
-    error: str | None
-    data: DataIdentity | None = Field(
-        description="what it trains on; null for a run stored before it was kept"
-    )
 
     @classmethod
     def of(cls, run: db.Run, settings: Settings) -> RunView:
-        skip = {"stale", "data"}
-        fields = {name: getattr(run, name) for name in cls.model_fields if name not in skip}
-        return cls(**fields, stale=is_stale("run", run, settings), data=stored_identity(run.data))
+        return cls(**cls._fields_of("run", run, settings))
 
 
-class RunMetrics(View):
-    """A run's loss curve as columns (null: not measured, or not finite)."""
+class LossColumns(View):
+    """A training curve as columns (null: not measured, or not finite)."""
 
-    run_id: int
-    status: db.JobStatus
     step: list[int]
     tokens: list[int]
     train_loss: list[float | None]
     eval_loss: list[float | None]
+
+    @classmethod
+    def columns(cls, curve: list[db.MetricPoint]) -> dict[str, list[Any]]:
+        """This view's columns that a metric point holds, from ``curve``."""
+        names = {field.name for field in dataclasses.fields(db.MetricPoint)}
+        return {
+            name: [getattr(p, name) for p in curve] for name in cls.model_fields if name in names
+        }
+
+
+class RunMetrics(LossColumns):
+    """A run's curve, with its speed and time columns."""
+
+    run_id: int
+    status: db.JobStatus
     tokens_per_s: list[float | None]
     startup_s: list[float | None]
     time_s: list[float]
 
     @classmethod
     def of(cls, run: db.Run, curve: list[db.MetricPoint]) -> RunMetrics:
-        return cls(
-            run_id=run.id,
-            status=run.status,
-            step=[p.step for p in curve],
-            tokens=[p.tokens for p in curve],
-            train_loss=[p.train_loss for p in curve],
-            eval_loss=[p.eval_loss for p in curve],
-            tokens_per_s=[p.tokens_per_s for p in curve],
-            startup_s=[p.startup_s for p in curve],
-            time_s=[p.time_s for p in curve],
-        )
+        return cls(run_id=run.id, status=run.status, **cls.columns(curve))
 
 
 # --- a sweep's curves (GET /sweeps/{id}/curves, the dashboard's plots) --------------------
@@ -199,6 +204,7 @@ class LrPoint(View):
     lr: float
     wd: float
     tau: float | None = None
+    steps: int | None = Field(None, description="its train steps, where horizons are swept")
     final_eval_loss: float | None
     status: db.TrialStatus
 
@@ -209,24 +215,31 @@ class WidthCurve(View):
     width: int
     line: list[LrPoint] = Field(
         description="the LR curve: finished trials with a finite loss at the best trial's "
-        "other values (wd, tau), by LR"
+        "other values (wd, tau, steps), by LR"
     )
     points: list[LrPoint] = Field(description="every trial at this width with its values")
     best: LrPoint | None = Field(description="the trial with the lowest final eval loss")
 
 
-class TrialCurve(View):
-    """One trial's training curve, as columns (null: not measured, or not finite)."""
+class TrialCurve(LossColumns):
+    """One trial's training curve."""
 
     trial_id: int
     key: str
     width: int
     params: dict[str, Any]
     status: db.TrialStatus
-    step: list[int]
-    tokens: list[int]
-    train_loss: list[float | None]
-    eval_loss: list[float | None]
+
+    @classmethod
+    def of(cls, trial: db.Trial, curve: list[db.MetricPoint]) -> TrialCurve:
+        return cls(
+            trial_id=trial.id,
+            key=trial.key,
+            width=trial.width,
+            params=trial.params,
+            status=trial.status,
+            **cls.columns(curve),
+        )
 
 
 class SweepCurves(View):

@@ -75,6 +75,14 @@ def test_transfer_cli_applies_the_width_rules(swept):
     assert stored[0].result["base_lr"] == pytest.approx(result["base_lr"])
     bad = cli(env, "transfer", "--to-width", "100")
     assert bad.returncode == 2 and "--to-width" in bad.stderr
+    # The target's tokens: 2e9 is far beyond the one horizon swept, which the result says.
+    far = cli(env, "transfer", "--to-width", "1024", "--to-tokens", "2e9", "--json")
+    assert far.returncode == 0, far.stderr
+    assert json.loads(far.stdout)["result"]["to_tokens"] == 2 * 10**9
+    assert any("token horizon" in w for w in json.loads(far.stdout)["result"]["warnings"])
+    for text in ("2.5", "lots", "0"):
+        bad = cli(env, "transfer", "--to-width", "1024", "--to-tokens", text)
+        assert bad.returncode == 2 and "--to-tokens" in bad.stderr, bad.stderr
 
 
 def _train_workers() -> list[psutil.Process]:

@@ -37,6 +37,17 @@ def test_grid_plan_is_every_width_lr_wd():
     assert trial.steps == 10 and trial.model.depth == 2
 
 
+def test_a_grid_at_two_horizons_plans_every_point_at_each():
+    s = spec(search=BASE["search"] | {"steps": [40, 10]})
+    assert s.search.steps == [10, 40]
+    plan = s.plan()
+    assert len(plan) == 2 * 2 * 4 * 2 and len({p.key for p in plan}) == len(plan)
+    first = plan[0]
+    assert first.key == f"w32-s10-lr{2**-8:.6g}-wd0" and first.params["steps"] == 10
+    trial = s.trial_config(plan[-1].width, plan[-1].params)
+    assert (trial.model.width, trial.steps, trial.lr, trial.wd) == (64, 40, 2**-2, 0.1)
+
+
 def test_tpe_plan_and_tau():
     s = spec(algorithm="tpe", trials_per_width=3, search=BASE["search"] | {"tau": [0.2, 0.4]})
     assert [p.key for p in s.plan()] == [f"w{w}-t{n:03d}" for w in (32, 64) for n in range(3)]
@@ -59,6 +70,11 @@ def test_tpe_plan_and_tau():
         ({"max_concurrency": 0}, ("max_concurrency",)),
         ({"train": {"model": {"head_dim": 16}, "lr": -1}}, ("train", "lr")),
         ({"unknown": 1}, ("unknown",)),
+        ({"search": BASE["search"] | {"steps": [10]}}, ("search", "steps")),
+        ({"search": BASE["search"] | {"steps": [10, 10]}}, ("search", "steps")),
+        ({"search": BASE["search"] | {"steps": [0, 10]}}, ("search", "steps")),
+        ({"search": BASE["search"] | {"steps": [10, 40]}, "algorithm": "tpe"}, ("algorithm",)),
+        ({"search": BASE["search"] | {"steps": [10, 40]}, "asha": True}, ("asha",)),
     ],
 )
 def test_errors_name_the_field(overrides, loc):
@@ -82,6 +98,9 @@ def test_load_yaml_and_json(tmp_path):
 def test_example_spec_loads():
     example = SweepSpec.load(REPO / "examples" / "debug_sweep.yaml")
     assert len(example.plan()) == len(example.widths) * example.search.lr.points
+    horizons = SweepSpec.stored(yaml.safe_load((REPO / "examples/horizon_sweep.yaml").read_text()))
+    assert horizons.search.steps is not None and len(horizons.search.steps) == 2
+    assert len(horizons.plan()) == 3 * 7 * 2
 
 
 def test_a_stored_spec_outlives_its_data_file(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -140,24 +141,62 @@ def _data(**overrides: object) -> DataIdentity:
 
 
 def test_data_warnings_name_what_differs_between_proxies_and_target():
-    same = data_warnings(_data(), _data(), proxy_tokens=10**6, target_tokens=10**7)
-    assert same == []  # 10x is still within the horizon threshold
-    [tokenizer] = data_warnings(
-        _data(),
-        _data(tokenizer_sha256="c" * 64),
-        proxy_tokens=10**6,
-        target_tokens=10**6,
-    )
+    assert data_warnings(_data(), _data()) == []
+    [tokenizer] = data_warnings(_data(), _data(tokenizer_sha256="c" * 64))
     assert "tokenizer bpe bbbbbbbbbbbb (vocabulary 8192)" in tokenizer
     # Same tokenizer, other content under the same path: the data, not the path, is compared.
-    [content] = data_warnings(
-        _data(), _data(sha256="d" * 64), proxy_tokens=10**6, target_tokens=10**6
-    )
+    [content] = data_warnings(_data(), _data(sha256="d" * 64))
     assert "sha256 aaaaaaaaaaaa" in content and "sha256 dddddddddddd" in content
-    [long, short] = [
-        data_warnings(_data(), _data(), proxy_tokens=10**6, target_tokens=t)[0]
-        for t in (2 * 10**7, 10**4)
+    # A sweep stored before data identities were: nothing to compare.
+    assert data_warnings(None, _data(sha256="d" * 64)) == []
+
+
+def at_horizons(slope: float, widths=(64, 128, 256), tokens=(10**6, 4 * 10**6)):
+    """Proxies whose optimum is 2^-5 at the first horizon and moves by ``slope`` log2 per
+    doubling of tokens, the same at every width."""
+    return [
+        dataclasses.replace(o, tokens=t)
+        for i, t in enumerate(tokens)
+        for w in widths
+        for o in curve(w, -5.0 + slope * math.log2(t / tokens[0]), seed=7 * i)
     ]
-    assert "20x the 1,000,000" in long and "0.01x" in short
-    # A sweep stored before data identities were: only the horizon is compared.
-    assert data_warnings(None, _data(), proxy_tokens=10**6, target_tokens=10**6) == []
+
+
+@pytest.mark.parametrize("true_slope", [0.0, -0.35, -0.7])
+def test_the_horizon_slope_is_recovered_and_carries_the_optimum_to_the_target(true_slope):
+    outcomes = at_horizons(true_slope)
+    result = compute_transfer(outcomes, model=MODEL, to_width=1024, to_tokens=64 * 10**6)
+    assert [h.tokens for h in result.horizons] == [10**6, 4 * 10**6]
+    assert result.horizon is not None
+    assert result.horizon.slope == pytest.approx(true_slope, abs=0.1)
+    assert result.horizon.from_tokens == 4 * 10**6
+    assert result.horizon.log2_shift == pytest.approx(4 * true_slope, abs=0.4)  # 16x tokens
+    assert result.horizon.log2_shift_uncertainty == pytest.approx(4 * result.horizon.uncertainty)
+    # 2^-5 at 1M tokens; the target trains 64x longer: 6 doublings of the slope
+    assert math.log2(result.base_lr) == pytest.approx(-5.0 + 6 * true_slope, abs=0.3)
+    # The width transfer itself is the longest horizon's.
+    assert result.widths == result.horizons[-1].widths
+    alone = compute_transfer(
+        [o for o in outcomes if o.tokens == 4 * 10**6], model=MODEL, to_width=1024
+    )
+    assert math.log2(result.base_lr / alone.base_lr) == pytest.approx(result.horizon.log2_shift)
+
+
+def test_without_the_target_s_tokens_the_longest_horizon_transfers_as_it_was_measured():
+    result = compute_transfer(at_horizons(-0.5), model=MODEL, to_width=1024)
+    assert result.horizon is None and len(result.horizons) == 2
+    assert math.log2(result.base_lr) == pytest.approx(-6.0, abs=0.3)
+
+
+def test_one_horizon_warns_only_when_the_target_trains_far_longer_or_shorter():
+    outcomes = [dataclasses.replace(o, tokens=10**6) for w in (64, 128) for o in curve(w, -5)]
+
+    def horizon_warnings(to_tokens: int | None) -> list[str]:
+        result = compute_transfer(outcomes, model=MODEL, to_width=512, to_tokens=to_tokens)
+        assert result.horizon is None and result.horizons == []
+        return [w for w in result.warnings if "token horizon" in w]
+
+    assert horizon_warnings(None) == horizon_warnings(10**7) == horizon_warnings(10**5) == []
+    [long] = horizon_warnings(2 * 10**7)
+    [short] = horizon_warnings(10**4)
+    assert "20x the 1,000,000" in long and "search.steps" in long and "0.01x" in short

@@ -492,6 +492,13 @@ function driftText(transfer) {
     "log2(LR*) per doubling of width";
 }
 
+function horizonText(hz) {
+  const sign = (x) => (x > 0 ? "+" : "") + x.toFixed(2);
+  return `${sign(hz.slope)} ± ${hz.uncertainty.toFixed(2)} log2(LR*) per doubling of tokens; ` +
+    `${hz.from_tokens.toLocaleString("en")} → ${hz.to_tokens.toLocaleString("en")} tokens ` +
+    `moves the base LR by 2^(${sign(hz.log2_shift)} ± ${hz.log2_shift_uncertainty.toFixed(2)})`;
+}
+
 function drawLrCurves(div, curves) {
   const drift = driftText(curves.transfer);
   Plotly.react(div, lrCurveTraces(curves), {
@@ -635,6 +642,8 @@ async function act(path, refresh) {
 
 function transferPanel(sweepId, onTransfer) {
   const width = h("input", { id: "to-width", type: "number", min: 1, step: 1 });
+  const tokens = h("input", { id: "to-tokens", type: "text", inputmode: "numeric", size: 8,
+    placeholder: "e.g. 2e9" });
   const button = h("button", { class: "primary", id: "compute-transfer" }, "Compute transfer");
   const result = h("div", { id: "transfer-result" });
   const error = h("div", { class: "form-error", id: "transfer-error", role: "alert" });
@@ -647,8 +656,9 @@ function transferPanel(sweepId, onTransfer) {
       error.textContent = "";
       button.disabled = true;
       try {
-        const out = await api("POST", `/sweeps/${sweepId}/transfer`,
-          { to_width: Number(width.value) });
+        const body = { to_width: Number(width.value) };
+        if (tokens.value.trim()) body.to_tokens = Number(tokens.value);  // 2e9 reads as a count
+        const out = await api("POST", `/sweeps/${sweepId}/transfer`, body);
         render(out.result);
         onTransfer();
       } catch (e) {
@@ -656,7 +666,8 @@ function transferPanel(sweepId, onTransfer) {
       } finally {
         button.disabled = false;
       }
-    } }, h("label", {}, "target width ", width), button,
+    } }, h("label", {}, "target width ", width),
+    h("label", {}, "target tokens (optional) ", tokens), button,
     h("span", { class: "muted" }, "fits each width's optimum, measures the drift and gives ",
       "every parameter group's LR and WD at the target")),
     error, result);
@@ -688,7 +699,15 @@ function transferPanel(sweepId, onTransfer) {
             h("dt", { text: "drift" }), h("dd", { id: "transfer-drift",
               text: drift ? driftText(t) : "– (needs two widths with a result)" }),
             h("dt", { text: "drift line at target" }),
-            h("dd", { text: fmt.num(t.extrapolated_lr) })),
+            h("dd", { text: fmt.num(t.extrapolated_lr) }),
+            t.to_tokens ? [h("dt", { text: "target tokens" }),
+              h("dd", { id: "transfer-tokens", text: t.to_tokens.toLocaleString("en") })] : null,
+            (t.horizons || []).length ? [h("dt", { text: "drift per horizon" }),
+              h("dd", { id: "transfer-horizon-drifts", text: t.horizons.map((o) =>
+                `${o.tokens.toLocaleString("en")} tokens: ${driftText(o) || "–"}`).join("; ") })]
+              : null,
+            t.horizon ? [h("dt", { text: "horizon" }),
+              h("dd", { id: "transfer-horizon", text: horizonText(t.horizon) })] : null),
           t.warnings.length ? h("ul", { class: "warnings", id: "transfer-warnings" },
             t.warnings.map((w) => h("li", { text: w }))) : null,
           h("h3", { text: "Per parameter group at the target width" }),

@@ -49,7 +49,4 @@ def data_prepare(
         raise BadParameter(e.message, param_hint=hint) from None
     except service.DataError as e:
         raise UsageError(str(e)) from None
-    if json_output:
-        render.print_json(identity)
-    else:
-        typer.echo(render.data_text(identity))
+    render.emit(identity, json_output, render.data_text(identity))

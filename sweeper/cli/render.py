@@ -25,6 +25,17 @@ def print_json(payload: BaseModel | dict[str, Any]) -> None:
     typer.echo(json.dumps(data, indent=2, allow_nan=False))
 
 
+def emit(view: BaseModel, as_json: bool, human: str | Callable[[], None]) -> None:
+    """A command's result: with ``--json`` the read model as the API serves it, else what a
+    person reads (a line, or a function that prints it)."""
+    if as_json:
+        print_json(view)
+    elif isinstance(human, str):
+        typer.echo(human)
+    else:
+        human()
+
+
 def number(value: float | None, spec: str) -> str:
     """``value`` formatted, or "-" when it is missing or not finite."""
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
@@ -100,19 +111,29 @@ def sweep(detail: service.SweepDetail, trials: service.Page[service.TrialView]) 
         )
 
 
-def sweeps(page: service.Page[service.SweepSummary]) -> None:
-    table = Table(title=f"{page.total} sweeps")
-    for column in ("id", "name", "status", "trials", "created"):
-        table.add_column(column)
-    for s in page.items:
+def _jobs_table(
+    page: service.Page[service.SweepSummary] | service.Page[service.RunView],
+    title: str,
+    column: str,
+    cell: Callable[[Any], str],
+) -> None:
+    """A page of sweeps or runs: id, name, status (stale marked), ``column``, created."""
+    table = Table(title=f"{page.total} {title}")
+    for name in ("id", "name", "status", column, "created"):
+        table.add_column(name)
+    for job in page.items:
         table.add_row(
-            str(s.id),
-            s.name,
-            f"{s.status}{' (stale)' if s.stale else ''}",
-            f"{s.finished}/{s.planned}",
-            f"{s.created_at:%Y-%m-%d %H:%M}",
+            str(job.id),
+            job.name,
+            f"{job.status}{' (stale)' if job.stale else ''}",
+            cell(job),
+            f"{job.created_at:%Y-%m-%d %H:%M}",
         )
     Console().print(table)
+
+
+def sweeps(page: service.Page[service.SweepSummary]) -> None:
+    _jobs_table(page, "sweeps", "trials", lambda s: f"{s.finished}/{s.planned}")
 
 
 def transfer(transferred: service.TransferView) -> None:
@@ -138,6 +159,19 @@ def transfer(transferred: service.TransferView) -> None:
         console.print(
             f"drift: {r['drift']['slope']:+.3f} ± {r['drift']['uncertainty']:.3f} log2(LR) per"
             " doubling of width"
+            + (f" (at {r['horizons'][-1]['tokens']:,} tokens)" if r.get("horizons") else "")
+        )
+    for h in r.get("horizons", [])[:-1]:  # stored before horizons were: none
+        if h["drift"] is not None:
+            console.print(
+                f"  at {h['tokens']:,} tokens: {h['drift']['slope']:+.3f} ±"
+                f" {h['drift']['uncertainty']:.3f}"
+            )
+    if (h := r.get("horizon")) is not None:
+        console.print(
+            f"horizon: {h['slope']:+.3f} ± {h['uncertainty']:.3f} log2(LR) per doubling of"
+            f" tokens; {h['from_tokens']:,} -> {h['to_tokens']:,} tokens moves the base LR by"
+            f" 2^({h['log2_shift']:+.2f} ± {h['log2_shift_uncertainty']:.2f})"
         )
     console.print(
         f"base LR {r['base_lr']:.4g}, base WD {r['base_wd']:g}"
@@ -187,19 +221,16 @@ def run(view: service.RunView, metrics: service.RunMetrics) -> None:
         )
 
 
-def runs(page: service.Page[service.RunView]) -> None:
-    table = Table(title=f"{page.total} runs")
-    for column in ("id", "name", "status", "sweep", "created"):
-        table.add_column(column)
-    for r in page.items:
-        table.add_row(
-            str(r.id),
-            r.name,
-            f"{r.status}{' (stale)' if r.stale else ''}",
-            str(r.sweep_id or "-"),
-            f"{r.created_at:%Y-%m-%d %H:%M}",
+def metrics(metrics: service.RunMetrics) -> None:
+    for i, step in enumerate(metrics.step):
+        typer.echo(
+            f"step {step}: train {number(metrics.train_loss[i], '.4f')}"
+            f"  eval {number(metrics.eval_loss[i], '.4f')}"
         )
-    Console().print(table)
+
+
+def runs(page: service.Page[service.RunView]) -> None:
+    _jobs_table(page, "runs", "sweep", lambda r: str(r.sweep_id or "-"))
 
 
 # --- following a job (--wait) -----------------------------------------------------------
@@ -235,7 +266,7 @@ def ended(kind: str, job_id: int, status: service.JobStatus, error: str | None) 
         raise Unfinished(f"{kind} {job_id} ended {status}{reason}")
 
 
-def _heartbeat(job: service.SweepSummary | service.RunView) -> str:
+def _heartbeat(job: service.JobView) -> str:
     when = job.driver_heartbeat_at or job.created_at
     return f"{when:%Y-%m-%d %H:%M:%S} UTC"
 

@@ -30,10 +30,7 @@ _PRECISIONS = ", ".join(service.PRECISIONS)
 
 def _show(db: service.Database, config: service.Settings, run_id: int, as_json: bool) -> None:
     view = service.get_run(db, run_id, config)
-    if as_json:
-        render.print_json(view)
-    else:
-        render.run(view, service.run_metrics(db, run_id))
+    render.emit(view, as_json, lambda: render.run(view, service.run_metrics(db, run_id)))
 
 
 def _follow(db: service.Database, config: service.Settings, run_id: int, as_json: bool) -> None:
@@ -91,10 +88,8 @@ def launch_command(
     render.warnings(service.get_transfer(db, run.transfer_id))
     if wait:
         _follow(db, config, run.id, json_output)
-    elif json_output:
-        render.print_json(run)
     else:
-        typer.echo(run.id)
+        render.emit(run, json_output, str(run.id))
 
 
 @run_app.command("status")
@@ -109,14 +104,7 @@ def run_metrics(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
     """A run's loss curve so far, as columns (`GET /runs/ID/metrics`)."""
     config = settings()
     metrics = service.run_metrics(database(config), run_id)
-    if json_output:
-        render.print_json(metrics)
-        return
-    for i, step in enumerate(metrics.step):
-        typer.echo(
-            f"step {step}: train {render.number(metrics.train_loss[i], '.4f')}"
-            f"  eval {render.number(metrics.eval_loss[i], '.4f')}"
-        )
+    render.emit(metrics, json_output, lambda: render.metrics(metrics))
 
 
 @run_app.command("list")
@@ -126,10 +114,7 @@ def run_list(
     """Runs, newest first (`GET /runs`)."""
     config = settings()
     page = service.list_runs(database(config), offset=offset, limit=limit, settings=config)
-    if json_output:
-        render.print_json(page)
-    else:
-        render.runs(page)
+    render.emit(page, json_output, lambda: render.runs(page))
 
 
 @run_app.command("cancel")
@@ -137,10 +122,7 @@ def run_cancel(run_id: RunIdArgument, json_output: JsonOption = False) -> None:
     """Stop a run at its next report; its checkpoints stay."""
     config = settings()
     view = service.cancel_run(database(config), run_id, config)
-    if json_output:
-        render.print_json(view)
-    else:
-        typer.echo(f"run {view.id} {view.status}")
+    render.emit(view, json_output, f"run {view.id} {view.status}")
 
 
 @run_app.command("resume")
@@ -154,7 +136,5 @@ def run_resume(
     view = service.resume_run(db, run_id, config)
     if wait:
         _follow(db, config, run_id, json_output)
-    elif json_output:
-        render.print_json(view)
     else:
-        typer.echo(f"run {run_id} resumed")
+        render.emit(view, json_output, f"run {run_id} resumed")

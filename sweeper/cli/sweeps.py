@@ -42,10 +42,13 @@ def _load_spec(path: Path) -> service.SweepSpec:
 
 def _show(db: service.Database, config: service.Settings, sweep_id: int, as_json: bool) -> None:
     detail = service.get_sweep(db, sweep_id, config)
-    if as_json:
-        render.print_json(detail)
-    else:
-        render.sweep(detail, service.list_trials(db, sweep_id, limit=max(detail.planned, 1)))
+    render.emit(
+        detail,
+        as_json,
+        lambda: render.sweep(
+            detail, service.list_trials(db, sweep_id, limit=max(detail.planned, 1))
+        ),
+    )
 
 
 def _follow(db: service.Database, config: service.Settings, sweep_id: int, as_json: bool) -> None:
@@ -71,10 +74,7 @@ def sweep_start(
     except service.InvalidInput as e:
         raise UsageError(f"{spec_path}: {e}") from None
     if not wait:
-        if json_output:
-            render.print_json(created)
-        else:
-            typer.echo(created.id)
+        render.emit(created, json_output, str(created.id))
         return
     stderr.print(f"sweep {created.id} started")
     _follow(db, config, created.id, json_output)
@@ -98,10 +98,9 @@ def sweep_trials(
     config = settings()
     db = database(config)
     page = service.list_trials(db, sweep_id, offset=offset, limit=limit)
-    if json_output:
-        render.print_json(page)
-    else:
-        render.sweep(service.get_sweep(db, sweep_id, config), page)
+    render.emit(
+        page, json_output, lambda: render.sweep(service.get_sweep(db, sweep_id, config), page)
+    )
 
 
 @sweep_app.command("list")
@@ -111,10 +110,7 @@ def sweep_list(
     """Sweeps, newest first, with their progress (`GET /sweeps`)."""
     config = settings()
     page = service.list_sweeps(database(config), offset=offset, limit=limit, settings=config)
-    if json_output:
-        render.print_json(page)
-    else:
-        render.sweeps(page)
+    render.emit(page, json_output, lambda: render.sweeps(page))
 
 
 @sweep_app.command("cancel")
@@ -122,10 +118,7 @@ def sweep_cancel(sweep_id: IdArgument, json_output: JsonOption = False) -> None:
     """Stop a sweep's running trials; what was recorded stays."""
     config = settings()
     summary = service.cancel_sweep(database(config), sweep_id, config)
-    if json_output:
-        render.print_json(summary)
-    else:
-        typer.echo(f"sweep {summary.id} {summary.status}")
+    render.emit(summary, json_output, f"sweep {summary.id} {summary.status}")
 
 
 @sweep_app.command("resume")
@@ -138,10 +131,8 @@ def sweep_resume(
     summary = service.resume_sweep(db, sweep_id, config)
     if wait:
         _follow(db, config, sweep_id, json_output)
-    elif json_output:
-        render.print_json(summary)
     else:
-        typer.echo(f"sweep {sweep_id} resumed")
+        render.emit(summary, json_output, f"sweep {sweep_id} resumed")
 
 
 SweepOption = Annotated[
@@ -150,19 +141,42 @@ SweepOption = Annotated[
 ]
 
 
+def _token_count(text: str | None) -> int | None:
+    """``--to-tokens``: a whole number of tokens, written as 2000000000 or 2e9."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadParameter(f"{text!r} is not a number", param_hint="--to-tokens") from None
+    if not value.is_integer() or value < 1:
+        raise BadParameter(f"{text!r} is not a whole number >= 1", param_hint="--to-tokens")
+    return int(value)
+
+
 @app.command("transfer")
 def transfer_command(
     to_width: Annotated[int, typer.Option("--to-width", help="the target model's width")],
     sweep_id: SweepOption = None,
+    to_tokens: Annotated[
+        str | None,
+        typer.Option(
+            "--to-tokens",
+            metavar="N",
+            help="the target's training tokens (e.g. 2e9): with proxies at two or more"
+            " horizons the optimum is carried there",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Fit the proxies' optima, check their drift, and give the target width's LR/WD."""
+    """Fit the proxies' optima, check their drift, and give the target width's LR/WD (at
+    the target's tokens, with --to-tokens)."""
+    tokens = _token_count(to_tokens)
     config = settings()
     try:
-        transferred = service.transfer(database(config), sweep_id=sweep_id, to_width=to_width)
+        transferred = service.transfer(
+            database(config), sweep_id=sweep_id, to_width=to_width, to_tokens=tokens
+        )
     except service.InvalidInput as e:
         raise invalid_input(e) from None
-    if json_output:
-        render.print_json(transferred)
-    else:
-        render.transfer(transferred)
+    render.emit(transferred, json_output, lambda: render.transfer(transferred))

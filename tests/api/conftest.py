@@ -102,9 +102,15 @@ def client(make_client) -> TestClient:
     return make_client()
 
 
-def loss_at(width: int, lr: float) -> float:
-    """A made-up LR curve: a parabola in log2(LR) with its minimum at 2^-4 at every width."""
-    return 3.0 - 0.1 * math.log2(width) + 0.05 * (math.log2(lr) + 4) ** 2
+# A horizon sweep's made-up optimum falls by this much log2(LR) per doubling of steps.
+HORIZON_SLOPE = -0.5
+
+
+def loss_at(width: int, lr: float, steps: int) -> float:
+    """A made-up LR curve: a parabola in log2(LR) with its minimum at 2^-4 at every width
+    at 20 steps (the tiny sweep's), moving by HORIZON_SLOPE per doubling of steps."""
+    optimum = -4.0 + HORIZON_SLOPE * math.log2(steps / 20)
+    return 3.0 - 0.1 * math.log2(width) + 0.05 * (math.log2(lr) - optimum) ** 2
 
 
 def record_sweep(
@@ -116,7 +122,7 @@ def record_sweep(
 ) -> int:
     """Store a sweep as `service.start_sweep` and its driver would have: its data identity,
     every planned trial with its curve."""
-    steps, every = spec["train"]["steps"], spec["train"]["eval_interval"]
+    every = spec["train"]["eval_interval"]
     validated = SweepSpec.model_validate(spec)
     data = service.identify_data(validated.train.data, "train.data")
     sweep_id = db.create_sweep(
@@ -127,7 +133,8 @@ def record_sweep(
         trial_id = db.upsert_trial(
             database, sweep_id=sweep_id, key=trial.key, width=trial.width, params=trial.params
         )
-        final = loss_at(trial.width, trial.params["lr"])
+        steps = int(trial.params.get("steps", validated.train.steps))
+        final = loss_at(trial.width, trial.params["lr"], steps)
         diverged = trial.params["lr"] > diverge_above
         points = [
             db.MetricPoint(
@@ -159,6 +166,11 @@ def record_sweep(
 @pytest.fixture
 def auth() -> dict[str, str]:
     return dict(AUTH)
+
+
+@pytest.fixture
+def horizon_slope() -> float:
+    return HORIZON_SLOPE
 
 
 @pytest.fixture

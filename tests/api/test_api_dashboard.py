@@ -179,6 +179,15 @@ def test_dashboard_shows_the_lr_curves_of_a_finished_sweep(live, finished_sweep,
     title = page.evaluate("() => document.getElementById('lr-plot').layout.title.text")
     assert "drift" in title
     assert page.locator("#launch-run").is_visible()
+    # The target's tokens, far beyond the one horizon swept: the transfer says so.
+    page.fill("#to-tokens", "2e9")
+    page.click("#compute-transfer")
+    page.wait_for_selector("#transfer-tokens")
+    assert page.locator("#transfer-tokens").inner_text() == "2,000,000,000"
+    assert "token horizon" in page.locator("#transfer-warnings").inner_text()
+    page.fill("#to-tokens", "")
+    page.click("#compute-transfer")
+    page.wait_for_selector("#transfer-tokens", state="detached")
 
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)

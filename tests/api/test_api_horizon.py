@@ -1,0 +1,89 @@
+"""Transfer across token horizons: a recorded sweep whose proxies ran at two horizons (its
+optimum falls by ``horizon_slope`` per doubling of steps), carried to the target's tokens,
+over REST and in the dashboard (Debian's chromium)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.proof_report import serve
+from sweeper import service
+
+TOKENS_PER_STEP = 4 * 32  # the tiny sweep's batch x sequence
+HORIZONS = {"lr": {"min": 2**-8, "max": 2**0, "points": 9}, "wd": [0.0], "steps": [20, 80]}
+
+
+def test_a_sweep_at_two_horizons_carries_the_optimum_to_the_target_s_tokens(
+    client, auth, make_spec, record, horizon_slope
+):
+    sweep = record(make_spec(name="horizons", search=HORIZONS))
+    to_tokens = 320 * TOKENS_PER_STEP  # 4x the longest horizon
+    response = client.post(
+        f"/sweeps/{sweep}/transfer", json={"to_width": 256, "to_tokens": to_tokens}, headers=auth
+    )
+    assert response.status_code == 201, response.text
+    result = response.json()["result"]
+    assert [h["tokens"] for h in result["horizons"]] == [20 * TOKENS_PER_STEP, 80 * TOKENS_PER_STEP]
+    for h, log2_optimum in zip(result["horizons"], [-4.0, -5.0], strict=True):
+        assert [math.log2(w["lr"]["value"]) for w in h["widths"]] == pytest.approx(
+            [log2_optimum] * 2, abs=0.05
+        )
+        assert h["drift"]["slope"] == pytest.approx(0.0, abs=0.05)
+    horizon = result["horizon"]
+    assert horizon["slope"] == pytest.approx(horizon_slope, abs=0.05)
+    assert (horizon["from_tokens"], horizon["to_tokens"]) == (80 * TOKENS_PER_STEP, to_tokens)
+    assert horizon["log2_shift"] == pytest.approx(2 * horizon_slope, abs=0.1)
+    assert horizon["log2_shift_uncertainty"] > 0
+    assert math.log2(result["base_lr"]) == pytest.approx(-6.0, abs=0.15)
+    assert not [w for w in result["warnings"] if "horizon" in w]
+
+    # Without the target's tokens: the longest horizon's optimum, as it was measured.
+    plain = client.post(f"/sweeps/{sweep}/transfer", json={"to_width": 256}, headers=auth)
+    assert plain.json()["result"]["horizon"] is None
+    assert math.log2(plain.json()["result"]["base_lr"]) == pytest.approx(-5.0, abs=0.1)
+
+    # The dashboard's LR line at each width is one horizon's: the best trial's (the longest).
+    curves = client.get(f"/sweeps/{sweep}/curves").json()
+    for width in curves["widths"]:
+        assert {p["steps"] for p in width["line"]} == {80} and len(width["line"]) == 9
+        assert len(width["points"]) == 18
+
+
+def test_a_one_horizon_sweep_warns_of_a_far_longer_target_and_bad_tokens_are_422(
+    client, auth, make_spec, record
+):
+    sweep = record(make_spec(name="one-horizon", search={**HORIZONS, "steps": None}))
+    far = client.post(
+        f"/sweeps/{sweep}/transfer",
+        json={"to_width": 256, "to_tokens": 1000 * 20 * TOKENS_PER_STEP},
+        headers=auth,
+    )
+    assert far.status_code == 201, far.text
+    result = far.json()["result"]
+    assert result["horizon"] is None and result["horizons"] == []
+    assert any("1e+03x the 2,560 of a proxy trial" in w for w in result["warnings"])
+    for bad in (0, -5, 10**16, 1.5):
+        response = client.post(
+            f"/sweeps/{sweep}/transfer", json={"to_width": 256, "to_tokens": bad}, headers=auth
+        )
+        assert response.status_code == 422, (bad, response.text)
+        assert "to_tokens" in response.text
+
+
+def test_the_dashboard_shows_each_horizon_s_drift_and_the_move_to_the_target(
+    env, database, make_spec, record, page
+):
+    sweep = record(make_spec(name="horizons", search=HORIZONS))
+    service.transfer(database, sweep_id=sweep, to_width=256, to_tokens=320 * TOKENS_PER_STEP)
+    with serve(env["SWEEPER_DB_URL"]) as url:
+        page.goto(f"{url}/#/sweeps/{sweep}")  # the latest transfer is shown as it opens
+        page.wait_for_selector("#transfer-horizon")
+        assert page.locator("#transfer-tokens").inner_text() == "40,960"
+        drifts = page.locator("#transfer-horizon-drifts").inner_text()
+        assert drifts.startswith("2,560 tokens: drift 0.00") and "10,240 tokens: drift" in drifts
+        horizon = page.locator("#transfer-horizon").inner_text()
+        assert horizon.startswith("-0.50 ±") and "10,240 → 40,960 tokens" in horizon
+        assert "2^(-1.00 ±" in horizon
+        assert page.locator("#to-tokens").is_visible()
