@@ -178,21 +178,14 @@ class SweepSpec(_Strict):
     # Token horizons (search.steps) need a grid without ASHA: TPE would model trials of
     # different horizons as one objective, and ASHA would stop a long trial by the loss a
     # short one reaches at the same step.
-    @field_validator("algorithm")
+    @field_validator("algorithm", "asha")
     @classmethod
-    def _horizons_on_a_grid(cls, algorithm: str, info: ValidationInfo) -> str:
+    def _horizons_on_a_plain_grid(cls, value: Any, info: ValidationInfo) -> Any:
         search = info.data.get("search")
-        if algorithm != "grid" and search is not None and search.steps is not None:
-            raise ValueError("search.steps (token horizons) needs the grid algorithm")
-        return algorithm
-
-    @field_validator("asha")
-    @classmethod
-    def _horizons_without_asha(cls, asha: bool, info: ValidationInfo) -> bool:
-        search = info.data.get("search")
-        if asha and search is not None and search.steps is not None:
-            raise ValueError("search.steps (token horizons) cannot be stopped early by asha")
-        return asha
+        chosen = value != "grid" if info.field_name == "algorithm" else value
+        if chosen and search is not None and search.steps is not None:
+            raise ValueError("search.steps (token horizons) needs algorithm 'grid' without asha")
+        return value
 
     @classmethod
     def stored(cls, data: Any) -> SweepSpec:

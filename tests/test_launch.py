@@ -85,12 +85,22 @@ def test_transfer_cli_applies_the_width_rules(swept):
         assert bad.returncode == 2 and "--to-tokens" in bad.stderr, bad.stderr
 
 
-def _train_workers() -> list[psutil.Process]:
+def _train_workers(database_url: str) -> list[psutil.Process]:
+    """The Ray Train workers of this database's run drivers: their Ray cluster's processes
+    descend from the driver that started it (another test's runs are left alone)."""
     return [
         p
-        for p in psutil.process_iter(["cmdline"])
-        if any("RayTrainWorker" in part for part in p.info["cmdline"] or [])
+        for driver in drivers_of(database_url)
+        for p in driver.children(recursive=True)
+        if any("RayTrainWorker" in part for part in _cmdline(p))
     ]
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # it ended while the tree was read
+        return []
 
 
 def test_launch_two_workers_resumes_after_a_worker_dies(swept):
@@ -104,7 +114,7 @@ def test_launch_two_workers_resumes_after_a_worker_dies(swept):
     wait_for(
         lambda: db.get_run(database, run_id=run.id).checkpoint_path is not None, "a checkpoint"
     )
-    workers = _train_workers()
+    workers = _train_workers(database.url)
     assert len(workers) == 2
     workers[0].send_signal(signal.SIGKILL)
     wait_for(lambda: db.get_run(database, run_id=run.id).status.finished, "the run to end")
