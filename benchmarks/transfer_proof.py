@@ -66,12 +66,12 @@ from benchmarks.common import environment
 from models import TrainConfig
 from models.config import Parametrization, Precision
 from sweeper import service
-from sweeper.compare import LrCurve, SweepComparison
 from sweeper.jobs import ACTIVE, JobKind, driver_gone
 from sweeper.launch import LaunchRequest
 from sweeper.settings import DB_URL_VAR, Settings
 from sweeper.spec import LogRange, Resources, SearchSpace, SweepSpec
 from sweeper.transfer import DRIFT_THRESHOLD
+from sweeper.views import LrCurve, SweepComparison
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = REPO / "examples" / "proof.yaml"

@@ -14,64 +14,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import db
 from sweeper.spec import SweepSpec
 from sweeper.transfer import (
-    Drift,
-    Optimum,
     TrialOutcome,
     at_longest_horizon,
     drift,
     drift_line,
     width_optimum,
 )
-
-
-@dataclass(frozen=True)
-class LrCurve:
-    """Final eval loss against base LR at one width, and where its minimum lies."""
-
-    width: int
-    wd: float
-    tau: float | None
-    lr: list[float]  # increasing
-    loss: list[float]
-    optimum: Optimum  # fitted (parabola in log2 LR, or the argmin)
-    best_lr: float  # the lowest measured point
-    best_loss: float
-
-
-@dataclass(frozen=True)
-class LinePoint:
-    width: int
-    lr: float
-
-
-@dataclass(frozen=True)
-class TransferMark:
-    """A stored transfer: the base LR carried to ``to_width`` and the drift line's value there."""
-
-    transfer_id: int
-    to_width: int
-    base_lr: float
-    extrapolated_lr: float | None
-
-
-@dataclass(frozen=True)
-class SweepComparison:
-    sweep_id: int
-    name: str
-    status: db.JobStatus
-    parametrization: str
-    precision: str
-    widths: list[int]  # swept (one: an LR sweep at one width, such as a check at a target)
-    curves: list[LrCurve]  # by width; widths without a finite result are left out
-    drift: Drift | None  # None below two widths with a result
-    # The drift line across the proxies' span and out to every transfer's target width
-    drift_line: list[LinePoint]
-    transfers: list[TransferMark]  # the latest transfer to each target width, by width
+from sweeper.views import LinePoint, LrCurve, SweepComparison, TransferMark
 
 
 def trial_outcomes(trials: Iterable[db.Trial], spec: SweepSpec) -> list[TrialOutcome]:
@@ -109,14 +62,19 @@ def compare_sweep(
     for t in transfers:
         latest.setdefault(
             t.to_width,
-            TransferMark(t.id, t.to_width, t.result["base_lr"], t.result.get("extrapolated_lr")),
+            TransferMark(
+                transfer_id=t.id,
+                to_width=t.to_width,
+                base_lr=t.result["base_lr"],
+                extrapolated_lr=t.result.get("extrapolated_lr"),
+            ),
         )
     marks = [latest[w] for w in sorted(latest)]
     slope = drift(optima)
     line: list[LinePoint] = []
     if slope is not None:
         ends = {optima[0].width, optima[-1].width} | {m.to_width for m in marks}
-        line = [LinePoint(w, drift_line(optima, slope, w)) for w in sorted(ends)]
+        line = [LinePoint(width=w, lr=drift_line(optima, slope, w)) for w in sorted(ends)]
     curves = []
     for fit in optima:
         best_lr, best_loss = min(fit.curve, key=lambda point: point[1])

@@ -42,7 +42,7 @@ from models.coord_check import CoordCheck, coord_check, plot_coord_check
 from models.data import DataError, DataIdentity, data_identity
 from models.prepare import DTYPE_CHOICES, DtypeChoice, PrepareError, prepare
 from sweeper import cluster
-from sweeper.compare import SweepComparison, compare_sweep, trial_outcomes
+from sweeper.compare import compare_sweep, trial_outcomes
 from sweeper.jobs import (
     ACTIVE,
     Job,
@@ -65,11 +65,13 @@ from sweeper.settings import Settings, is_loopback
 from sweeper.spec import SweepSpec
 from sweeper.transfer import TransferResult, compute_transfer, data_warnings
 from sweeper.views import (
+    Comparison,
     JobView,
     LrPoint,
     Page,
     RunMetrics,
     RunView,
+    SweepComparison,
     SweepCreated,
     SweepCurves,
     SweepDetail,
@@ -91,6 +93,7 @@ __all__ = [
     "MAX_TOKENS",
     "PRECISIONS",
     "PRESETS",
+    "Comparison",
     "Conflict",
     "CoordCheck",
     "DataError",

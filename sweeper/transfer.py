@@ -61,6 +61,10 @@ class TrialOutcome:
 
 @dataclass(frozen=True)
 class Optimum:
+    """An optimal base LR: its value, one standard error of log2(value), the loss there
+    (fitted, for a parabola), how it was found, and the end of the searched range it lies
+    at, if it does."""
+
     value: float
     log2_uncertainty: float  # one standard error of log2(value)
     loss: float  # best (fitted, for a parabola) loss
@@ -80,6 +84,9 @@ class WidthOptimum:
 
 @dataclass(frozen=True)
 class Drift:
+    """How the optimal base LR moves: log2 of it per doubling (of width, or of tokens), and
+    one standard error of that slope."""
+
     slope: float  # d log2(optimal base LR) / d log2(width)
     uncertainty: float
 

@@ -16,6 +16,7 @@ from models.data import DataIdentity
 from sweeper.jobs import JobKind, driver_gone
 from sweeper.settings import Settings
 from sweeper.spec import SweepSpec
+from sweeper.transfer import Drift, Optimum
 
 T = TypeVar("T")
 
@@ -252,3 +253,55 @@ class SweepCurves(View):
     transfer: dict[str, Any] | None = Field(
         None, description="the latest transfer's result: per-width optima and the drift"
     )
+
+
+# --- sweeps side by side (GET /compare, the comparison view; built by sweeper.compare) ----
+
+
+class LrCurve(View):
+    """Final eval loss against base LR at one width, at its best WD and τ, as columns, and
+    where its minimum lies."""
+
+    width: int
+    wd: float
+    tau: float | None
+    lr: list[float] = Field(description="increasing")
+    loss: list[float]
+    optimum: Optimum = Field(description="fitted: a parabola in log2 LR, or the argmin")
+    best_lr: float = Field(description="the LR of the lowest measured loss")
+    best_loss: float
+
+
+class LinePoint(View):
+    width: int
+    lr: float
+
+
+class TransferMark(View):
+    """A stored transfer: the base LR carried to ``to_width`` and the drift line there."""
+
+    transfer_id: int
+    to_width: int
+    base_lr: float = Field(description="the transferred base LR")
+    extrapolated_lr: float | None = Field(description="the drift line at the target width")
+
+
+class SweepComparison(View):
+    sweep_id: int
+    name: str
+    status: db.JobStatus
+    parametrization: str
+    precision: str
+    widths: list[int] = Field(description="swept; one for an LR sweep at one (target) width")
+    curves: list[LrCurve] = Field(description="by width; widths without a result left out")
+    drift: Drift | None = Field(description="None below two widths with a result")
+    drift_line: list[LinePoint] = Field(
+        description="the drift line over the proxies' widths and every transfer's target"
+    )
+    transfers: list[TransferMark] = Field(description="the latest to each target width")
+
+
+class Comparison(View):
+    """Sweeps side by side, in the order asked."""
+
+    sweeps: list[SweepComparison]

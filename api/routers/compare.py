@@ -10,7 +10,6 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from api.deps import DatabaseDep, Reader
 from api.errors import responses
-from api.schemas import Comparison
 from sweeper import service
 
 MAX_SWEEPS = 12  # panels a page can show side by side
@@ -57,8 +56,8 @@ def _item_message(error: Any, parts: list[str]) -> str:
 @router.get("")
 def compare(
     database: DatabaseDep, sweep_ids: Annotated[list[int], Depends(compared_sweep_ids)]
-) -> Comparison:
+) -> service.Comparison:
     """Each sweep's LR curves per width with their fitted optima, the drift of the optima
     and its line out to every width the sweep was transferred to, and its transfers; a
     sweep at one width (an LR sweep at a target) gives its curve and optimum."""
-    return Comparison.of(service.compare_sweeps(database, sweep_ids))
+    return service.Comparison(sweeps=service.compare_sweeps(database, sweep_ids))
