@@ -59,3 +59,10 @@ class TransferRequest(BaseModel):
         description="the full-size run's training tokens: with proxies swept at two or more"
         " horizons the transfer carries the optimum there",
     )
+    to_depth: int | None = Field(
+        None,
+        gt=0,
+        le=MAX_INT,
+        description="the full-size model's blocks, when not the proxies' (the model's depth"
+        " rule scales tau and the hidden LR)",
+    )

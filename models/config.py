@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from models.data import STDLIB, DataError, is_prepared, read_meta
-from models.width_rules import GroupRule, ParamGroup, group_rule
+from models.width_rules import Depth, DepthRule, GroupRule, ParamGroup, group_rule
 
 Parametrization = Literal["mus", "sp"]
 Precision = Literal["fp8", "bf16", "fp32"]
@@ -62,12 +62,39 @@ class ModelConfig(BaseModel):
         description="µS: multiply attention outputs by sqrt(t+1) (position) or not (none)",
     )
     base_width: int = Field(256, ge=1, description="d0 of the µS width rules (LR scale 1 here)")
+    depth_rule: DepthRule = Field(
+        "none",
+        description="µS depth rule: none, sqrt (Depth-µP) or completep: tau and the hidden LR"
+        " scale with base_depth / depth",
+    )
+    base_depth: int = Field(4, ge=1, description="L0 of the µS depth rules (tau as given here)")
 
     @model_validator(mode="after")
     def _width_splits_into_heads(self) -> ModelConfig:
         if self.width % self.head_dim:
             raise ValueError(f"width {self.width} must be a multiple of head_dim {self.head_dim}")
         return self
+
+    @model_validator(mode="after")
+    def _depth_rule_is_mus(self) -> ModelConfig:
+        if self.depth_rule != "none" and self.parametrization != "mus":
+            raise ValueError("depth_rule applies to the mus parametrization only")
+        if not self.branch_tau < 1:
+            raise ValueError(
+                f"tau {self.tau} at depth {self.depth} under {self.depth_rule} (base_depth"
+                f" {self.base_depth}) is {self.branch_tau:.3g}, not below 1: raise depth or"
+                " lower tau"
+            )
+        return self
+
+    @property
+    def depth_scaling(self) -> Depth:
+        return Depth(self.depth, self.base_depth, self.depth_rule)
+
+    @property
+    def branch_tau(self) -> float:
+        """The residual mix the blocks use: tau after the depth rule."""
+        return self.depth_scaling.branch_share(self.tau)
 
     @property
     def n_heads(self) -> int:
@@ -98,6 +125,7 @@ class ModelConfig(BaseModel):
             base_width=self.base_width,
             readout_multiplier=self.readout_multiplier,
             readout_lr=self.readout_lr,
+            depth=self.depth_scaling,
         )
 
     @property

@@ -118,7 +118,7 @@ class Block(nn.Module):
         self.post_norm = config.parametrization == "mus"
         self.attn, self.mlp = CausalSelfAttention(config), MLP(config)
         self.norm_attn, self.norm_mlp = _layer_norm(config.width), _layer_norm(config.width)
-        self.skip, self.branch = math.sqrt(1 - config.tau), math.sqrt(config.tau)
+        self.skip, self.branch = math.sqrt(1 - config.branch_tau), math.sqrt(config.branch_tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.post_norm:  # µS: Res-Post-LN with variance-preserving skips

@@ -16,6 +16,15 @@ as ``1/fan_in`` (µP); the other groups keep ``eta``. Weight decay is decoupled 
 does not change with width; norms and embeddings are not decayed.
 
 SP: init std 0.02, no multipliers, one LR for everything.
+
+Depth (µS only): a residual branch's multiplier (L0/L)^alpha keeps the optimum fixed as the
+depth L grows from the proxies' L0: alpha = 1/2 is Depth-µP (rule ``sqrt``), alpha = 1 is
+CompleteP (Dey et al. 2025, rule ``completep``). In µS's variance-preserving mix
+``x <- sqrt(1 - tau) x + sqrt(tau) LN(f(x))`` the branch multiplier is sqrt(tau), so tau
+scales by (L0/L)^(2 alpha) and the stream stays at unit variance at any depth. Adam's
+hidden LR scales by (L0/L)^(1 - alpha): constant under CompleteP, 1/sqrt(L) under Depth-µP.
+The decoupled weight decay is a per-step shrink and stays as it is. ``none`` keeps tau and
+the LRs as they are at every depth.
 """
 
 from __future__ import annotations
@@ -31,6 +40,33 @@ ParamGroup = Literal["hidden", "embedding", "readout", "norm"]
 PARAM_GROUPS: tuple[ParamGroup, ...] = ("hidden", "embedding", "readout", "norm")
 
 SP_INIT_STD = 0.02
+
+DepthRule = Literal["none", "sqrt", "completep"]
+DEPTH_RULES: tuple[DepthRule, ...] = ("none", "sqrt", "completep")
+# alpha of each rule: the branch multiplier is (L0 / L)^alpha
+DEPTH_ALPHA: dict[DepthRule, float] = {"none": 0.0, "sqrt": 0.5, "completep": 1.0}
+
+
+@dataclass(frozen=True)
+class Depth:
+    """A model's depth against the proxies' (``base``), and the rule between them."""
+
+    depth: int
+    base: int
+    rule: DepthRule = "none"
+
+    @property
+    def ratio(self) -> float:
+        return self.base / self.depth
+
+    def branch_share(self, tau: float) -> float:
+        """tau at this depth: the branch multiplier sqrt(tau) times (L0/L)^alpha."""
+        return tau * self.ratio ** (2 * DEPTH_ALPHA[self.rule])
+
+    def hidden_lr_factor(self) -> float:
+        if self.rule == "none":
+            return 1.0
+        return self.ratio ** (1 - DEPTH_ALPHA[self.rule])
 
 
 @dataclass(frozen=True)
@@ -71,10 +107,15 @@ def learning_rate(
     fan_in: int,
     base_width: int,
     readout_lr: ReadoutLR = "constant",
+    depth: Depth | None = None,
 ) -> float:
     if parametrization == "sp":
         return base_lr
-    if group == "hidden" or (group == "readout" and readout_lr == "sqrt"):
+    if group == "hidden":
+        return (
+            base_lr * math.sqrt(base_width / fan_in) * (depth.hidden_lr_factor() if depth else 1.0)
+        )
+    if group == "readout" and readout_lr == "sqrt":
         return base_lr * math.sqrt(base_width / fan_in)
     return base_lr
 
@@ -93,6 +134,7 @@ def group_rule(
     base_width: int,
     readout_multiplier: float = 1.0,
     readout_lr: ReadoutLR = "constant",
+    depth: Depth | None = None,
 ) -> GroupRule:
     """Every rule for ``group`` at ``fan_in``: the one call the model and optimizer need."""
     return GroupRule(
@@ -110,6 +152,7 @@ def group_rule(
             fan_in=fan_in,
             base_width=base_width,
             readout_lr=readout_lr,
+            depth=depth,
         ),
         wd=weight_decay(group, base_wd=base_wd),
     )

@@ -474,13 +474,18 @@ def last_beat_text(job: JobRecord) -> str:
 
 
 def transfer(
-    database: db.Database, *, sweep_id: int | None, to_width: int, to_tokens: int | None = None
+    database: db.Database,
+    *,
+    sweep_id: int | None,
+    to_width: int,
+    to_tokens: int | None = None,
+    to_depth: int | None = None,
 ) -> TransferView:
     """Fit the sweep's proxies (the latest completed sweep when ``sweep_id`` is None),
-    compute the target's values (at ``to_tokens`` training tokens when given) and store the
-    result as a transfer record."""
+    compute the target's values (at ``to_tokens`` training tokens and ``to_depth`` blocks
+    when given) and store the result as a transfer record."""
     sweep_id = _sweep_or_latest(database, sweep_id)
-    result = _fit_transfer(sweep_progress(database, sweep_id), to_width, to_tokens)
+    result = _fit_transfer(sweep_progress(database, sweep_id), to_width, to_tokens, to_depth)
     transfer_id = db.create_transfer(
         database, sweep_id=sweep_id, to_width=to_width, result=result.to_dict()
     )
@@ -494,7 +499,9 @@ def get_transfer(database: db.Database, transfer_id: int) -> TransferView:
     return TransferView(id=t.id, sweep_id=t.sweep_id, to_width=t.to_width, result=t.result)
 
 
-def _fit_transfer(progress: SweepProgress, to_width: int, to_tokens: int | None) -> TransferResult:
+def _fit_transfer(
+    progress: SweepProgress, to_width: int, to_tokens: int | None, to_depth: int | None
+) -> TransferResult:
     sweep_id = progress.sweep.id
     model = progress.spec.train.model
     if not 1 <= to_width <= MAX_INT or to_width % model.head_dim:
@@ -504,12 +511,19 @@ def _fit_transfer(progress: SweepProgress, to_width: int, to_tokens: int | None)
         )
     if to_tokens is not None and not 1 <= to_tokens <= MAX_TOKENS:
         raise InvalidInput("to_tokens", f"{to_tokens} is not in 1..{MAX_TOKENS:.0e}")
+    if to_depth is not None:
+        try:
+            model.model_validate(model.model_dump() | {"depth": to_depth})
+        except ValidationError as e:
+            reason = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raise InvalidInput("to_depth", f"{to_depth}: {reason}") from None
     try:
         result = compute_transfer(
             trial_outcomes(progress.trials, progress.spec),
             model=model,
             to_width=to_width,
             to_tokens=to_tokens,
+            to_depth=to_depth,
         )
     except ValueError as e:
         raise InvalidInput("sweep_id", f"sweep {sweep_id}: {e}") from None
@@ -606,7 +620,7 @@ def launch_run(
     progress = sweep_progress(database, sweep_id, settings)
     # The run trains the sweep's batches and sequences for its own steps.
     to_tokens = request.steps * progress.spec.train.tokens_per_step
-    result = _fit_transfer(progress, request.to_width, to_tokens)
+    result = _fit_transfer(progress, request.to_width, to_tokens, request.depth)
     try:
         config = launch_config(progress.spec, result, request)
     except ValidationError as e:  # one line, on the field at fault where it has one

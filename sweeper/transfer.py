@@ -133,6 +133,7 @@ class TransferResult:
     groups: list[GroupValues]
     warnings: list[str] = field(default_factory=list)
     to_tokens: int | None = None  # the target's training tokens, when given
+    to_depth: int | None = None  # the target's depth, when it is not the proxies'
     horizons: list[HorizonOptima] = field(default_factory=list)  # with 2+ horizons swept
     horizon: HorizonFit | None = None  # with 2+ horizons and the target's tokens
 
@@ -335,9 +336,11 @@ def compute_transfer(
     model: ModelConfig,
     to_width: int,
     to_tokens: int | None = None,
+    to_depth: int | None = None,
 ) -> TransferResult:
     """Fit every proxy width at every horizon, measure the drifts and derive the target's
-    per-group values (at ``to_tokens`` when given and two or more horizons were swept)."""
+    per-group values (at ``to_tokens`` when given and two or more horizons were swept; at
+    ``to_depth`` through the model's depth rule)."""
     groups = by_horizon(outcomes)
     if not groups:
         raise ValueError("no width has a finite result: nothing to transfer")
@@ -379,7 +382,13 @@ def compute_transfer(
             warnings.append(warning)
     extrapolated = drift_line(optima, slope, to_width) if slope is not None else None
     widest = optima[-1]  # WD and tau: the choice at the widest proxy
-    target = model.model_copy(update={"width": to_width})
+    target = model.model_copy(update={"width": to_width, "depth": to_depth or model.depth})
+    if target.depth != model.depth and model.depth_rule == "none":
+        warnings.append(
+            f"the proxies are {model.depth} blocks deep and the target {target.depth}, with no"
+            " depth rule: the optimum may move with depth (model.depth_rule: completep or"
+            " sqrt carries it)"
+        )
     values = []
     for group, fan_in in target.parameter_groups():
         rule = target.group_rule(group, fan_in, base_lr=base_lr, base_wd=widest.wd)
@@ -396,6 +405,7 @@ def compute_transfer(
         groups=values,
         warnings=warnings,
         to_tokens=to_tokens,
+        to_depth=to_depth,
         horizons=horizons,
         horizon=horizon,
     )

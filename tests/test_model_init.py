@@ -101,3 +101,22 @@ def test_compiled_model_matches_eager(shakespeare):
     assert _relative_rms(compiled, exact) < 1.3 * _relative_rms(eager, exact)
     compiled.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("rule", ["sqrt", "completep"])
+def test_a_depth_rule_scales_tau_and_keeps_unit_rms_at_every_depth(shakespeare, rule):
+    """The branch multiplier sqrt(tau) scales by (L0/L)^alpha (alpha 1/2 and 1), so tau by its
+    square; every layer's input still sits near RMS 1 from 2 to 16 blocks."""
+    alpha = {"sqrt": 0.5, "completep": 1.0}[rule]
+    for depth in (2, 4, 16):  # the proxies' 2 blocks, and 2x and 8x deeper
+        config = debug_config(
+            shakespeare, depth=depth, depth_rule=rule, base_depth=2, tau=0.4, precision="fp32"
+        )
+        model = build_model(config, torch.device("cpu"))
+        branch = 0.4 * (2 / depth) ** (2 * alpha)
+        assert config.model.branch_tau == pytest.approx(branch)
+        assert all(b.branch == pytest.approx(branch**0.5) for b in model.blocks)
+        rms = layer_rms(model, probe_batch(shakespeare), config)
+        assert 0.5 <= rms[f"blocks.{depth - 1}.out"] <= 2.0, (depth, rms)
+        hidden = {k: v for k, v in rms.items() if k.endswith(".in") and "attn.out" not in k}
+        assert all(0.5 <= v <= 2.0 for v in hidden.values()), (depth, hidden)

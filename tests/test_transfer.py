@@ -200,3 +200,19 @@ def test_one_horizon_warns_only_when_the_target_trains_far_longer_or_shorter():
     [long] = horizon_warnings(2 * 10**7)
     [short] = horizon_warnings(10**4)
     assert "20x the 1,000,000" in long and "search.steps" in long and "0.01x" in short
+
+
+def test_a_deeper_target_takes_the_depth_rule_and_without_one_a_warning():
+    outcomes = curve(64, -5.0) + curve(128, -5.0)
+    flat = compute_transfer(outcomes, model=MODEL, to_width=1024)
+    for rule, factor in (("completep", 1.0), ("sqrt", 0.5)):
+        model = MODEL.model_copy(update={"depth_rule": rule, "base_depth": MODEL.depth})
+        deep = compute_transfer(outcomes, model=model, to_width=1024, to_depth=4 * MODEL.depth)
+        assert deep.to_depth == 4 * MODEL.depth and deep.base_lr == flat.base_lr
+        assert not [w for w in deep.warnings if "depth" in w]
+        for d, f in zip(deep.groups, flat.groups, strict=True):
+            expected = f.lr * factor if f.group == "hidden" else f.lr
+            assert d.lr == pytest.approx(expected) and d.wd == f.wd
+    unruled = compute_transfer(outcomes, model=MODEL, to_width=1024, to_depth=16)
+    assert [g.lr for g in unruled.groups] == [g.lr for g in flat.groups]
+    assert any("no depth rule" in w for w in unruled.warnings)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from pydantic import ValidationError
 
-from models.width_rules import PARAM_GROUPS, group_rule
+from models import ModelConfig
+from models.width_rules import PARAM_GROUPS, Depth, group_rule
 
 WIDTHS = [64, 128, 512, 4096, 8192]
 BASE_LR, BASE_WD, BASE_WIDTH = 2**-5, 0.1, 256
@@ -59,3 +61,45 @@ def test_sp_has_no_width_rules(group, width):
 
 def test_mus_hidden_lr_is_base_at_base_width():
     assert rule("hidden", "mus", BASE_WIDTH).lr == BASE_LR
+
+
+@pytest.mark.parametrize(("rule", "alpha"), [("none", 0.0), ("sqrt", 0.5), ("completep", 1.0)])
+def test_depth_rules_scale_tau_and_the_hidden_lr_only(rule, alpha):
+    """Branch multiplier (L0/L)^alpha: tau times its square; Adam's hidden LR times
+    (L0/L)^(1-alpha) (CompleteP: constant; Depth-µP: 1/sqrt(L)); `none` changes nothing."""
+    depth = Depth(depth=16, base=4, rule=rule)
+    assert depth.branch_share(0.4) == pytest.approx(0.4 * 0.25 ** (2 * alpha))
+    lr_factor = 1.0 if rule == "none" else 0.25 ** (1 - alpha)
+    assert depth.hidden_lr_factor() == pytest.approx(lr_factor)
+    flat = {
+        g: group_rule(
+            g, parametrization="mus", fan_in=1024, base_lr=0.01, base_wd=1e-3, base_width=256
+        )
+        for g in PARAM_GROUPS
+    }
+    deep = {
+        g: group_rule(
+            g,
+            parametrization="mus",
+            fan_in=1024,
+            base_lr=0.01,
+            base_wd=1e-3,
+            base_width=256,
+            depth=depth,
+        )
+        for g in PARAM_GROUPS
+    }
+    assert deep["hidden"].lr == pytest.approx(flat["hidden"].lr * lr_factor)
+    for group in PARAM_GROUPS:
+        assert deep[group].wd == flat[group].wd and deep[group].init_std == flat[group].init_std
+        if group != "hidden":
+            assert deep[group] == flat[group]
+
+
+def test_a_depth_rule_is_refused_where_it_has_no_meaning():
+    with pytest.raises(ValidationError, match="mus parametrization only"):
+        ModelConfig(parametrization="sp", depth_rule="completep")
+    # shallower than the proxies, tau grows: past 1 there is no skip left
+    with pytest.raises(ValidationError, match="not below 1"):
+        ModelConfig(depth=1, base_depth=4, tau=0.4, depth_rule="sqrt")
+    assert ModelConfig(depth=1, base_depth=4, tau=0.2, depth_rule="sqrt").branch_tau == 0.8

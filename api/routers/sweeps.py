@@ -125,7 +125,11 @@ def transfer(
     """Fit each proxy width's optimum, measure the drift and give the target width's
     per-group LR and WD (stored as a transfer; the LR curves show its fit)."""
     transferred = service.transfer(
-        database, sweep_id=sweep_id, to_width=body.to_width, to_tokens=body.to_tokens
+        database,
+        sweep_id=sweep_id,
+        to_width=body.to_width,
+        to_tokens=body.to_tokens,
+        to_depth=body.to_depth,
     )
     cache.drop(sweep_id)
     return transferred

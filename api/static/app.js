@@ -700,6 +700,8 @@ function transferPanel(sweepId, onTransfer) {
               text: drift ? driftText(t) : "– (needs two widths with a result)" }),
             h("dt", { text: "drift line at target" }),
             h("dd", { text: fmt.num(t.extrapolated_lr) }),
+            t.to_depth ? [h("dt", { text: "target depth" }),
+              h("dd", { id: "transfer-depth", text: t.to_depth })] : null,
             t.to_tokens ? [h("dt", { text: "target tokens" }),
               h("dd", { id: "transfer-tokens", text: t.to_tokens.toLocaleString("en") })] : null,
             (t.horizons || []).length ? [h("dt", { text: "drift per horizon" }),

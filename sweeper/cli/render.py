@@ -182,7 +182,8 @@ def transfer(transferred: service.TransferView) -> None:
             else f" (drift line at {r['to_width']}: {r['extrapolated_lr']:.4g})"
         )
     )
-    groups = Table(title=f"per parameter group at width {r['to_width']}")
+    depth = f", depth {r['to_depth']}" if r.get("to_depth") else ""
+    groups = Table(title=f"per parameter group at width {r['to_width']}{depth}")
     for column in ("group", "fan_in", "LR", "WD"):
         groups.add_column(column, justify="right")
     for g in r["groups"]:

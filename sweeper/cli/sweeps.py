@@ -167,15 +167,23 @@ def transfer_command(
             " horizons the optimum is carried there",
         ),
     ] = None,
+    to_depth: Annotated[
+        int | None,
+        typer.Option("--to-depth", help="the target's blocks [default: the proxies' depth]"),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Fit the proxies' optima, check their drift, and give the target width's LR/WD (at
-    the target's tokens, with --to-tokens)."""
+    """Fit the proxies' optima, check their drift, and give the target's LR/WD (at its
+    tokens with --to-tokens, at its depth with --to-depth)."""
     tokens = _token_count(to_tokens)
     config = settings()
     try:
         transferred = service.transfer(
-            database(config), sweep_id=sweep_id, to_width=to_width, to_tokens=tokens
+            database(config),
+            sweep_id=sweep_id,
+            to_width=to_width,
+            to_tokens=tokens,
+            to_depth=to_depth,
         )
     except service.InvalidInput as e:
         raise invalid_input(e) from None

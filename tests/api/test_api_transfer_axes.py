@@ -1,6 +1,7 @@
-"""Transfer across token horizons: a recorded sweep whose proxies ran at two horizons (its
-optimum falls by ``horizon_slope`` per doubling of steps), carried to the target's tokens,
-over REST and in the dashboard (Debian's chromium)."""
+"""Transfer beyond width, over REST and in the dashboard (Debian's chromium): across token
+horizons (a recorded sweep whose proxies ran at two horizons, its optimum falling by
+``horizon_slope`` per doubling of steps, carried to the target's tokens) and to a deeper
+target."""
 
 from __future__ import annotations
 
@@ -87,3 +88,31 @@ def test_the_dashboard_shows_each_horizon_s_drift_and_the_move_to_the_target(
         assert horizon.startswith("-0.50 ±") and "10,240 → 40,960 tokens" in horizon
         assert "2^(-1.00 ±" in horizon
         assert page.locator("#to-tokens").is_visible()
+
+
+def test_a_deeper_target_gets_the_depth_rule_s_values_and_bad_depths_are_422(
+    client, auth, make_spec, record
+):
+    base = make_spec(name="completep", search=HORIZONS | {"steps": None})
+    model = base["train"]["model"] | {"depth_rule": "completep", "base_depth": 2}
+    sweep = record(base | {"train": base["train"] | {"model": model}})
+    flat = client.post(f"/sweeps/{sweep}/transfer", json={"to_width": 256}, headers=auth)
+    deep = client.post(
+        f"/sweeps/{sweep}/transfer", json={"to_width": 256, "to_depth": 16}, headers=auth
+    )
+    assert deep.status_code == 201, deep.text
+    result = deep.json()["result"]
+    assert result["to_depth"] == 16 and result["base_lr"] == flat.json()["result"]["base_lr"]
+    # CompleteP keeps every group's LR and WD at any depth (tau is what moves)
+    assert result["groups"] == flat.json()["result"]["groups"]
+    for bad in (0, -1):
+        response = client.post(
+            f"/sweeps/{sweep}/transfer", json={"to_width": 256, "to_depth": bad}, headers=auth
+        )
+        assert response.status_code == 422 and "to_depth" in response.text, response.text
+    # 1 block under CompleteP from 2: tau 0.4 x 4 is past 1, which the service names
+    shallow = client.post(
+        f"/sweeps/{sweep}/transfer", json={"to_width": 256, "to_depth": 1}, headers=auth
+    )
+    assert shallow.status_code == 422, shallow.text
+    assert shallow.json()["field"] == "to_depth" and "not below 1" in shallow.json()["reason"]
