@@ -27,16 +27,13 @@ from typing import Any, Literal, cast
 
 import torch
 
+from kernels.formats import E4M3, E5M2
+
 # Triton is absent on some CPU-only installs; the emulation needs none of it. Where Triton is
 # installed, an error importing the kernels must surface, not silently fall back.
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 if HAS_TRITON:
     from kernels.ops import fp8_linear_triton
-
-E4M3 = torch.float8_e4m3fn
-E5M2 = torch.float8_e5m2
-E4M3_MAX = torch.finfo(E4M3).max  # 448.0
-E5M2_MAX = torch.finfo(E5M2).max  # 57344.0
 
 
 def saturating_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
