@@ -18,6 +18,7 @@ from kernels.fp8 import (
     saturating_cast,
     set_fp8_backend,
     uses_triton,
+    using_fp8_backend,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "saturating_cast",
     "set_fp8_backend",
     "uses_triton",
+    "using_fp8_backend",
 ]
