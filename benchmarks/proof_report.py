@@ -197,8 +197,8 @@ def experiments_markdown(results: dict[str, Any], pictures: dict[str, str]) -> s
                 ],
                 [
                     "wall time",
-                    f"{time_['wall_s'] / 60:.1f} min in the {len(invocations)} invocations on record: "
-                    + ", ".join(f"{i['wall_s']:.0f} s" for i in invocations),
+                    f"{time_['wall_s'] / 60:.1f} min in the {len(invocations)} invocations"
+                    " on record: " + ", ".join(f"{i['wall_s']:.0f} s" for i in invocations),
                 ],
                 [
                     "GPU-hours",
