@@ -32,6 +32,7 @@ def _saturate(x, FP8_MAX: tl.constexpr):
     return tl.clamp(x, -FP8_MAX, FP8_MAX, propagate_nan=tl.PropagateNan.ALL)
 
 
+# Its derivative, for the backward, is `kernels.triton_gemm._gelu_grad` (a GEMM epilogue).
 @triton.jit
 def _gelu(x):
     # Exact (erf) GELU, as torch's default: x * Phi(x).
