@@ -35,9 +35,9 @@ from torch import nn
 
 import kernels
 from benchmarks.common import bench_graph_ms, bench_ms, environment, write_json
+from kernels import E4M3, E4M3_MAX, E5M2, E5M2_MAX
 
 M = 16384
-E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 
 
 class StaticScaledMM(torch.autograd.Function):
@@ -47,8 +47,8 @@ class StaticScaledMM(torch.autograd.Function):
     def forward(
         ctx: Any, x: torch.Tensor, w: torch.Tensor, scale: float, gs: float
     ) -> torch.Tensor:
-        x8 = x.reshape(-1, x.shape[-1]).float().clamp(-448, 448).to(E4M3)  # (M, K)
-        w8 = w.float().clamp(-448, 448).to(E4M3)  # (N, K)
+        x8 = x.reshape(-1, x.shape[-1]).float().clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)  # (M, K)
+        w8 = w.float().clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)  # (N, K)
         s = torch.tensor(scale, device=x.device)
         one = torch.ones((), device=x.device)
         y = torch._scaled_mm(
@@ -61,7 +61,7 @@ class StaticScaledMM(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x8, w8 = ctx.saved_tensors
-        g8 = (gy.reshape(-1, gy.shape[-1]).float() * ctx.gs).clamp(-57344, 57344).to(E5M2)
+        g8 = (gy.reshape(-1, gy.shape[-1]).float() * ctx.gs).clamp(-E5M2_MAX, E5M2_MAX).to(E5M2)
         s = torch.tensor(ctx.scale / ctx.gs, device=gy.device)
         one = torch.ones((), device=gy.device)
         # cuBLAS wants mat1 row-major and mat2 column-major: transposed copies where needed.

@@ -32,7 +32,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import environment, write_json
 from benchmarks.proxy_speed import trial_config
-from kernels import E4M3, triton_fp8
+from kernels import E4M3
+from kernels.ops import TUNERS
+from kernels.triton_casts import cast_transpose, saturating_cast
+from kernels.triton_gemm import fp8_matmul
 from models.data import Batches, split_corpus
 from models.optim import build_optimizer
 from models.steps import steps_for
@@ -63,8 +66,7 @@ def _timed_steps(steps: Any, batches: Batches, n: int) -> float:
 
 
 def _tuning_s() -> float:
-    tuners = (triton_fp8.CAST_TRANSPOSE, triton_fp8.FP8_MATMUL_SIMPLE, triton_fp8.FP8_MATMUL_TMA)
-    return sum(t.tuning_s for t in tuners)
+    return sum(t.tuning_s for t in TUNERS)
 
 
 def startup(config: Any) -> dict[str, Any]:
@@ -100,8 +102,8 @@ def host_costs(width: int, tokens: int) -> dict[str, float]:
     """µs of host time per call, from 200 back-to-back calls (the GPU keeps up or is idle)."""
     x = torch.randn(tokens, width, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(3 * width, width, device="cuda")
-    x8 = triton_fp8.saturating_cast(x, E4M3)
-    w8 = triton_fp8.saturating_cast(w, E4M3)
+    x8 = saturating_cast(x, E4M3)
+    w8 = saturating_cast(w, E4M3)
     out = torch.empty(tokens, 3 * width, device="cuda", dtype=torch.bfloat16)
 
     def per_call(fn: Any, n: int = 200) -> float:
@@ -117,9 +119,9 @@ def host_costs(width: int, tokens: int) -> dict[str, float]:
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     return {
-        "cast_transpose": per_call(lambda: triton_fp8.cast_transpose(x, E4M3)),
-        "saturating_cast": per_call(lambda: triton_fp8.saturating_cast(x, E4M3)),
-        "fp8_matmul": per_call(lambda: triton_fp8.fp8_matmul(x8, w8, out=out)),
+        "cast_transpose": per_call(lambda: cast_transpose(x, E4M3)),
+        "saturating_cast": per_call(lambda: saturating_cast(x, E4M3)),
+        "fp8_matmul": per_call(lambda: fp8_matmul(x8, w8, out=out)),
         "tensor_descriptor": per_call(lambda: TensorDescriptor.from_tensor(x8, [128, 128])),
         "bf16_matmul": per_call(lambda: torch.matmul(x, w.t().to(torch.bfloat16))),
     }

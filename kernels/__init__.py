@@ -1,16 +1,15 @@
 """FP8 numerics of the µS linear layer: saturating casts, the FP8 linear layer, its kernels.
 
 `fp8_linear` is the one entry point the model calls: Triton kernels on CUDA, the emulation
-(`fp8_linear_reference`, the numerical reference) on CPU. `kernels.triton_fp8` holds the
-kernels and their launch wrappers, `kernels.ops` their custom ops and autograd Function.
+(`fp8_linear_reference`, the numerical reference) on CPU. The Triton side is
+`kernels.triton_casts` (the casts), `kernels.triton_gemm` (the GEMMs), what both launch
+with (`kernels.triton_launch`, `kernels.tuning`), and `kernels.ops`, their custom ops and
+the autograd Function. `kernels.formats` names the two FP8 dtypes.
 """
 
+from kernels.formats import E4M3, E4M3_MAX, E5M2, E5M2_MAX
 from kernels.fp8 import (
     BACKENDS,
-    E4M3,
-    E4M3_MAX,
-    E5M2,
-    E5M2_MAX,
     HAS_TRITON,
     Backend,
     fp8_backend,
@@ -19,6 +18,7 @@ from kernels.fp8 import (
     saturating_cast,
     set_fp8_backend,
     uses_triton,
+    using_fp8_backend,
 )
 
 __all__ = [
@@ -35,4 +35,5 @@ __all__ = [
     "saturating_cast",
     "set_fp8_backend",
     "uses_triton",
+    "using_fp8_backend",
 ]

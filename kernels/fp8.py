@@ -10,33 +10,41 @@ multiplied by a static ``grad_scale`` before its e5m2 cast and the product is di
 after the matmul, so the returned gradients are those of the unscaled loss.
 
 This module is the numerical reference: the CPU path *is* this code, and the Triton kernels
-(`kernels.triton_fp8`, through `kernels.ops`) must match it (same casts, fp32 math).
-`fp8_linear` is the one dispatch point: Triton on CUDA, this emulation elsewhere. The
-environment variable ``SWEEPER_FP8_BACKEND`` (or `set_fp8_backend`) overrides the choice:
+(`kernels.triton_casts` and `kernels.triton_gemm`, through `kernels.ops`) must match it
+(same casts, fp32 math). `fp8_linear` is the one dispatch point, and its backend one of:
 
 * ``auto`` (default): Triton for CUDA tensors when Triton is importable, else the emulation;
 * ``emulate``: the emulation everywhere (e.g. to compare against it on a GPU);
 * ``triton``: the Triton kernels everywhere (CPU tensors only under ``TRITON_INTERPRET=1``).
+
+Which one, first to last in precedence:
+
+1. the environment variable ``SWEEPER_FP8_BACKEND``, where set (not empty): an override,
+   e.g. to run a whole sweep on the emulation without editing its spec;
+2. the run's choice, ``TrainConfig.fp8_backend``, which the trainer applies for the run
+   only (`using_fp8_backend`), so that runs in one process do not leak into each other;
+3. outside a run, `set_fp8_backend`, else ``auto``.
+
+The backend is one per process (the trainer runs one model at a time), not per thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+from collections.abc import Iterator
 from typing import Any, Literal, cast
 
 import torch
+
+from kernels.formats import E4M3, E5M2
 
 # Triton is absent on some CPU-only installs; the emulation needs none of it. Where Triton is
 # installed, an error importing the kernels must surface, not silently fall back.
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 if HAS_TRITON:
     from kernels.ops import fp8_linear_triton
-
-E4M3 = torch.float8_e4m3fn
-E5M2 = torch.float8_e5m2
-E4M3_MAX = torch.finfo(E4M3).max  # 448.0
-E5M2_MAX = torch.finfo(E5M2).max  # 57344.0
 
 
 def saturating_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -149,16 +157,48 @@ def _check_backend(name: str) -> Backend:
     return cast(Backend, name)
 
 
-_backend: Backend = _check_backend(os.environ.get("SWEEPER_FP8_BACKEND", "auto"))
+BACKEND_ENV = "SWEEPER_FP8_BACKEND"
 
 
-def set_fp8_backend(backend: Backend) -> None:
-    """Choose the implementation behind `fp8_linear`: ``auto``, ``triton`` or ``emulate``."""
+def _backend_from_env() -> Backend | None:
+    """The environment's override (see the module docstring), None where it sets none."""
+    name = os.environ.get(BACKEND_ENV)
+    return _check_backend(name) if name else None
+
+
+_backend: Backend = _backend_from_env() or "auto"
+
+
+def set_fp8_backend(backend: Backend, *, chosen_by: str = "the caller") -> None:
+    """Choose the implementation behind `fp8_linear`: ``auto``, ``triton`` or ``emulate``.
+
+    ``chosen_by`` names where the choice came from, for the error where it cannot be met.
+    """
     global _backend
     backend = _check_backend(backend)
     if backend == "triton" and not HAS_TRITON:
-        raise RuntimeError("FP8 backend 'triton' asked for, but Triton cannot be imported")
+        raise RuntimeError(
+            f"FP8 backend 'triton' asked for by {chosen_by}, but Triton cannot be imported here"
+        )
     _backend = backend
+
+
+@contextlib.contextmanager
+def using_fp8_backend(backend: Backend, *, chosen_by: str = "the caller") -> Iterator[Backend]:
+    """`fp8_linear` on ``backend`` inside the block, unless ``$SWEEPER_FP8_BACKEND`` overrides
+    it; the backend from before again after, however the block ends. Yields the one in use."""
+    global _backend
+    backend = _check_backend(backend)
+    override = _backend_from_env()
+    previous = _backend
+    if override is None:
+        set_fp8_backend(backend, chosen_by=chosen_by)
+    else:
+        set_fp8_backend(override, chosen_by=f"${BACKEND_ENV}")
+    try:
+        yield _backend
+    finally:
+        _backend = previous
 
 
 def fp8_backend() -> Backend:
@@ -183,8 +223,8 @@ def fp8_linear(
 ) -> torch.Tensor:
     """FP8 linear layer without bias: ``(x @ weight.T) * scale`` in e4m3/e5m2, output bf16.
 
-    The one dispatch point: the Triton kernels on CUDA, the emulation on CPU (see the module
-    docstring for the ``SWEEPER_FP8_BACKEND`` override). Works under ``torch.compile``.
+    The one dispatch point: the Triton kernels on CUDA, the emulation on CPU, unless the
+    backend says otherwise (see the module docstring). Works under ``torch.compile``.
 
     Args:
         x: activations ``(..., K)``, any float dtype.

@@ -18,13 +18,15 @@ from typing import Any
 
 import torch
 
-from kernels import triton_fp8
+from kernels import triton_casts, triton_gemm
+from kernels.formats import E4M3, E5M2
 
-E4M3 = torch.float8_e4m3fn
-E5M2 = torch.float8_e5m2
+# The tuners whose choices a run of this layer makes (the GEMM library choice aside: its
+# timing runs the TMA kernel's own tuning, which would then count twice).
+TUNERS = (triton_casts.CAST_TRANSPOSE, triton_gemm.FP8_MATMUL_SIMPLE, triton_gemm.FP8_MATMUL_TMA)
 
 # Whether each GEMM promotes the tensor cores' partial sums to fp32 every BLOCK_K products
-# (see triton_fp8._mma). Measured on an H100 (benchmarks/results/gemm.json): promotion costs
+# (see triton_gemm._mma). Measured on an H100 (benchmarks/results/gemm.json): promotion costs
 # about 20% of the throughput and moves the fp32 weight gradient's error from 2.7e-3 to
 # 1.0e-4, far below the e5m2 rounding of the gradient itself (about 8%). Off, as cuBLAS's
 # fast accumulation.
@@ -39,7 +41,7 @@ PRECISE_ACC = {"forward": False, "dgrad": False, "wgrad": False}
 @torch.library.custom_op("sweeper::fp8_cast", mutates_args=())
 def fp8_cast(x: torch.Tensor, dtype: torch.dtype, scale: float, activation: str) -> torch.Tensor:
     """Saturating cast ``fp8(clamp(act(x) * scale))``, same shape, contiguous."""
-    return triton_fp8.saturating_cast(x, dtype, scale, activation=activation)
+    return triton_casts.saturating_cast(x, dtype, scale, activation=activation)
 
 
 @fp8_cast.register_fake
@@ -52,7 +54,7 @@ def fp8_cast_transpose(
     x: torch.Tensor, dtype: torch.dtype, scale: float, activation: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Saturating cast of ``act(x)``, 2-D (M, N), as a row-major (M, N) and a (N, M) copy."""
-    y, yt = triton_fp8.cast_transpose(x, dtype, scale, activation=activation)
+    y, yt = triton_casts.cast_transpose(x, dtype, scale, activation=activation)
     assert y is not None and yt is not None
     return y, yt
 
@@ -68,7 +70,7 @@ def _(
 @torch.library.custom_op("sweeper::fp8_transpose_cast", mutates_args=())
 def fp8_transpose_cast(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
     """Saturating cast of a 2-D ``x`` (M, N) written transposed, (N, M) contiguous."""
-    _, yt = triton_fp8.cast_transpose(x, dtype, scale, rows=False)
+    _, yt = triton_casts.cast_transpose(x, dtype, scale, rows=False)
     assert yt is not None
     return yt
 
@@ -89,7 +91,7 @@ def fp8_matmul(
     gelu_grad_of: torch.Tensor | None,
 ) -> torch.Tensor:
     """``(a @ b.T) * scale [* GELU'(gelu_grad_of)]`` of FP8 ``a`` (M, K), ``b`` (N, K)."""
-    return triton_fp8.fp8_matmul(
+    return triton_gemm.fp8_matmul(
         a, b, scale=scale, out_dtype=out_dtype, precise_acc=precise_acc, gelu_grad_of=gelu_grad_of
     )
 
@@ -112,7 +114,7 @@ def _(
 def _cast(x: torch.Tensor, dtype: torch.dtype, scale: float, act: str = "") -> torch.Tensor:
     if torch.compiler.is_compiling():
         return fp8_cast(x, dtype, scale, act)
-    return triton_fp8.saturating_cast(x, dtype, scale, activation=act)
+    return triton_casts.saturating_cast(x, dtype, scale, activation=act)
 
 
 def _cast_transpose(
@@ -120,7 +122,7 @@ def _cast_transpose(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if torch.compiler.is_compiling():
         return fp8_cast_transpose(x, dtype, scale, act)
-    y, yt = triton_fp8.cast_transpose(x, dtype, scale, activation=act)
+    y, yt = triton_casts.cast_transpose(x, dtype, scale, activation=act)
     assert y is not None and yt is not None
     return y, yt
 
@@ -128,7 +130,7 @@ def _cast_transpose(
 def _transpose_cast(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return fp8_transpose_cast(x, dtype, scale)
-    _, yt = triton_fp8.cast_transpose(x, dtype, scale, rows=False)
+    _, yt = triton_casts.cast_transpose(x, dtype, scale, rows=False)
     assert yt is not None
     return yt
 
@@ -143,7 +145,7 @@ def _matmul(
 ) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return fp8_matmul(a, b, scale, out_dtype, precise_acc, gelu_grad_of)
-    return triton_fp8.fp8_matmul(
+    return triton_gemm.fp8_matmul(
         a, b, scale=scale, out_dtype=out_dtype, precise_acc=precise_acc, gelu_grad_of=gelu_grad_of
     )
 
@@ -228,3 +230,8 @@ def fp8_linear_triton(
     w8 = _cast(weight, E4M3, 1.0)
     y = _matmul(x8, w8, scale, torch.bfloat16, PRECISE_ACC["forward"])
     return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def best_configs() -> dict[str, dict[str, dict[str, Any]]]:
+    """The tuned choice per key in this process, for benchmark reports."""
+    return {tuner.name: tuner.chosen() for tuner in TUNERS}

@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from kernels import Backend as FP8Backend
 from models.data import STDLIB, DataError, is_prepared, read_meta
 from models.width_rules import Depth, DepthRule, GroupRule, ParamGroup, group_rule
 
@@ -159,6 +160,11 @@ class TrainConfig(BaseModel):
     beta2: float = Field(0.95, ge=0.0, lt=1.0)
     fp8_grad_scale: float | None = Field(
         None, gt=0.0, description="static FP8 backward scale; default tokens/step * sqrt(width)"
+    )
+    fp8_backend: FP8Backend = Field(
+        "auto",
+        description="FP8 matmuls: auto (Triton on CUDA, else emulated), triton or emulate;"
+        " $SWEEPER_FP8_BACKEND overrides it; 'triton' needs Triton where the run trains",
     )
     seed: int = Field(0, ge=0)
     eval_interval: int = Field(50, ge=1, description="steps between evaluations and reports")

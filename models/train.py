@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from db import MetricPoint
+from kernels import using_fp8_backend
 from models.config import TrainConfig
 from models.data import EVAL_SEED, Batches, split_corpus
 from models.gpt import GPT, default_fp8_grad_scale, use_fp8
@@ -175,6 +176,18 @@ def train(
     checkpointing: Checkpointing | None = None,
 ) -> TrainResult:
     """Train ``config`` to its last step or to divergence; ``report`` gets each MetricPoint."""
+    # The FP8 backend is the process's: set for this run only, restored however it ends.
+    with using_fp8_backend(config.fp8_backend, chosen_by="TrainConfig.fp8_backend"):
+        return _train(config, report, parallel=parallel, checkpointing=checkpointing)
+
+
+def _train(
+    config: TrainConfig,
+    report: Reporter | None,
+    *,
+    parallel: Parallel | None,
+    checkpointing: Checkpointing | None,
+) -> TrainResult:
     started = time.perf_counter()
     device = resolve_device(config.device)
     rank, world_size = (parallel.rank, parallel.world_size) if parallel else (0, 1)

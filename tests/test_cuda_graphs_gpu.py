@@ -80,11 +80,10 @@ def test_a_new_process_starts_from_the_kernel_cache(tmp_path: Path) -> None:
     """The first process tunes the FP8 kernels; the second finds every choice on disk."""
     script = """
 import json, sys
-from kernels import triton_fp8 as tk
+from kernels.ops import TUNERS
 from models import TrainConfig, warm_up
 startup = warm_up(TrainConfig.model_validate_json(sys.argv[1]))
-tuners = (tk.CAST_TRANSPOSE, tk.FP8_MATMUL_SIMPLE, tk.FP8_MATMUL_TMA)
-print(json.dumps({"startup_s": startup, "tuning_s": sum(t.tuning_s for t in tuners)}))
+print(json.dumps({"startup_s": startup, "tuning_s": sum(t.tuning_s for t in TUNERS)}))
 """
     env = {**os.environ, "SWEEPER_KERNEL_CACHE": str(tmp_path / "kernels")}
     arg = config("mus", "fp8", graphs=True).model_dump_json()

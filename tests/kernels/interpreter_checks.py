@@ -26,8 +26,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by test_fp8_interpreter.py with TRITON_INTERPRET=1", allow_module_level=True)
 
 import kernels
-from kernels import E4M3, E5M2, fp8_linear_reference, saturating_cast
-from kernels import triton_fp8 as tk
+from kernels import E4M3, E5M2, fp8_linear_reference, saturating_cast, triton_casts, triton_gemm
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +46,7 @@ def representable(shape: tuple[int, ...], dtype: torch.dtype, source: torch.dtyp
 @pytest.mark.parametrize("source", [torch.float32, torch.bfloat16])
 def test_saturating_cast_kernel(dtype: torch.dtype, source: torch.dtype) -> None:
     x = representable((37, 53), dtype, source)
-    y = tk.saturating_cast(x, dtype, scale=4.0)
+    y = triton_casts.saturating_cast(x, dtype, scale=4.0)
     assert torch.equal(
         y.view(torch.uint8), saturating_cast(x.float() * 4.0, dtype).view(torch.uint8)
     )
@@ -60,12 +59,12 @@ def test_cast_transpose_kernel(dtype: torch.dtype, transposed_input: bool) -> No
     if transposed_input:  # a strided view: the kernel reads strides, no copy
         x = x.t()
     ref = saturating_cast(x.float() * 2.0, dtype)  # x2 keeps e4m3 values exact
-    y, yt = tk.cast_transpose(x, dtype, scale=2.0)
+    y, yt = triton_casts.cast_transpose(x, dtype, scale=2.0)
     assert y is not None and yt is not None
     assert torch.equal(y.view(torch.uint8), ref.view(torch.uint8))
     assert torch.equal(yt.view(torch.uint8), ref.t().contiguous().view(torch.uint8))
-    y_only, none = tk.cast_transpose(x, dtype, scale=2.0, cols=False)
-    none2, yt_only = tk.cast_transpose(x, dtype, scale=2.0, rows=False)
+    y_only, none = triton_casts.cast_transpose(x, dtype, scale=2.0, cols=False)
+    none2, yt_only = triton_casts.cast_transpose(x, dtype, scale=2.0, rows=False)
     assert none is None and none2 is None and y_only is not None and yt_only is not None
     assert torch.equal(y_only.view(torch.uint8), y.view(torch.uint8))
     assert torch.equal(yt_only.view(torch.uint8), yt.view(torch.uint8))
@@ -85,7 +84,7 @@ def test_fp8_matmul_fp32_out(kernel: str, a_dtype: torch.dtype) -> None:
     m, n, k = (37, 45, 50) if kernel == "simple" else (37, 44, 80)
     a, b, exact = fp8_operands(m, n, k, a_dtype)
     out = torch.full((m, n), float("nan"))  # poisoned: every element must be written
-    tk.fp8_matmul(a, b, scale=0.25, out_dtype=torch.float32, out=out, kernel=kernel)
+    triton_gemm.fp8_matmul(a, b, scale=0.25, out_dtype=torch.float32, out=out, kernel=kernel)
     # FP8 products are exact in fp32; only the fp32 summation order differs.
     assert ((out.double() - exact * 0.25).abs() <= 1e-6 * (exact.abs() * 0.25 + 1)).all()
 
@@ -93,7 +92,7 @@ def test_fp8_matmul_fp32_out(kernel: str, a_dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("kernel", ["simple", "tma"])
 def test_fp8_matmul_bf16_out(kernel: str) -> None:
     a, b, exact = fp8_operands(40, 48, 64, E4M3)
-    out = tk.fp8_matmul(a, b, scale=0.125, out_dtype=torch.bfloat16, kernel=kernel)
+    out = triton_gemm.fp8_matmul(a, b, scale=0.125, out_dtype=torch.bfloat16, kernel=kernel)
     assert out.dtype == torch.bfloat16
     expected = exact * 0.125
     assert ((out.double() - expected).abs() <= 2.0**-7 * expected.abs() + 1e-6).all()
@@ -102,11 +101,13 @@ def test_fp8_matmul_bf16_out(kernel: str) -> None:
 def test_fp8_matmul_checks_its_arguments() -> None:
     a = torch.randn(8, 32).to(E5M2)
     with pytest.raises(ValueError, match="e5m2 x e5m2"):
-        tk.fp8_matmul(a, a)
+        triton_gemm.fp8_matmul(a, a)
     with pytest.raises(ValueError, match="FP8"):
-        tk.fp8_matmul(torch.randn(8, 32), torch.randn(8, 32).to(E4M3))
+        triton_gemm.fp8_matmul(torch.randn(8, 32), torch.randn(8, 32).to(E4M3))
     with pytest.raises(ValueError, match="16-byte"):
-        tk.fp8_matmul(torch.randn(8, 40).to(E4M3), torch.randn(8, 40).to(E4M3), kernel="tma")
+        triton_gemm.fp8_matmul(
+            torch.randn(8, 40).to(E4M3), torch.randn(8, 40).to(E4M3), kernel="tma"
+        )
 
 
 def test_fp8_linear_triton_path_matches_emulation() -> None:
@@ -155,7 +156,9 @@ def test_fp8_linear_triton_path_matches_emulation() -> None:
 def test_fp8_matmul_gelu_grad_epilogue(kernel: str) -> None:
     a, b, exact = fp8_operands(40, 48, 64, E5M2)
     h = torch.randn(40, 48) * 2
-    out = tk.fp8_matmul(a, b, scale=0.5, out_dtype=torch.float32, gelu_grad_of=h, kernel=kernel)
+    out = triton_gemm.fp8_matmul(
+        a, b, scale=0.5, out_dtype=torch.float32, gelu_grad_of=h, kernel=kernel
+    )
     expected = exact * 0.5 * kernels.fp8.gelu_grad(h).double()
     # GELU' in fp32 (the interpreter's erf is numpy's, torch's its own): relative 1e-6.
     assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-6

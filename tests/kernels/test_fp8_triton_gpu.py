@@ -36,7 +36,7 @@ from fp8_helpers import (
     rel_err,
 )
 
-from kernels import triton_fp8 as tk
+from kernels import triton_casts, triton_gemm
 
 # Measured on an H100 (benchmarks/results/gemm.json): fp32 outputs 2.7e-3 at K = 16384 with
 # fast accumulation, 1.0e-4 with promotion, the same as cuBLAS in each mode; bf16 outputs
@@ -65,7 +65,7 @@ def wide_range(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 @pytest.mark.parametrize("scale", [1.0, 3.0, 2.0**20])
 def test_saturating_cast_is_bit_exact(fp8: torch.dtype, source: torch.dtype, scale: float) -> None:
     x = wide_range((1000, 777), source)
-    y = tk.saturating_cast(x, fp8, scale)
+    y = triton_casts.saturating_cast(x, fp8, scale)
     ref = saturating_cast(x.float() * scale, fp8)
     nan = ref.float().isnan()
     assert torch.equal(y.float().isnan(), nan)
@@ -73,7 +73,7 @@ def test_saturating_cast_is_bit_exact(fp8: torch.dtype, source: torch.dtype, sca
 
 
 CAST_CONFIGS = [None] + [
-    {**c.kwargs, "num_warps": c.num_warps} for c in tk._cast_transpose_configs()
+    {**c.kwargs, "num_warps": c.num_warps} for c in triton_casts._cast_transpose_configs()
 ]  # None: autotuned
 # (FP8 format, input dtype): activations and fp32 master weights to e4m3, gradients to e5m2.
 CAST_CASES = [(E4M3, torch.float32), (E4M3, torch.bfloat16), (E5M2, torch.bfloat16)]
@@ -81,7 +81,7 @@ CAST_CASES = [(E4M3, torch.float32), (E4M3, torch.bfloat16), (E5M2, torch.bfloat
 
 def check_cast_transpose(x: torch.Tensor, fp8: torch.dtype, config: dict[str, int] | None) -> None:
     ref = saturating_cast(x.float() * 64.0, fp8)
-    y, yt = tk.cast_transpose(x, fp8, 64.0, config=config)
+    y, yt = triton_casts.cast_transpose(x, fp8, 64.0, config=config)
     assert y is not None and yt is not None
     nan = ref.float().isnan()
     assert torch.equal(y.float().isnan(), nan) and torch.equal(yt.float().isnan(), nan.t())
@@ -142,7 +142,7 @@ def check_gemm(
     m, n, k = mnk
     a, b, exact = gemm_operands(m, n, k, a_dtype)
     out = torch.full((m, n), math.nan, device=DEVICE, dtype=out_dtype)  # poisoned
-    tk.fp8_matmul(
+    triton_gemm.fp8_matmul(
         a,
         b,
         scale=k**-0.5,
@@ -186,13 +186,13 @@ def test_fp8_matmul_long_reduction(precise_acc: bool) -> None:
 
 def test_fp8_matmul_autotuned_matches_configured() -> None:
     a, b, exact = gemm_operands(4096, 2048, 1024, E4M3)
-    out = tk.fp8_matmul(a, b, scale=1 / 32, out_dtype=torch.bfloat16)
+    out = triton_gemm.fp8_matmul(a, b, scale=1 / 32, out_dtype=torch.bfloat16)
     assert rel_err(out, exact / 32) < GEMM_BF16
 
 
 def test_fp8_matmul_unaligned_falls_back_to_pointer_kernel() -> None:
     a, b, exact = gemm_operands(100, 90, 72, E4M3)  # K = 72: rows not 16-byte aligned for TMA
-    out = tk.fp8_matmul(a, b, scale=1.0, out_dtype=torch.float32)
+    out = triton_gemm.fp8_matmul(a, b, scale=1.0, out_dtype=torch.float32)
     assert rel_err(out, exact) < GEMM_FP32_FAST
 
 
@@ -279,8 +279,8 @@ def test_casts_with_gelu(source: torch.dtype) -> None:
     which can move a value across an e4m3 rounding boundary: then by one code, rarely."""
     x = (torch.randn(2048, 1024, device=DEVICE) * 3).to(source)
     ref = saturating_cast(kernels.fp8.gelu(x), E4M3).view(torch.uint8)
-    y, yt = tk.cast_transpose(x, E4M3, activation="gelu")
-    flat = tk.saturating_cast(x, E4M3, activation="gelu")
+    y, yt = triton_casts.cast_transpose(x, E4M3, activation="gelu")
+    flat = triton_casts.saturating_cast(x, E4M3, activation="gelu")
     assert y is not None and yt is not None
     for got in (y, yt.t(), flat):
         bits = got.view(torch.uint8)
@@ -294,7 +294,9 @@ def test_casts_with_gelu(source: torch.dtype) -> None:
 def test_fp8_matmul_gelu_grad_epilogue(kernel: str, out_dtype: torch.dtype) -> None:
     a, b, exact = gemm_operands(2048, 4096, 1024, E5M2)
     h = torch.randn(2048, 4096, device=DEVICE, dtype=torch.bfloat16) * 2
-    out = tk.fp8_matmul(a, b, scale=1 / 32, out_dtype=out_dtype, gelu_grad_of=h, kernel=kernel)
+    out = triton_gemm.fp8_matmul(
+        a, b, scale=1 / 32, out_dtype=out_dtype, gelu_grad_of=h, kernel=kernel
+    )
     expected = exact / 32 * kernels.fp8.gelu_grad(h).double()
     assert rel_err(out, expected) < (GEMM_BF16 if out_dtype == torch.bfloat16 else GEMM_FP32_FAST)
 

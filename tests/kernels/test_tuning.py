@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import triton
 
-from kernels import triton_fp8
+from kernels import triton_casts
 from kernels.tuning import Tuner, cache_dir
 
 # Candidates whose "launch" sleeps for a known time: the fastest is the second.
@@ -46,7 +46,7 @@ def kernel_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def tuner(configs: list[triton.Config] = CONFIGS) -> Tuner:
     # A real Triton kernel as the source: its hash is part of the cache key.
-    return Tuner("test", triton_fp8._cast_transpose_kernel, configs, timer=wall_ms)
+    return Tuner("test", triton_casts._cast_transpose_kernel, configs, timer=wall_ms)
 
 
 def test_first_use_times_every_candidate_and_keeps_the_fastest(kernel_cache: Path) -> None:

@@ -1,34 +1,24 @@
-"""Triton kernels of the µS FP8 linear layer: saturating casts, cast+transpose, scaled GEMM.
+"""Triton kernels of the µS FP8 GEMM: ``C = (A @ Bᵀ) * scale``, and the cuBLAS route.
 
-Under µS no operand needs a dynamic scale, so the whole FP8 linear layer is three kinds of
-kernel, each in the shape of the Triton tutorials (``03-matrix-multiplication``,
-``09-persistent-matmul``):
+A ``(M, K)`` and B ``(N, K)`` are both K-contiguous FP8 operands (e4m3 or e5m2), accumulated
+in fp32, with the static scale and the output cast (bf16 activations, fp32 weight gradients)
+fused into the epilogue, optionally times GELU'(aux) (the GELU's backward, fused into the
+input-gradient GEMM). Two kernels in the shape of the Triton tutorials
+(``03-matrix-multiplication``, ``09-persistent-matmul``):
 
-* ``saturating_cast_kernel``: ``fp8(clamp(x * scale, ±max))`` over a flat tensor. No amax:
-  one read, one write. Optionally GELU first (an MLP's hidden activation, computed in fp32
-  and cast at once).
-* ``cast_transpose_kernel``: the same cast over a 2-D tile, written row-major *and*
-  transposed in one pass. Hopper's FP8 tensor cores take both operands K-major only, so each
-  backward GEMM needs one operand transposed; producing it while the tile is in registers
-  costs one extra 1-byte write instead of a second pass over the 2- or 4-byte input.
-* ``fp8_matmul_*``: ``C = (A @ Bᵀ) * scale`` with A ``(M, K)`` and B ``(N, K)`` both
-  K-contiguous, FP8 operands (e4m3 or e5m2), fp32 accumulation, and the static scale and the
-  output cast (bf16 activations, fp32 weight gradients) fused into the epilogue, optionally
-  times GELU'(aux) (the GELU's backward, fused into the input-gradient GEMM). Two
-  variants: a persistent kernel whose operands arrive through TMA descriptors (Hopper, the
-  fast one), and the tutorial's pointer kernel (any GPU, any alignment, the interpreter).
+* ``_fp8_matmul_tma_persistent_kernel``: persistent, operands through TMA descriptors
+  (Hopper, the fast one);
+* ``_fp8_matmul_kernel``: the tutorial's pointer kernel (any GPU, any alignment, the
+  interpreter).
 
-The wrappers at the bottom check, allocate and launch. Each kernel's meta-parameters are
-chosen per shape by a `kernels.tuning.Tuner`: timed once per machine, kept on disk, then
-launched directly. The wrappers accept CPU tensors only under ``TRITON_INTERPRET=1``
-(Triton's CPU interpreter, which cannot time configs and runs fixed small tiles), which is
-how CI runs these kernels.
+`fp8_matmul` checks, allocates and launches one of them, or ``torch._scaled_mm`` (cuBLAS)
+where that is faster for a product without epilogue (`GEMM_LIBRARY`). Each kernel's tiles
+are chosen per shape by its tuner (`kernels.triton_launch.launch_tuned`).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import torch
@@ -36,131 +26,20 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from kernels.formats import E5M2, FP8_DTYPES
+from kernels.triton_launch import INTERPRET, Meta, check_device, launch_tuned
 from kernels.tuning import Tuner
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-# ---------------------------------------------------------------------------------------------
-# Saturating casts
-# ---------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _saturate(x, FP8_MAX: tl.constexpr):
-    # Clamp instead of trusting the conversion: a plain cast turns overflow into NaN (e4m3fn)
-    # or inf (e5m2). NaN must stay NaN, as in torch's clamp, so propagate it explicitly.
-    return tl.clamp(x, -FP8_MAX, FP8_MAX, propagate_nan=tl.PropagateNan.ALL)
-
-
-@triton.jit
-def _gelu(x):
-    # Exact (erf) GELU, as torch's default: x * Phi(x).
-    return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
-
-
+# The derivative of `kernels.triton_casts._gelu`, the GELU the forward casts apply.
 @triton.jit
 def _gelu_grad(x):
     # d/dx [x Phi(x)] = Phi(x) + x phi(x)
     cdf = 0.5 * (1.0 + tl.erf(x * 0.7071067811865476))
     pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327
     return cdf + x * pdf
-
-
-@triton.jit
-def _activate(x, ACTIVATION: tl.constexpr):
-    if ACTIVATION == "gelu":
-        return _gelu(x)
-    else:
-        return x
-
-
-@triton.jit
-def saturating_cast_kernel(
-    # Pointers: input (any float dtype) and FP8 output, both contiguous
-    x_ptr,
-    y_ptr,
-    # Size
-    n_elements,
-    # Static multiplier applied in fp32 before the cast (the backward's gradient scale)
-    scale,
-    # Meta-parameters. ACTIVATION ("" or "gelu") is applied in fp32 before the scale.
-    FP8_MAX: tl.constexpr,
-    ACTIVATION: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
-):
-    pid = tl.program_id(axis=0).to(tl.int64)  # int64: a (16384, 32768) tensor exceeds 2**31
-    offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    mask = offs < n_elements
-    x = _activate(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32), ACTIVATION)
-    y = _saturate(x * scale, FP8_MAX)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-def _cast_transpose_configs() -> list[triton.Config]:
-    # Memory-bound: the tile only has to be large enough for 16-byte accesses on both the
-    # row-major and the transposed store (1-byte FP8 -> 16 elements per thread and row).
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w)
-        for bm, bn, w in [(64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 8)]
-    ]
-
-
-@triton.jit
-def _cast_transpose_kernel(
-    # Pointers: input (M, N) with any strides; FP8 outputs (M, N) and (N, M), contiguous
-    x_ptr,
-    y_ptr,
-    yt_ptr,
-    # Sizes
-    M,
-    N,
-    # Strides of the input
-    stride_xm,
-    stride_xn,
-    # Static multiplier applied in fp32 before the cast
-    scale,
-    # Meta-parameters. ACTIVATION ("" or "gelu") is applied in fp32 before the scale: the
-    # GELU output goes to FP8 without a round trip through memory in bf16.
-    FP8_MAX: tl.constexpr,
-    ACTIVATION: tl.constexpr,
-    WRITE_Y: tl.constexpr,
-    WRITE_YT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    pid_m = tl.program_id(axis=0)
-    pid_n = tl.program_id(axis=1)
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    x = tl.load(
-        x_ptr + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xn, mask=mask, other=0.0
-    )
-    x = _activate(x.to(tl.float32), ACTIVATION)
-    y = _saturate(x * scale, FP8_MAX)  # (BM, BN), fp32, exact FP8 values
-    if WRITE_Y:
-        tl.store(
-            y_ptr + offs_m[:, None] * N + offs_n[None, :], y.to(yt_ptr.dtype.element_ty), mask=mask
-        )
-    if WRITE_YT:
-        # The transposed tile goes out through shared memory (Triton inserts the layout
-        # conversion), so both stores stay coalesced. Its mask is built from the offsets
-        # rather than transposed. (fp32 inputs take a detour: see cast_transpose.)
-        mask_t = (offs_n[:, None] < N) & (offs_m[None, :] < M)
-        yt = tl.trans(y).to(yt_ptr.dtype.element_ty)  # (BN, BM)
-        tl.store(yt_ptr + offs_n[:, None] * M + offs_m[None, :], yt, mask=mask_t)
-
-
-CAST_TRANSPOSE = Tuner("cast_transpose", _cast_transpose_kernel, _cast_transpose_configs())
-
-
-# ---------------------------------------------------------------------------------------------
-# FP8 GEMM: C = (A @ B^T) * scale
-# ---------------------------------------------------------------------------------------------
 
 
 @triton.jit
@@ -386,23 +265,6 @@ def _store_slice(c_desc, aux_desc, c, offs_m, offs_n, EPILOGUE: tl.constexpr):
 FP8_MATMUL_TMA = Tuner("fp8_matmul_tma", _fp8_matmul_tma_persistent_kernel, _matmul_tma_configs())
 
 
-# ---------------------------------------------------------------------------------------------
-# Wrappers: check, allocate, launch
-# ---------------------------------------------------------------------------------------------
-
-
-def _check_device(*tensors: torch.Tensor) -> None:
-    for t in tensors:
-        if t.device.type == "cpu" and not INTERPRET:
-            raise ValueError("Triton FP8 kernels need CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
-
-
-def _fp8_max(dtype: torch.dtype) -> float:
-    if dtype not in FP8_DTYPES:
-        raise ValueError(f"FP8 dtype must be one of {FP8_DTYPES}, got {dtype}")
-    return float(torch.finfo(dtype).max)
-
-
 @functools.cache
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -411,100 +273,6 @@ def _num_sms(device_index: int) -> int:
 @functools.cache
 def _has_tma(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
-ACTIVATIONS = ("", "gelu")
-
-
-def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-
-
-def saturating_cast(
-    x: torch.Tensor, dtype: torch.dtype, scale: float = 1.0, *, activation: str = ""
-) -> torch.Tensor:
-    """``fp8(clamp(act(x) * scale, ±max))`` of any float tensor, same shape, contiguous.
-
-    ``activation``: ``""`` (none) or ``"gelu"`` (exact GELU, computed in fp32).
-    """
-    _check_device(x)
-    _check_activation(activation)
-    fp8_max = _fp8_max(dtype)
-    x = x.contiguous()
-    y = torch.empty(x.shape, device=x.device, dtype=dtype)
-    n = x.numel()
-    if n == 0:
-        return y
-    block = 1024 if INTERPRET else 4096
-    grid = (triton.cdiv(n, block),)
-    saturating_cast_kernel[grid](
-        x,
-        y,
-        n,
-        scale,
-        FP8_MAX=fp8_max,
-        ACTIVATION=activation,
-        BLOCK_SIZE=block,
-        num_warps=1 if INTERPRET else 8,
-    )
-    return y
-
-
-def cast_transpose(
-    x: torch.Tensor,
-    dtype: torch.dtype,
-    scale: float = 1.0,
-    *,
-    activation: str = "",
-    rows: bool = True,
-    cols: bool = True,
-    config: dict[str, Any] | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Saturating cast of ``act(x) * scale`` for a 2-D ``x`` (M, N), as ``(y, yt)`` in one pass.
-
-    ``y`` is the row-major (M, N) copy and ``yt`` the transposed (N, M) one, both contiguous;
-    ``rows=False`` or ``cols=False`` skips writing (and allocating) one of them. ``activation``
-    is ``""`` or ``"gelu"``. ``config`` (BLOCK_M, BLOCK_N, num_warps) runs those
-    meta-parameters instead of autotuning.
-    """
-    _check_device(x)
-    _check_activation(activation)
-    if x.ndim != 2:
-        raise ValueError(f"cast_transpose takes a 2-D tensor, got shape {tuple(x.shape)}")
-    if not (rows or cols):
-        raise ValueError("nothing to write: rows and cols are both False")
-    fp8_max = _fp8_max(dtype)
-    M, N = x.shape
-    if cols and x.element_size() == 4 and not INTERPRET:
-        # Workaround: with triton 3.6 on an H100 the transposed store of this kernel wrote
-        # wrong elements for fp32 inputs, with every config (bf16 inputs: bit-exact with
-        # all). The row-major FP8 copy is exact in bf16, so the transposed copy is made from
-        # it by the bf16 path: one extra pass over 3 bytes per element, bit-exact.
-        y, _ = cast_transpose(x, dtype, scale, activation=activation, cols=False, config=config)
-        assert y is not None
-        _, yt = cast_transpose(y.to(torch.bfloat16), dtype, 1.0, rows=False, config=config)
-        return (y if rows else None), yt
-    y = torch.empty((M, N), device=x.device, dtype=dtype) if rows else None
-    yt = torch.empty((N, M), device=x.device, dtype=dtype) if cols else None
-    if x.numel() == 0:
-        return y, yt
-    y_arg = y if y is not None else yt
-    yt_arg = yt if yt is not None else y
-    args = (x, y_arg, yt_arg, M, N, x.stride(0), x.stride(1), scale)
-    meta = {"FP8_MAX": fp8_max, "ACTIVATION": activation, "WRITE_Y": rows, "WRITE_YT": cols}
-
-    def launch(config: dict[str, Any]) -> None:
-        grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]))
-        _cast_transpose_kernel[grid](*args, **meta, **config)
-
-    if config is None and INTERPRET:  # the interpreter cannot time configs
-        config = {"BLOCK_M": 32, "BLOCK_N": 32}
-    if config is None:
-        key = (M, N, x.dtype, dtype, x.stride(1) == 1, activation, rows, cols)
-        config = CAST_TRANSPOSE.config(key, lambda c: launch(c.all_kwargs())).all_kwargs()
-    launch(config)
-    return y, yt
 
 
 def _tma_aligned(*tensors: torch.Tensor) -> bool:
@@ -552,12 +320,12 @@ def fp8_matmul(
             BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages (+ EPILOGUE_SPLIT and
             WARP_SPECIALIZE for the TMA kernel).
     """
-    _check_device(a, b)
+    check_device(a, b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"need a (M, K) and b (N, K), got {tuple(a.shape)}, {tuple(b.shape)}")
     if a.dtype not in FP8_DTYPES or b.dtype not in FP8_DTYPES:
         raise ValueError(f"operands must be FP8, got {a.dtype}, {b.dtype}")
-    if a.dtype == b.dtype == torch.float8_e5m2:
+    if a.dtype == b.dtype == E5M2:
         raise ValueError("e5m2 x e5m2 has no FP8 tensor-core instruction; make one side e4m3")
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
@@ -590,7 +358,10 @@ def fp8_matmul(
         _launch_cublas(a, b, out, scale, precise_acc)
         return out
     use_tma = kernel == "tma" or (kernel == "auto" and _tma_ok(a, b, out, aux))
-    launch = _launch_tma if use_tma else _launch_simple
+
+    def launch_triton() -> None:
+        _launch_triton(a, b, out, aux, scale, epilogue, precise_acc, config, tma=use_tma)
+
     if kernel == "auto" and use_tma and not epilogue and _cublas_ok(a, b):
         key = (M, N, K, a.dtype, b.dtype, out_dtype, precise_acc)
         choice = GEMM_LIBRARY.config(
@@ -598,13 +369,13 @@ def fp8_matmul(
             lambda c: (
                 _launch_cublas(a, b, out, scale, precise_acc)
                 if c.kwargs["library"] == "cublas"
-                else launch(a, b, out, aux, scale, epilogue, precise_acc, config)
+                else launch_triton()
             ),
         )
         if choice.kwargs["library"] == "cublas":
             _launch_cublas(a, b, out, scale, precise_acc)
             return out
-    launch(a, b, out, aux, scale, epilogue, precise_acc, config)
+    launch_triton()
     return out
 
 
@@ -645,7 +416,11 @@ def _launch_cublas(
     )
 
 
-def _launch_simple(
+# The interpreter cannot time configs: it runs these small tiles.
+_INTERPRETER_TILES = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}
+
+
+def _launch_triton(
     a: torch.Tensor,
     b: torch.Tensor,
     c: torch.Tensor,
@@ -653,41 +428,22 @@ def _launch_simple(
     scale: float,
     epilogue: str,
     precise_acc: bool,
-    config: dict[str, Any] | None,
+    config: Meta | None,
+    *,
+    tma: bool,
 ) -> None:
+    """The TMA or the pointer kernel into ``c``, with ``config`` or its tuner's choice."""
     M, K = a.shape
     N = b.shape[0]
-    args = (a, b, c, aux, M, N, K, *a.stride(), *b.stride(), *c.stride(), scale)
     meta = {"EPILOGUE": epilogue, "PRECISE_ACC": precise_acc}
 
-    def launch(config: dict[str, Any]) -> None:
+    def launch_simple(config: Meta) -> None:
         grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
-        _fp8_matmul_kernel[grid](*args, **meta, **config)
+        strides = (*a.stride(), *b.stride(), *c.stride())
+        _fp8_matmul_kernel[grid](a, b, c, aux, M, N, K, *strides, scale, **meta, **config)
 
-    if config is None and INTERPRET:  # the interpreter cannot time configs
-        config = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}
-    if config is None:
-        key = (M, N, K, a.dtype, b.dtype, c.dtype, epilogue, precise_acc)
-        config = FP8_MATMUL_SIMPLE.config(key, lambda cfg: launch(cfg.all_kwargs())).all_kwargs()
-    launch(config)
-
-
-def _launch_tma(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    c: torch.Tensor,
-    aux: torch.Tensor,
-    scale: float,
-    epilogue: str,
-    precise_acc: bool,
-    config: dict[str, Any] | None,
-) -> None:
-    M, K = a.shape
-    N = b.shape[0]
-    num_sms = 4 if INTERPRET else _num_sms(a.device.index or 0)
-    meta = {"EPILOGUE": epilogue, "PRECISE_ACC": precise_acc, "NUM_SMS": num_sms}
-
-    def launch(config: dict[str, Any]) -> None:
+    def launch_tma(config: Meta) -> None:
+        num_sms = 4 if INTERPRET else _num_sms(a.device.index or 0)
         config = {"EPILOGUE_SPLIT": 1, **config}
         # Host-side TMA descriptors carry their box size, which depends on the config.
         bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
@@ -699,17 +455,10 @@ def _launch_tma(
             TensorDescriptor.from_tensor(aux, c_box),
         )
         grid = (min(num_sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)),)
-        _fp8_matmul_tma_persistent_kernel[grid](*descs, M, N, K, scale, **meta, **config)
+        _fp8_matmul_tma_persistent_kernel[grid](
+            *descs, M, N, K, scale, **meta, NUM_SMS=num_sms, **config
+        )
 
-    if config is None and INTERPRET:  # the interpreter cannot time configs
-        config = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}
-    if config is None:
-        key = (M, N, K, a.dtype, b.dtype, c.dtype, epilogue, precise_acc)
-        config = FP8_MATMUL_TMA.config(key, lambda cfg: launch(cfg.all_kwargs())).all_kwargs()
-    launch(config)
-
-
-def best_configs() -> dict[str, dict[str, dict[str, Any]]]:
-    """The tuned choice per key in this process, for benchmark reports."""
-    tuners = (CAST_TRANSPOSE, FP8_MATMUL_SIMPLE, FP8_MATMUL_TMA)
-    return {tuner.name: tuner.chosen() for tuner in tuners}
+    tuner, launch = (FP8_MATMUL_TMA, launch_tma) if tma else (FP8_MATMUL_SIMPLE, launch_simple)
+    key = (M, N, K, a.dtype, b.dtype, c.dtype, epilogue, precise_acc)
+    launch_tuned(tuner, key, launch, config, interpreter_config=_INTERPRETER_TILES)
