@@ -32,6 +32,7 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 Schedule = Literal["cosine", "linear"]
 AttentionOutputScale = Literal["position", "none"]
 ReadoutLR = Literal["constant", "sqrt"]
+OptimizerState = Literal["fp32", "bf16", "fp8"]
 
 
 class ModelConfig(BaseModel):
@@ -129,6 +130,11 @@ class TrainConfig(BaseModel):
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="schedule floor, times peak")
     beta1: float = Field(0.9, ge=0.0, lt=1.0)
     beta2: float = Field(0.95, ge=0.0, lt=1.0)
+    optimizer_state: OptimizerState = Field(
+        "fp32",
+        description="Adam moments: fp32 (torch's fused AdamW), bf16, or fp8 (m e4m3, v e5m2,"
+        " a scale per block of 128)",
+    )
     fp8_grad_scale: float | None = Field(
         None, gt=0.0, description="static FP8 backward scale; default tokens/step * sqrt(width)"
     )
