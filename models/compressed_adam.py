@@ -10,8 +10,10 @@ FP8 (Fishman et al. 2024): the first moment m in e4m3, the second v in e5m2. Ada
 are not unit-scaled (m ~ gradient size, v ~ its square), so they need scales: one fp32 scale
 per block of ``block_size`` consecutive elements, ``amax / fp8_max`` rounded up to a power of
 two. Blocks rather than one scale per tensor because a tensor's moments span many decades
-(`benchmarks/fp8_moments.py` measures both). The step rounds stochastically
-(`_round_stochastically` says why: round to nearest leaves v stuck and trains ~1.5% worse).
+(`benchmarks/fp8_moments.py`, width 256 after 200 steps: per tensor flushes 0.085% of the
+non-zero m to zero, blocks of 128 0.0005%; update RMS error 4.4% against 3.7%).
+The step rounds stochastically (`_round_stochastically` says why: round to nearest leaves v
+stuck and trains ~1.5% worse).
 The power of two makes the scaling exact both ways, so compressing a decompressed state
 gives back the same values: a checkpoint holds the moments decompressed (torch AdamW's
 ``exp_avg``/``exp_avg_sq``, shaped and sharded like the parameters) and resuming continues

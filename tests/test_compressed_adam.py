@@ -9,6 +9,7 @@ of fp32 moments' eval loss; saving and resuming reproduces the uninterrupted cur
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import pytest
@@ -148,3 +149,18 @@ def test_sweep_spec_takes_optimizer_state(shakespeare):
             | {"train": tiny_sweep(shakespeare)["train"] | {"optimizer_state": "fp16"}}
         )
     assert error.value.errors()[0]["loc"] == ("train", "optimizer_state")
+
+
+def test_fp8_moments_benchmark_runs_tiny(tmp_path):
+    """Every part of benchmarks/fp8_moments.py in its CPU-sized form, as CI can run it."""
+    from benchmarks.fp8_moments import main
+
+    parts = ["scales", "memory", "quality"]
+    results = main(["--parts", *parts, "--tiny", "--steps", "3", "--out", str(tmp_path)])
+    schemes = results["scales"]["schemes"]
+    assert 0 < schemes["block_128"]["update_rms_error"] < 0.2
+    assert [row["optimizer_state"] for row in results["memory"]["rows"]] == ["fp32", "bf16", "fp8"]
+    assert all(math.isfinite(v) for v in results["quality"]["eval_loss"].values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"fp8_moments_{part}_tiny.json" for part in ("memory", "quality", "scales")
+    ]
