@@ -57,8 +57,9 @@ def measure_fp8_health(
     for _, layer in hidden_linears(model):
 
         def count_forward(module: ScaledLinear, inputs: tuple[torch.Tensor, ...]) -> None:
-            health.activations.add(inputs[0], E4M3)
-            health.weights.add(module.weight, E4M3)
+            x, weight = module.fp8_operands(inputs[0])
+            health.activations.add(x, E4M3)
+            health.weights.add(weight, E4M3)
 
         def count_backward(
             module: torch.nn.Module, _grad_in: object, grad_out: tuple[torch.Tensor, ...]
