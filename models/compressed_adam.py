@@ -57,7 +57,7 @@ def moment_bytes_per_param(precision: Literal["fp32", "bf16", "fp8"]) -> float:
     return 2.0 + 2 * 4 / BLOCK_SIZE
 
 
-def _blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
+def as_blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
     """``x`` flattened to fp32 and zero-padded into rows of ``block_size``: (blocks, block_size)."""
     flat = x.detach().float().flatten()
     return torch.nn.functional.pad(flat, (0, -flat.numel() % block_size)).view(-1, block_size)
@@ -85,7 +85,7 @@ def quantize(
     element of the padded blocks): down or up to the neighbouring codes with the
     probabilities that make the rounding unbiased.
     """
-    blocks = _blocks(x, block_size)
+    blocks = as_blocks(x, block_size)
     scales = block_scales(blocks, dtype)
     scaled = blocks / scales
     if noise is not None:
@@ -223,18 +223,42 @@ class CompressedAdamW(torch.optim.Optimizer):
                 state = self.state[param] if self.state[param] else self._init_state(param)
                 step = state["step"]
                 step += 1
-                exp_avg = self._load(state, "exp_avg", weight)
-                exp_avg_sq = self._load(state, "exp_avg_sq", weight)
-                # torch's AdamW, in its order: decay, moments, bias-corrected update.
+                exp_avg, exp_avg_sq = self._updated_moments(state, weight, grad, group)
+                # torch's AdamW: decoupled decay, then the bias-corrected update.
                 weight.mul_(1 - lr * wd)
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 bias_correction1 = 1 - beta1**step
                 bias_correction2_sqrt = (1 - beta2**step).sqrt()
                 denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
                 weight.add_(exp_avg / denom * (-lr / bias_correction1))
                 self._store(state, exp_avg, exp_avg_sq, salt=index)
         return loss
+
+    def _updated_moments(
+        self,
+        state: dict[str, Any],
+        like: torch.Tensor,
+        grad: torch.Tensor,
+        group: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """m and v of ``state`` decompressed and moved by ``grad``, in fp32."""
+        beta1, beta2 = group["betas"]
+        exp_avg = self._load(state, "exp_avg", like)
+        exp_avg_sq = self._load(state, "exp_avg_sq", like)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        return exp_avg, exp_avg_sq
+
+    @torch.no_grad()
+    def next_moments(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(moment name, fp32 value) that the next step would compress, for each parameter
+        with a gradient and a state; nothing changes (`models.fp8_health.moment_health`)."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None or not self.state[param]:
+                    continue
+                grad = _local(param.grad).float()
+                moments = self._updated_moments(self.state[param], _local(param), grad, group)
+                yield from zip(MOMENTS, moments, strict=True)
 
     def _params(self) -> list[torch.Tensor]:
         """Every parameter in the order `state_dict` numbers them."""
