@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from pydantic import ValidationError
 
 from models import GPT, ModelConfig
@@ -20,7 +21,7 @@ from models.data import Batches, split_corpus
 from models.gpt import SMOOTH_THRESHOLD, SmoothedLinear, SwiGLU, use_fp8
 from models.steps import loss_fn, precision_context
 from models.width_rules import SILU_SQUARE_MEAN, glu_multiplier
-from tests.conftest import debug_config
+from tests.conftest import REPO, debug_config
 
 GLU_KINDS = ("swiglu", "smooth_swiglu")
 
@@ -130,3 +131,17 @@ def test_smoothing_shrinks_the_outlier_before_its_fp8_cast(shakespeare):
     balanced = math.sqrt(raw[..., 3].abs().max().item() * down.weight[:, 3].abs().max().item())
     assert smoothed[..., 3].abs().max().item() == pytest.approx(balanced, rel=1e-5)
     assert weight[:, 3].abs().max().item() == pytest.approx(balanced, rel=1e-5)
+
+
+def test_the_drift_example_specs_validate():
+    """examples/drift_*.yaml: µS FP8 proxies at 128-512 with FP8 moments and with SwiGLU."""
+    from sweeper.spec import SweepSpec
+
+    specs = {
+        name: SweepSpec.stored(yaml.safe_load((REPO / "examples" / f"{name}.yaml").read_text()))
+        for name in ("drift_fp8_moments", "drift_swiglu")
+    }
+    assert specs["drift_fp8_moments"].train.optimizer_state == "fp8"
+    assert specs["drift_swiglu"].train.model.mlp == "swiglu"
+    for spec in specs.values():
+        assert spec.widths == [128, 256, 512] and spec.train.precision == "fp8"
