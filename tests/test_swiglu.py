@@ -145,3 +145,17 @@ def test_the_drift_example_specs_validate():
     assert specs["drift_swiglu"].train.model.mlp == "swiglu"
     for spec in specs.values():
         assert spec.widths == [128, 256, 512] and spec.train.precision == "fp8"
+
+
+def test_swiglu_horizon_benchmark_runs_tiny(tmp_path):
+    """benchmarks/swiglu_horizon.py in its CPU-sized form, as CI can run it."""
+    from benchmarks.swiglu_horizon import main
+
+    log = tmp_path / "horizon.jsonl"
+    args = ["--tiny", "--steps", "4", "--every", "2", "--log", str(log), "--out", str(tmp_path)]
+    result = main(args)
+    for run in result["runs"].values():
+        assert [row["step"] for row in run["history"]] == [2, 4]
+        assert 0 < run["max_cast_input_over_training"] < 448  # within e4m3, finite
+    assert len(log.read_text().splitlines()) == 4  # a line per measurement, as it goes
+    assert (tmp_path / "swiglu_horizon_tiny.json").exists()
