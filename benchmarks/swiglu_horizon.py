@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def cast_input_maxima(model: GPT, x: torch.Tensor, config: TrainConfig) -> dict[
     each down projection the largest raw input (the SwiGLU product, before smoothing)."""
     maxima: dict[str, torch.Tensor] = {}
 
-    def record(name: str):
+    def record(name: str) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
         def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             assert isinstance(module, ScaledLinear)
             cast_input, _ = module.fp8_operands(inputs[0])
