@@ -50,10 +50,10 @@ def bench_graph_ms(fn: Callable[[], Any], *, rep: int = 200) -> float:
     return float(do_bench_cudagraph(fn, rep=rep, return_mode="median"))
 
 
-def write_json(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to benchmarks/results/<name>.json and return the path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_json(name: str, payload: dict[str, Any], *, directory: Path = RESULTS) -> Path:
+    """Write ``payload`` to <directory>/<name>.json (benchmarks/results/) and return the path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 

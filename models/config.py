@@ -33,6 +33,10 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 Schedule = Literal["cosine", "linear"]
 AttentionOutputScale = Literal["position", "none"]
 ReadoutLR = Literal["constant", "sqrt"]
+OptimizerState = Literal["fp32", "bf16", "fp8"]
+MLPKind = Literal["gelu", "swiglu", "smooth_swiglu"]
+# SwiGLU's hidden size is rounded to this multiple (whole tiles for the FP8 GEMMs).
+GLU_HIDDEN_MULTIPLE = 64
 
 
 class ModelConfig(BaseModel):
@@ -46,7 +50,14 @@ class ModelConfig(BaseModel):
     depth: int = Field(4, ge=1, description="transformer blocks")
     width: int = Field(128, ge=1, description="d_model")
     head_dim: int = Field(32, ge=1, description="fixed across widths: heads = width / head_dim")
-    mlp_ratio: int = Field(4, ge=1, description="MLP hidden size = mlp_ratio * width")
+    mlp_ratio: int = Field(
+        4, ge=1, description="MLP hidden size = mlp_ratio * width (SwiGLU: 2/3 of that)"
+    )
+    mlp: MLPKind = Field(
+        "gelu",
+        description="gelu, swiglu (silu(gate) * up), or smooth_swiglu (SwiGLU with per-channel"
+        " scales before the down projection's FP8 cast, Fishman et al. 2024)",
+    )
     seq_len: int = Field(128, ge=2, description="context length in tokens")
     parametrization: Parametrization = Field("mus", description="mus (unit scaling) or sp")
     tau: float = Field(
@@ -101,13 +112,22 @@ class ModelConfig(BaseModel):
     def n_heads(self) -> int:
         return self.width // self.head_dim
 
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's hidden size: ``mlp_ratio * width``, or for SwiGLU 2/3 of it (its three
+        matrices then hold as many weights as GELU's two), rounded to a multiple of 64."""
+        if self.mlp == "gelu":
+            return self.mlp_ratio * self.width
+        multiples = round(2 * self.mlp_ratio * self.width / (3 * GLU_HIDDEN_MULTIPLE))
+        return GLU_HIDDEN_MULTIPLE * max(1, multiples)
+
     def parameter_groups(self) -> list[tuple[ParamGroup, int]]:
         """Each distinct (width-rule group, fan-in) among the parameters: what
         `GPT.parameter_groups` yields tensor by tensor (a test holds them equal)."""
         d = self.width
         return [
-            ("hidden", d),  # QKV, attention out, MLP up
-            ("hidden", self.mlp_ratio * d),  # MLP down
+            ("hidden", d),  # QKV, attention out, MLP up (and SwiGLU's gate)
+            ("hidden", self.mlp_hidden),  # MLP down
             ("embedding", d),
             ("readout", d),
             ("norm", d),
@@ -131,9 +151,11 @@ class ModelConfig(BaseModel):
 
     @property
     def parameter_count(self) -> int:
-        """Weights and LayerNorm gains: blocks (QKV, out, MLP up and down, two norms), the
-        embedding, the readout and the final norm."""
-        per_block = (3 + 1 + 2 * self.mlp_ratio) * self.width**2 + 2 * self.width
+        """Weights and LayerNorm gains: blocks (QKV, out, MLP up, down and SwiGLU's gate, two
+        norms), the embedding, the readout and the final norm."""
+        mlp_matrices = 2 if self.mlp == "gelu" else 3
+        mlp = mlp_matrices * self.mlp_hidden * self.width
+        per_block = (3 + 1) * self.width**2 + mlp + 2 * self.width
         return self.depth * per_block + 2 * self.vocab_size * self.width + self.width
 
 
@@ -158,6 +180,11 @@ class TrainConfig(BaseModel):
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="schedule floor, times peak")
     beta1: float = Field(0.9, ge=0.0, lt=1.0)
     beta2: float = Field(0.95, ge=0.0, lt=1.0)
+    optimizer_state: OptimizerState = Field(
+        "fp32",
+        description="Adam moments: fp32 (torch's fused AdamW), bf16, or fp8 (m e4m3, v e5m2,"
+        " a scale per block of 128)",
+    )
     fp8_grad_scale: float | None = Field(
         None, gt=0.0, description="static FP8 backward scale; default tokens/step * sqrt(width)"
     )

@@ -3,7 +3,9 @@
 µS promises that unit-scaled operands fit e4m3 (forward) and, with the static gradient
 scale, e5m2 (backward) without per-tensor scales. These counters check that promise on a
 real batch: saturated = |value| beyond the format's max (clamped by the cast), flushed =
-a non-zero value the cast turns into zero.
+a non-zero value the cast turns into zero. They are kept in total and per hidden layer (a
+SwiGLU's gate, up and down each by name), and `moment_health` counts the same for the Adam
+moments that `CompressedAdamW` is about to compress.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kernels import E4M3, E5M2, saturating_cast
+from models.compressed_adam import FP8_FORMATS, CompressedAdamW, as_blocks, block_scales
 from models.config import TrainConfig
 from models.gpt import GPT, ScaledLinear, hidden_linears
 from models.steps import loss_fn, precision_context
@@ -39,10 +42,17 @@ class CastCounts:
 
 
 @dataclass
-class FP8Health:
+class LayerHealth:
     activations: CastCounts = field(default_factory=CastCounts)  # hidden-layer inputs, e4m3
     weights: CastCounts = field(default_factory=CastCounts)  # hidden weights, e4m3
     gradients: CastCounts = field(default_factory=CastCounts)  # scaled output grads, e5m2
+
+
+@dataclass
+class FP8Health(LayerHealth):
+    """Totals over every hidden layer, and each layer's own by name."""
+
+    layers: dict[str, LayerHealth] = field(default_factory=dict)
 
 
 def measure_fp8_health(
@@ -54,18 +64,29 @@ def measure_fp8_health(
     """
     health = FP8Health()
     handles = []
-    for _, layer in hidden_linears(model):
+    for name, layer in hidden_linears(model):
+        counted = (health, health.layers.setdefault(name, LayerHealth()))
 
-        def count_forward(module: ScaledLinear, inputs: tuple[torch.Tensor, ...]) -> None:
-            health.activations.add(inputs[0], E4M3)
-            health.weights.add(module.weight, E4M3)
+        def count_forward(
+            module: ScaledLinear,
+            inputs: tuple[torch.Tensor, ...],
+            counted: tuple[LayerHealth, ...] = counted,
+        ) -> None:
+            x, weight = module.fp8_operands(inputs[0])
+            for counts in counted:
+                counts.activations.add(x, E4M3)
+                counts.weights.add(weight, E4M3)
 
         def count_backward(
-            module: torch.nn.Module, _grad_in: object, grad_out: tuple[torch.Tensor, ...]
+            module: torch.nn.Module,
+            _grad_in: object,
+            grad_out: tuple[torch.Tensor, ...],
+            counted: tuple[LayerHealth, ...] = counted,
         ) -> None:
             assert isinstance(module, ScaledLinear)
             scale = module.fp8_grad_scale or 1.0  # what the FP8 backward multiplies by
-            health.gradients.add(grad_out[0].float() * scale, E5M2)
+            for counts in counted:
+                counts.gradients.add(grad_out[0].float() * scale, E5M2)
 
         handles += [
             layer.register_forward_pre_hook(count_forward),
@@ -83,3 +104,19 @@ def measure_fp8_health(
         for param, grad in zip(model.parameters(), saved, strict=True):
             param.grad = grad
     return health
+
+
+def moment_health(optimizer: CompressedAdamW) -> dict[str, CastCounts]:
+    """Cast counts of the moments ``exp_avg`` (m) and ``exp_avg_sq`` (v) that the next step
+    of ``optimizer`` will compress, from the gradients in place (call it after a backward):
+    for FP8 the values divided by their block scales against e4m3 and e5m2, for bf16 the
+    values against bf16. The optimizer's state is left as it is."""
+    counts = {name: CastCounts() for name in FP8_FORMATS}
+    for name, value in optimizer.next_moments():
+        if optimizer.precision == "bf16":
+            counts[name].add(value, torch.bfloat16)
+            continue
+        dtype = FP8_FORMATS[name]
+        blocks = as_blocks(value, optimizer.block_size)
+        counts[name].add(blocks / block_scales(blocks, dtype), dtype)
+    return counts

@@ -1,7 +1,8 @@
 """The GPT, in µS (unit scaling, Res-Post-LN) and SP (pre-LN, std 0.02) form.
 
-Reads top to bottom: linear layer, attention, MLP, block, model. Every init, multiplier and
-learning rate comes from `models.width_rules`; this file only delegates to it.
+Reads top to bottom: linear layers, attention, MLPs (GELU, SwiGLU), block, model. Every
+init, multiplier and learning rate comes from `models.width_rules`; this file only delegates
+to it.
 
 µS block (width d, residual mix tau):
     x <- sqrt(1 - tau) * x + sqrt(tau) * LN(attn(x))
@@ -21,7 +22,12 @@ from torch import nn
 
 from kernels import fp8_linear
 from models.config import ModelConfig
-from models.width_rules import ParamGroup, init_std, multiplier
+from models.width_rules import ParamGroup, glu_multiplier, init_std, multiplier
+
+# Smooth-SwiGLU rescales a channel of the down projection's input only once its largest
+# value passed this: about 4x the largest of a few million unit-Gaussian values, and 1/28 of
+# e4m3's max, so ordinary channels keep SwiGLU's numerics exactly.
+SMOOTH_THRESHOLD = 16.0
 
 
 class ScaledLinear(nn.Module):
@@ -43,10 +49,47 @@ class ScaledLinear(nn.Module):
         self.weight = nn.Parameter(torch.randn(fan_out, fan_in) * std)
         self.fp8_grad_scale: float | None = None
 
+    def fp8_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input and weight this layer multiplies: what its FP8 casts see."""
+        return x, self.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, weight = self.fp8_operands(x)
         if self.fp8_grad_scale is not None:
-            return fp8_linear(x, self.weight, scale=self.multiplier, grad_scale=self.fp8_grad_scale)
-        return F.linear(x, self.weight) * self.multiplier
+            return fp8_linear(x, weight, scale=self.multiplier, grad_scale=self.fp8_grad_scale)
+        return F.linear(x, weight) * self.multiplier
+
+
+class SmoothedLinear(ScaledLinear):
+    """Smooth-SwiGLU's down projection (Fishman et al. 2024): input channel k divided by s_k
+    and weight column k multiplied by it, so the product is the same and an outlier channel
+    of the input reaches its FP8 cast scaled down.
+
+    s_k = sqrt(amax(x_k) / amax(W[:, k])) (at least 1; both operands then share the range)
+    for each channel whose largest input of the previous training step passed
+    `SMOOTH_THRESHOLD`, else 1. The scales are a buffer that the step updates in place from
+    that step's per-channel max: every scale a matmul sees is fixed before the step starts
+    (no amax on its critical path), and the step stays capturable in a CUDA graph.
+    """
+
+    def __init__(self, fan_in: int, fan_out: int, group: ParamGroup, config: ModelConfig):
+        super().__init__(fan_in, fan_out, group, config)
+        self.register_buffer("channel_scale", torch.ones(fan_in))  # (K,), s_k
+
+    def fp8_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # A copy: autograd keeps it for the backward, and the forward updates the buffer.
+        scale = self.channel_scale.clone()  # type: ignore[operator]
+        return x / scale.to(x.dtype), self.weight * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if torch.is_grad_enabled():  # training steps; evaluation batches leave the scales
+            with torch.no_grad():
+                x_max = x.abs().flatten(0, -2).amax(dim=0).float()  # (K,)
+                w_max = self.weight.abs().amax(dim=0)  # (K,)
+                smooth = (x_max / w_max).sqrt().clamp_min(1.0)
+                self.channel_scale.copy_(torch.where(x_max > SMOOTH_THRESHOLD, smooth, 1.0))  # type: ignore[operator]
+        return y
 
 
 def _rope_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,12 +143,31 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        hidden = config.mlp_ratio * config.width
+        hidden = config.mlp_hidden
         self.up = ScaledLinear(config.width, hidden, "hidden", config)
         self.down = ScaledLinear(hidden, config.width, "hidden", config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.gelu(self.up(x)))
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) * up(x) * m)``, m restoring the product to unit scale under µS
+    (`width_rules.glu_multiplier`); Smooth-SwiGLU's down projection is a `SmoothedLinear`
+    (its 1/s_k on the product's channel k is Fishman et al.'s scale on the linear branch)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d, hidden = config.width, config.mlp_hidden
+        self.gate = ScaledLinear(d, hidden, "hidden", config)
+        self.up = ScaledLinear(d, hidden, "hidden", config)
+        down = SmoothedLinear if config.mlp == "smooth_swiglu" else ScaledLinear
+        self.down = down(hidden, d, "hidden", config)
+        self.product_multiplier = glu_multiplier(parametrization=config.parametrization)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        product = F.silu(self.gate(x)) * self.up(x) * self.product_multiplier  # (B, T, hidden)
+        return self.down(product)
 
 
 def _layer_norm(width: int) -> nn.LayerNorm:
@@ -116,7 +178,8 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.post_norm = config.parametrization == "mus"
-        self.attn, self.mlp = CausalSelfAttention(config), MLP(config)
+        self.attn = CausalSelfAttention(config)
+        self.mlp = MLP(config) if config.mlp == "gelu" else SwiGLU(config)
         self.norm_attn, self.norm_mlp = _layer_norm(config.width), _layer_norm(config.width)
         self.skip, self.branch = math.sqrt(1 - config.branch_tau), math.sqrt(config.branch_tau)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from models.compressed_adam import CompressedAdamW
 from models.config import TrainConfig
 from models.gpt import GPT
 
@@ -47,8 +48,11 @@ def param_groups(model: GPT, config: TrainConfig) -> list[dict[str, Any]]:
 
 def build_optimizer(
     model: GPT, config: TrainConfig, *, capturable: bool = False
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the width-rule groups and the schedule that scales every group's LR by s_t.
+
+    Its moments are kept as ``config.optimizer_state`` says: fp32 in torch's fused AdamW, or
+    bf16/fp8 in `CompressedAdamW` (the same update, no host syncs, capturable as it is).
 
     ``capturable``: the step may be captured in a CUDA graph. Its step counts then live on
     the GPU and each group's LR is a GPU tensor that the schedule fills in place: a float LR
@@ -59,12 +63,14 @@ def build_optimizer(
     if capturable:
         for group in groups:
             group["lr"] = torch.tensor(group["lr"], device=device)
-    optimizer = torch.optim.AdamW(
-        groups,
-        betas=(config.beta1, config.beta2),
-        fused=device.type == "cuda",
-        capturable=capturable,
-    )
+    betas = (config.beta1, config.beta2)
+    optimizer: torch.optim.Optimizer
+    if config.optimizer_state == "fp32":
+        optimizer = torch.optim.AdamW(
+            groups, betas=betas, fused=device.type == "cuda", capturable=capturable
+        )
+    else:
+        optimizer = CompressedAdamW(groups, betas=betas, precision=config.optimizer_state)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step, config)
     )

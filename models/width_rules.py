@@ -4,7 +4,7 @@ One place holds every rule of µS and of the standard-parametrization (SP) basel
 model and the optimizer only ask these functions; tests check each against its formula.
 
 Groups:
-    hidden     every matrix inside a block (QKV, attention out, MLP up, MLP down)
+    hidden     every matrix inside a block (QKV, attention out, MLP up, MLP down, SwiGLU gate)
     embedding  the token embedding table
     readout    the LM head (after the final LayerNorm)
     norm       LayerNorm gains
@@ -97,6 +97,22 @@ def multiplier(
     if group == "readout":
         return readout_multiplier / math.sqrt(fan_in)
     return 1.0 / math.sqrt(fan_in)
+
+
+# E[silu(z)^2] for z ~ N(0, 1), by quadrature (tests/test_swiglu.py recomputes it).
+SILU_SQUARE_MEAN = 0.3557755198
+
+
+def glu_multiplier(*, parametrization: Parametrization) -> float:
+    """Static factor on SwiGLU's product silu(gate) * up, before the down projection.
+
+    Under µS the gate and up outputs are unit-variance at init and independent (separate
+    unit-variance weights), so E[silu(z) u] = E[silu(z)] E[u] = 0 and
+    Var(silu(z) u) = E[silu(z)^2] E[u^2] = 0.35578: the product's RMS is 0.596, and
+    1/sqrt(0.35578) = 1.6765 brings the down projection's input back to unit scale
+    (e4m3's precision and range are centred there). SP keeps the plain product.
+    """
+    return 1.0 / math.sqrt(SILU_SQUARE_MEAN) if parametrization == "mus" else 1.0
 
 
 def learning_rate(

@@ -28,7 +28,8 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 import db
-from models import MetricPoint, ModelConfig, TrainConfig, train
+from models import MetricPoint, TrainConfig, train
+from models.compressed_adam import moment_bytes_per_param
 from models.config import Precision
 from models.gpt import GPT, Block
 from models.train import Checkpointing, Parallel, resolve_device
@@ -47,8 +48,8 @@ from sweeper.transfer import TransferResult
 log = logging.getLogger(__name__)
 
 Strategy = Literal["auto", "ddp", "fsdp"]
-# Bytes a parameter costs in training: fp32 master weight, gradient and two Adam moments.
-TRAINING_BYTES_PER_PARAM = 16
+# Bytes a parameter costs in training besides its Adam moments: fp32 master weight, gradient.
+WEIGHT_AND_GRAD_BYTES_PER_PARAM = 8
 # FSDP once the parameter state alone would take more than this share of one GPU.
 FSDP_MEMORY_SHARE = 0.5
 CHECKPOINT_FILE = "state.pt"
@@ -131,14 +132,16 @@ def resource_shortfall(
     return "workers", f"{request.workers} workers {problem.reason}"
 
 
-def choose_strategy(strategy: Strategy, model: ModelConfig, device: torch.device) -> Strategy:
-    """FSDP when the parameters, gradients and Adam state would crowd one GPU, else DDP."""
+def choose_strategy(strategy: Strategy, config: TrainConfig, device: torch.device) -> Strategy:
+    """FSDP when the parameters, gradients and Adam state (in ``config.optimizer_state``'s
+    precision) would crowd one GPU, else DDP."""
     if strategy != "auto":
         return strategy
     if device.type != "cuda":
         return "ddp"
     gpu_bytes = torch.cuda.get_device_properties(device).total_memory
-    needed = TRAINING_BYTES_PER_PARAM * model.parameter_count
+    per_param = WEIGHT_AND_GRAD_BYTES_PER_PARAM + moment_bytes_per_param(config.optimizer_state)
+    needed = per_param * config.model.parameter_count
     return "fsdp" if needed > FSDP_MEMORY_SHARE * gpu_bytes else "ddp"
 
 
@@ -167,7 +170,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if config.device == "cuda" else resolve_device("cpu")
     config = config.model_copy(update={"device": str(device)})
-    strategy = choose_strategy(loop_config["strategy"], config.model, device)
+    strategy = choose_strategy(loop_config["strategy"], config, device)
 
     restored, resumed_from = None, 0
     checkpoint = ray.train.get_checkpoint()

@@ -6,12 +6,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from models.coord_check import coord_check
 from tests.conftest import debug_config
 
 
-def test_mus_rms_after_10_steps_is_width_independent(shakespeare):
-    config = debug_config(shakespeare, depth=2, batch_size=8, steps=10, precision="fp32")
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu", "smooth_swiglu"])
+def test_mus_rms_after_10_steps_is_width_independent(shakespeare, mlp):
+    config = debug_config(shakespeare, depth=2, batch_size=8, steps=10, precision="fp32", mlp=mlp)
     result = coord_check([64, 512], config, steps=10)
     narrow, wide = result.trained[64], result.trained[512]
     for layer, value in narrow.items():

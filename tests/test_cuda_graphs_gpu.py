@@ -59,6 +59,22 @@ def test_graphed_training_matches_eager(parametrization: str, precision: str) ->
     assert graphed.curve[-1].eval_loss < graphed.curve[0].eval_loss
 
 
+@pytest.mark.parametrize("optimizer_state", ["bf16", "fp8"])
+def test_graphed_training_with_compressed_moments_matches_eager(optimizer_state: str) -> None:
+    """`CompressedAdamW`'s step (no host syncs, state written in place) replays in the graph."""
+    runs = [
+        train(
+            config("mus", "fp8", graphs=g).model_copy(update={"optimizer_state": optimizer_state})
+        )
+        for g in (False, True)
+    ]
+    eager, graphed = runs
+    assert eager.status == graphed.status == "completed"
+    for e, g in zip(eager.curve, graphed.curve, strict=True):
+        assert g.eval_loss == pytest.approx(e.eval_loss, rel=LOSS_RTOL), (e, g)
+    assert graphed.curve[-1].eval_loss < graphed.curve[0].eval_loss
+
+
 def test_a_one_rank_run_in_a_process_group_replays_its_graphs(tmp_path: Path) -> None:
     """A launch with one worker runs in Ray Train's process group of one; its model trains
     bare (DDP's gradient hooks would break the capture) and matches a plain run."""

@@ -1,0 +1,173 @@
+"""FP8 Adam moments (`TrainConfig.optimizer_state`): their scales, their cost, their training.
+
+Three parts, each written to ``benchmarks/results/fp8_moments_<part>.json``:
+
+* ``scales`` (CPU): real moments after ``--steps`` (200) fp32-AdamW steps at width 256; for
+  one scale per tensor and one per block of 128, the share of non-zero m and v flushed to
+  zero by their casts (e4m3, e5m2, round to nearest) and the RMS error of the Adam update
+  m / (sqrt(v) + eps) against fp32 moments, over every parameter.
+* ``memory`` (GPU): peak memory and steady-state step time of µS FP8 training at widths
+  2048 and 4096 (depth 4, seq 1024, 16 sequences) with fp32, bf16 and fp8 moments.
+* ``quality`` (GPU): eval loss after ``--steps`` steps at width 2048 with each moment
+  precision, and its ratio to fp32 moments' (the issue's goal: within 0.3%).
+
+``--tiny`` shrinks every part to a CPU-sized check of the code (width 64, fp32 matmuls).
+
+    python -m benchmarks.fp8_moments --parts scales
+    python -m benchmarks.fp8_moments --parts memory
+    python -m benchmarks.fp8_moments --parts quality --steps 500 --data .devdata/shakespeare.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import RESULTS, environment, write_json
+from models import ModelConfig, TrainConfig, train
+from models.compressed_adam import BLOCK_SIZE, FP8_FORMATS, dequantize, quantize
+from models.config import OptimizerState
+from models.data import Batches, split_corpus
+from models.optim import build_optimizer
+from models.steps import train_step
+from models.train import build_model
+
+SHAKESPEARE = Path(__file__).resolve().parents[1] / "tests" / "data" / "shakespeare.txt"
+STATES: tuple[OptimizerState, ...] = ("fp32", "bf16", "fp8")
+EPS = 1e-8  # AdamW's
+
+
+def _scales_config(args: argparse.Namespace) -> TrainConfig:
+    width = 64 if args.tiny else 256
+    return TrainConfig(
+        model=ModelConfig(width=width, depth=2, head_dim=32, seq_len=64),
+        data=args.data,
+        steps=args.steps,
+        batch_size=16,
+        precision="fp32",
+        device="cpu",
+    )
+
+
+def measure_scales(args: argparse.Namespace) -> dict[str, Any]:
+    """Flushed shares and update error of per-tensor and per-block scales on real moments."""
+    config = _scales_config(args)
+    model = build_model(config, torch.device("cpu"))
+    optimizer, scheduler = build_optimizer(model, config)
+    batches = Batches(
+        split_corpus(config.data)[0], batch_size=16, seq_len=config.model.seq_len, seed=0
+    )
+    for _ in range(config.steps):
+        train_step(model, optimizer, scheduler, batches.next(), config)
+    schemes: dict[str, dict[str, float]] = {}
+    for scheme in ("per_tensor", f"block_{BLOCK_SIZE}"):
+        flushed = {name: 0 for name in FP8_FORMATS}
+        nonzero = {name: 0 for name in FP8_FORMATS}
+        error_sq = reference_sq = 0.0
+        for param in model.parameters():
+            state = optimizer.state[param]
+            moments = {name: state[name] for name in FP8_FORMATS}
+            decoded = {}
+            for name, value in moments.items():
+                block = value.numel() if scheme == "per_tensor" else BLOCK_SIZE
+                decoded[name] = dequantize(*quantize(value, FP8_FORMATS[name], block), value)
+                nonzero[name] += int((value != 0).sum())
+                flushed[name] += int(((value != 0) & (decoded[name] == 0)).sum())
+            reference = moments["exp_avg"] / (moments["exp_avg_sq"].sqrt() + EPS)
+            update = decoded["exp_avg"] / (decoded["exp_avg_sq"].sqrt() + EPS)
+            error_sq += float((update - reference).pow(2).sum())
+            reference_sq += float(reference.pow(2).sum())
+        schemes[scheme] = {
+            "m_flushed_fraction": flushed["exp_avg"] / nonzero["exp_avg"],
+            "v_flushed_fraction": flushed["exp_avg_sq"] / nonzero["exp_avg_sq"],
+            "update_rms_error": math.sqrt(error_sq / reference_sq),
+        }
+    return {"config": config.model_dump(mode="json"), "schemes": schemes}
+
+
+def _gpu_config(args: argparse.Namespace, width: int, state: OptimizerState) -> TrainConfig:
+    if args.tiny:
+        model = ModelConfig(width=64, depth=2, head_dim=32, seq_len=64)
+        return TrainConfig(
+            model=model, data=args.data, steps=args.steps, batch_size=4, device="cpu",
+            precision="fp32", optimizer_state=state, eval_interval=args.steps, eval_batches=1,
+        )  # fmt: skip
+    model = ModelConfig(width=width, depth=4, head_dim=128, seq_len=1024)
+    return TrainConfig(
+        model=model, data=args.data, steps=args.steps, batch_size=16, device="cuda",
+        optimizer_state=state, eval_interval=args.steps, eval_batches=8,
+    )  # fmt: skip
+
+
+def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """Peak memory and tokens/s per moment precision at widths 2048 and 4096."""
+    rows = []
+    for width in (64,) if args.tiny else (2048, 4096):
+        for state in STATES:
+            config = _gpu_config(args, width, state)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            result = train(config)
+            peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+            rows.append(
+                {
+                    "width": width,
+                    "optimizer_state": state,
+                    "parameters": config.model.parameter_count,
+                    "peak_memory_gib": None if peak is None else peak / 2**30,
+                    "tokens_per_s": result.tokens_per_s,
+                    "step_ms": 1e3 * config.tokens_per_step / result.tokens_per_s,
+                }
+            )
+            _log(args, rows[-1])
+    return {"rows": rows}
+
+
+def measure_quality(args: argparse.Namespace) -> dict[str, Any]:
+    """Eval loss at width 2048 after ``--steps`` steps with each moment precision."""
+    width = 64 if args.tiny else 2048
+    losses = {}
+    for state in STATES:
+        losses[state] = train(_gpu_config(args, width, state)).final_eval_loss
+        _log(args, {"width": width, "optimizer_state": state, "eval_loss": losses[state]})
+    ratios = {state: losses[state] / losses["fp32"] for state in STATES}
+    return {"width": width, "steps": args.steps, "eval_loss": losses, "ratio_to_fp32": ratios}
+
+
+PARTS = {"scales": measure_scales, "memory": measure_memory, "quality": measure_quality}
+
+
+def _log(args: argparse.Namespace, row: dict[str, Any]) -> None:
+    """A JSON line per measurement as it is made (`--log`): a run cut short keeps them."""
+    print(json.dumps(row), flush=True)
+    if args.log:
+        with open(args.log, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=["scales"])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--data", default=str(SHAKESPEARE))
+    parser.add_argument("--tiny", action="store_true", help="a CPU-sized check of the code")
+    parser.add_argument("--log", help="append a JSON line per measurement here")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON files go")
+    args = parser.parse_args(argv)
+    results = {}
+    for part in args.parts:
+        results[part] = PARTS[part](args) | {"environment": environment(), "tiny": args.tiny}
+        name = f"fp8_moments_{part}" + ("_tiny" if args.tiny else "")
+        path = write_json(name, results[part], directory=args.out)
+        print(f"{part}: {path}", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
