@@ -162,7 +162,10 @@ def test_fp8_moments_benchmark_runs_tiny(tmp_path):
     schemes = results["scales"]["schemes"]
     assert 0 < schemes["block_128"]["update_rms_error"] < 0.2
     assert [row["optimizer_state"] for row in results["memory"]["rows"]] == ["fp32", "bf16", "fp8"]
-    assert all(math.isfinite(v) for v in results["quality"]["eval_loss"].values())
+    quality = results["quality"]
+    assert all(math.isfinite(v) for v in quality["eval_loss"].values())
+    assert len(quality["fp32_eval_loss_by_seed"]) == 2  # the seed noise a gap is read against
+    assert quality["fp32_eval_loss_by_seed"][0] == quality["eval_loss"]["fp32"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f"fp8_moments_{part}_tiny.json" for part in ("memory", "quality", "scales")
     ]
