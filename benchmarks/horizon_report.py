@@ -23,6 +23,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import db
 from sweeper import service
 from sweeper.compare import trial_outcomes
@@ -51,12 +53,8 @@ def loss_at(fit: WidthOptimum, log2_lr: float) -> float:
     """The check's loss at ``log2_lr``, read off the parabola through its three points
     nearest it (the LRs a transfer gives fall between the grid's)."""
     nearest = sorted(fit.curve, key=lambda p: abs(math.log2(p[0]) - log2_lr))[:3]
-    (x0, y0), (x1, y1), (x2, y2) = ((math.log2(lr), loss) for lr, loss in nearest)
-    return (
-        y0 * (log2_lr - x1) * (log2_lr - x2) / ((x0 - x1) * (x0 - x2))
-        + y1 * (log2_lr - x0) * (log2_lr - x2) / ((x1 - x0) * (x1 - x2))
-        + y2 * (log2_lr - x0) * (log2_lr - x1) / ((x2 - x0) * (x2 - x1))
-    )
+    x, y = zip(*((math.log2(lr), loss) for lr, loss in nearest), strict=True)
+    return float(np.polyval(np.polyfit(x, y, 2), log2_lr))
 
 
 def plot(
