@@ -19,9 +19,9 @@ import db
 from sweeper.spec import SweepSpec
 from sweeper.transfer import (
     TrialOutcome,
-    at_longest_horizon,
     drift,
     drift_line,
+    transferred_slice,
     width_optimum,
 )
 from sweeper.views import LinePoint, LrCurve, SweepComparison, TransferMark
@@ -30,7 +30,8 @@ from sweeper.views import LinePoint, LrCurve, SweepComparison, TransferMark
 def trial_outcomes(trials: Iterable[db.Trial], spec: SweepSpec) -> list[TrialOutcome]:
     """The trials a transfer fits (the service's transfer and the views alike): completed
     ones with their loss, diverged ones as points without one, each with the tokens it
-    was planned to train on (its own ``steps`` where the sweep varies the horizon)."""
+    was planned to train on and its depth (its own ``steps`` and ``depth`` where the sweep
+    varies them)."""
     base = spec.train
     return [
         TrialOutcome(
@@ -41,6 +42,7 @@ def trial_outcomes(trials: Iterable[db.Trial], spec: SweepSpec) -> list[TrialOut
             # Pruned trials stopped early and would bias the curve; unfinished ones have none.
             loss=t.final_eval_loss if t.status is db.TrialStatus.COMPLETED else None,
             tokens=int(t.params.get("steps", base.steps)) * base.tokens_per_step,
+            depth=int(t.params.get("depth", base.model.depth)),
         )
         for t in trials
         if t.status in (db.TrialStatus.COMPLETED, db.TrialStatus.DIVERGED) and "lr" in t.params
@@ -55,7 +57,7 @@ def compare_sweep(
 ) -> SweepComparison:
     """One sweep's part of a comparison (``transfers`` newest first, as db lists them)."""
     by_width: dict[int, list[TrialOutcome]] = defaultdict(list)
-    for outcome in at_longest_horizon(trial_outcomes(trials, spec)):
+    for outcome in transferred_slice(trial_outcomes(trials, spec)):
         by_width[outcome.width].append(outcome)
     optima = [fit for width in sorted(by_width) if (fit := width_optimum(width, by_width[width]))]
     latest: dict[int, TransferMark] = {}

@@ -545,7 +545,13 @@ def sweep_curves(database: db.Database, sweep_id: int) -> SweepCurves:
     progress = sweep_progress(database, sweep_id)
     points = db.get_curves(database, sweep_id=sweep_id)
     transfers = db.list_transfers(database, sweep_id=sweep_id)
-    best = progress.best_per_width()
+    # Each width's line is what the transfer fits (`sweeper.transfer.transferred_slice`):
+    # the longest horizon and the deepest depth swept, at that slice's best WD and tau.
+    search = progress.spec.search
+    transferred = (
+        search.steps[-1] if search.steps else None,
+        search.depth[-1] if search.depth else None,
+    )
     widths = []
     for width in progress.spec.widths:
         at_width = [
@@ -555,6 +561,7 @@ def sweep_curves(database: db.Database, sweep_id: int) -> SweepCurves:
                 wd=t.params.get("wd", 0.0),
                 tau=t.params.get("tau"),
                 steps=t.params.get("steps"),
+                depth=t.params.get("depth"),
                 final_eval_loss=t.final_eval_loss,
                 status=t.status,
             )
@@ -562,17 +569,16 @@ def sweep_curves(database: db.Database, sweep_id: int) -> SweepCurves:
             if t.width == width and "lr" in t.params
         ]
         at_width.sort(key=lambda p: p.lr)
-        best_id = best[width].id if width in best else None
-        best_point = next((p for p in at_width if p.trial_id == best_id), None)
-        line = [
+        in_slice = [
             p
             for p in at_width
             if p.final_eval_loss is not None
             and p.status is db.TrialStatus.COMPLETED
-            and (
-                best_point is None
-                or (p.wd, p.tau, p.steps) == (best_point.wd, best_point.tau, best_point.steps)
-            )
+            and (p.steps, p.depth) == transferred
+        ]
+        best_point = min(in_slice, key=lambda p: p.final_eval_loss or 0.0, default=None)
+        line = [
+            p for p in in_slice if best_point and (p.wd, p.tau) == (best_point.wd, best_point.tau)
         ]
         widths.append(WidthCurve(width=width, line=line, points=at_width, best=best_point))
     trials = [TrialCurve.of(t, points.get(t.id, [])) for t in progress.trials]

@@ -19,12 +19,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from models import TrainConfig
+from models import ModelConfig, TrainConfig
 
 SearchAlgorithm = Literal["grid", "tpe"]
 # Trials a sweep may plan: its plan is enumerated whenever its progress is read.
@@ -65,6 +66,12 @@ class SearchSpace(_Strict):
         description="token horizons: train steps of each proxy, two or more (grid only); the"
         " transfer fits how the optimum moves with tokens and carries it to the target's",
     )
+    depth: list[int] | None = Field(
+        None,
+        min_length=2,
+        description="proxy depths (blocks), two or more (grid only): the transfer measures"
+        " how the optimum moves with depth under the model's depth_rule",
+    )
 
     @field_validator("wd")
     @classmethod
@@ -73,13 +80,13 @@ class SearchSpace(_Strict):
             raise ValueError("weight decay values must be >= 0")
         return values
 
-    @field_validator("steps")
+    @field_validator("steps", "depth")
     @classmethod
-    def _distinct_positive_steps(cls, values: list[int] | None) -> list[int] | None:
+    def _distinct_positive(cls, values: list[int] | None, info: ValidationInfo) -> list[int] | None:
         if values is None:
             return None
         if any(v < 1 for v in values) or len(set(values)) != len(values):
-            raise ValueError("steps must be distinct and >= 1")
+            raise ValueError(f"{info.field_name} values must be distinct and >= 1")
         return sorted(values)
 
     @field_validator("tau")
@@ -105,7 +112,7 @@ class Resources(_Strict):
 
 
 # The values a trial's params may hold: a grid trial's point, or what TPE suggests.
-TRIAL_VALUES = ("lr", "wd", "tau", "steps")
+TRIAL_VALUES = ("lr", "wd", "tau", "steps", "depth")
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ class TrialPlan:
 
     key: str
     width: int
-    params: dict[str, float]  # lr, wd and, when swept, tau and steps; empty for a TPE slot
+    params: dict[str, float]  # lr, wd and, when swept, tau, steps, depth; empty for TPE
 
 
 class SweepSpec(_Strict):
@@ -160,6 +167,7 @@ class SweepSpec(_Strict):
                 * len(self.search.wd)
                 * len(self.search.tau or [0])
                 * len(self.search.steps or [0])
+                * len(self.search.depth or [0])
             )
         if per_width * len(self.widths) > MAX_TRIALS:
             raise ValueError(
@@ -175,16 +183,33 @@ class SweepSpec(_Strict):
             raise ValueError("tau is swept only in the mus parametrization")
         return search
 
-    # Token horizons (search.steps) need a grid without ASHA: TPE would model trials of
-    # different horizons as one objective, and ASHA would stop a long trial by the loss a
-    # short one reaches at the same step.
+    @field_validator("search")
+    @classmethod
+    def _every_depth_builds(cls, search: SearchSpace, info: ValidationInfo) -> SearchSpace:
+        """A swept depth must make a valid model (a depth rule raises tau at shallow depth)."""
+        train = info.data.get("train")  # absent when train itself failed validation
+        for depth in search.depth or []:
+            if train is None:
+                break
+            try:
+                ModelConfig.model_validate(train.model.model_dump() | {"depth": depth})
+            except ValidationError as e:
+                reason = e.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ValueError(f"depth {depth}: {reason}") from None
+        return search
+
+    # Token horizons (search.steps) and depths (search.depth) need a grid without ASHA: TPE
+    # would model trials of different horizons or depths as one objective, and ASHA would
+    # stop a long (or shallow) trial by the loss a short (or deep) one reaches at that step.
     @field_validator("algorithm", "asha")
     @classmethod
-    def _horizons_on_a_plain_grid(cls, value: Any, info: ValidationInfo) -> Any:
+    def _axes_on_a_plain_grid(cls, value: Any, info: ValidationInfo) -> Any:
         search = info.data.get("search")
         chosen = value != "grid" if info.field_name == "algorithm" else value
-        if chosen and search is not None and search.steps is not None:
-            raise ValueError("search.steps (token horizons) needs algorithm 'grid' without asha")
+        if chosen and search is not None:
+            for axis, what in (("steps", "token horizons"), ("depth", "depths")):
+                if getattr(search, axis) is not None:
+                    raise ValueError(f"search.{axis} ({what}) needs algorithm 'grid' without asha")
         return value
 
     @classmethod
@@ -215,14 +240,18 @@ class SweepSpec(_Strict):
                 continue
             taus: list[float | None] = list(self.search.tau) if self.search.tau else [None]
             horizons: list[int | None] = list(self.search.steps) if self.search.steps else [None]
-            grid = itertools.product(horizons, self.search.lr.grid(), self.search.wd, taus)
-            for steps, lr, wd, tau in grid:
+            depths: list[int | None] = list(self.search.depth) if self.search.depth else [None]
+            grid = itertools.product(depths, horizons, self.search.lr.grid(), self.search.wd, taus)
+            for depth, steps, lr, wd, tau in grid:
                 params: dict[str, float] = {"lr": lr, "wd": wd}
-                parts = [f"w{width}"] + ([] if steps is None else [f"s{steps}"])
+                parts = [f"w{width}"] + ([] if depth is None else [f"d{depth}"])
+                parts += [] if steps is None else [f"s{steps}"]
                 parts += [f"lr{lr:.6g}", f"wd{wd:g}"]
                 if tau is not None:
                     params["tau"] = tau
                     parts.append(f"tau{tau:g}")
                 if steps is not None:
                     params["steps"] = steps
+                if depth is not None:
+                    params["depth"] = depth
                 yield TrialPlan(key="-".join(parts), width=width, params=params)

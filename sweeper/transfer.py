@@ -18,6 +18,15 @@ LR falls as training gets longer. A sweep that runs its proxies at two or more h
 against log2(tokens), pooled over the widths (LR*(D) ∝ D^slope; Bjorck et al. 2025 fit the
 same power law), carries the longest horizon's transferred value to the target's tokens.
 With one horizon the transfer warns when the target trains far longer or shorter.
+
+Depth: a sweep that runs its proxies at two or more depths (``search.depth``) gives each
+depth its own width optima; the slope of log2(optimum) against log2(depth), pooled over the
+widths as for tokens, is the depth drift: near 0 when the model's depth rule
+(`models.width_rules.Depth`) carries the optimum, and warned about beyond the threshold.
+The rule, not the fit, carries the base LR to the target's depth (the deepest proxies'
+optimum is the one transferred): a fitted slope extrapolated from shallow proxies to a
+deep target would carry its noise with it, as the horizon measurement showed
+(docs/HORIZON.md).
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ class TrialOutcome:
     loss: float | None
     tau: float | None = None
     tokens: int | None = None
+    depth: int | None = None  # the trial's blocks; None when unknown: one depth
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,15 @@ class HorizonOptima:
 
 
 @dataclass(frozen=True)
+class DepthOptima:
+    """The width optima of the proxies ``depth`` blocks deep (at the longest horizon)."""
+
+    depth: int
+    widths: list[WidthOptimum]
+    drift: Drift | None
+
+
+@dataclass(frozen=True)
 class HorizonFit:
     """How the optimum moves with training tokens, and the move to the target's tokens."""
 
@@ -136,6 +155,8 @@ class TransferResult:
     to_depth: int | None = None  # the target's depth, when it is not the proxies'
     horizons: list[HorizonOptima] = field(default_factory=list)  # with 2+ horizons swept
     horizon: HorizonFit | None = None  # with 2+ horizons and the target's tokens
+    depths: list[DepthOptima] = field(default_factory=list)  # with 2+ depths swept
+    depth_drift: Drift | None = None  # log2(optimum) per doubling of depth, pooled
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,33 +248,38 @@ def drift_line(optima: Sequence[WidthOptimum], d: Drift, width: int) -> float:
     return float(2 ** (math.log2(widest.lr.value) + d.slope * log2_ratio))
 
 
-def drift_warning(d: Drift) -> str | None:
+def drift_warning(d: Drift, axis: Literal["width", "depth"] = "width") -> str | None:
     """A drift beyond the threshold by two standard errors makes transfer unreliable; one
     that the proxies cannot tell from that (beyond it, but within the noise, or too noisy
     to say) asks for a finer sweep rather than condemning the setup."""
     measured = (
-        f"{d.slope:+.2f} ± {d.uncertainty:.2f} log2 per doubling of width"
+        f"{d.slope:+.2f} ± {d.uncertainty:.2f} log2 per doubling of {axis}"
         f" (threshold ±{DRIFT_THRESHOLD})"
     )
     if abs(d.slope) - 2 * d.uncertainty > DRIFT_THRESHOLD:
-        return f"the optimal LR drifts by {measured}: transfer is not reliable for this setup"
+        remedy = "" if axis == "width" else " (model.depth_rule sets how depth is carried)"
+        return (
+            f"the optimal LR drifts by {measured}: transfer across {axis} is not reliable for"
+            f" this setup{remedy}"
+        )
     if abs(d.slope) > DRIFT_THRESHOLD or d.uncertainty > DRIFT_THRESHOLD:
         return (
             f"the drift of the optimal LR is uncertain, {measured}: sweep more LR points or"
-            " more widths before trusting the transfer"
+            f" more {axis}s before trusting the transfer"
         )
     return None
 
 
-def horizon_slope(horizons: Sequence[HorizonOptima]) -> Drift | None:
-    """Weighted least-squares slope of log2(optimum) against log2(tokens), one slope for
-    every width (each width centred on its own mean: widths differ in their optimum, not
-    in how it moves); None unless some width was fitted at two or more horizons."""
+def pooled_slope(slices: Iterable[tuple[float, Sequence[WidthOptimum]]]) -> Drift | None:
+    """Weighted least-squares slope of log2(optimum) against log2(at) for the width optima
+    at each ``at`` (a horizon's tokens, a depth), one slope for every width (each width
+    centred on its own mean: widths differ in their optimum, not in how it moves); None
+    unless some width was fitted at two or more values of ``at``."""
     by_width: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
-    for h in horizons:
-        for o in h.widths:
+    for at, optima in slices:
+        for o in optima:
             weight = 1 / max(o.lr.log2_uncertainty, 1e-3) ** 2
-            by_width[o.width].append((math.log2(h.tokens), math.log2(o.lr.value), weight))
+            by_width[o.width].append((math.log2(at), math.log2(o.lr.value), weight))
     sxx = sxy = 0.0
     for points in by_width.values():
         if len(points) < 2:
@@ -302,19 +328,33 @@ def _width_optima(
     return optima
 
 
-def by_horizon(outcomes: Iterable[TrialOutcome]) -> dict[int | None, list[TrialOutcome]]:
-    """The outcomes of each token horizon, shortest first (None: unknown, one horizon)."""
+def _grouped(
+    outcomes: Iterable[TrialOutcome], attr: Literal["tokens", "depth"]
+) -> dict[int | None, list[TrialOutcome]]:
     groups: dict[int | None, list[TrialOutcome]] = defaultdict(list)
     for o in outcomes:
-        groups[o.tokens].append(o)
+        groups[getattr(o, attr)].append(o)
     return dict(sorted(groups.items(), key=lambda item: item[0] or 0))
 
 
-def at_longest_horizon(outcomes: Iterable[TrialOutcome]) -> list[TrialOutcome]:
-    """The outcomes at the longest horizon swept: the width transfer's (and the LR curves
-    a comparison draws)."""
-    groups = by_horizon(outcomes)
-    return groups[list(groups)[-1]] if groups else []
+def by_horizon(outcomes: Iterable[TrialOutcome]) -> dict[int | None, list[TrialOutcome]]:
+    """The outcomes of each token horizon, shortest first (None: unknown, one horizon)."""
+    return _grouped(outcomes, "tokens")
+
+
+def by_depth(outcomes: Iterable[TrialOutcome]) -> dict[int | None, list[TrialOutcome]]:
+    """The outcomes of each depth, shallowest first (None: unknown, one depth)."""
+    return _grouped(outcomes, "depth")
+
+
+def transferred_slice(outcomes: Iterable[TrialOutcome]) -> list[TrialOutcome]:
+    """The outcomes at the deepest depth and the longest horizon swept: the ones the width
+    transfer fits (and whose LR curves a comparison draws)."""
+    depths = by_depth(outcomes)
+    if not depths:
+        return []
+    horizons = by_horizon(depths[list(depths)[-1]])
+    return horizons[list(horizons)[-1]]
 
 
 def horizon_warning(proxy_tokens: int, target_tokens: int) -> str | None:
@@ -338,14 +378,21 @@ def compute_transfer(
     to_tokens: int | None = None,
     to_depth: int | None = None,
 ) -> TransferResult:
-    """Fit every proxy width at every horizon, measure the drifts and derive the target's
-    per-group values (at ``to_tokens`` when given and two or more horizons were swept; at
-    ``to_depth`` through the model's depth rule)."""
-    groups = by_horizon(outcomes)
-    if not groups:
+    """Fit every proxy width at every horizon and depth, measure the drifts and derive the
+    target's per-group values (at ``to_tokens`` when given and two or more horizons were
+    swept; at ``to_depth`` through the model's depth rule)."""
+    depth_groups = by_depth(outcomes)
+    if not depth_groups:
         raise ValueError("no width has a finite result: nothing to transfer")
-    longest = list(groups)[-1]
+    deepest = list(depth_groups)[-1]
     warnings: list[str] = []
+    depths: list[DepthOptima] = []  # each shallower depth's, at its longest horizon
+    for depth, at_depth in list(depth_groups.items())[:-1]:
+        assert depth is not None  # trial_outcomes gives every outcome its depth
+        fits = _width_optima(transferred_slice(at_depth), warnings, f"depth {depth}: ")
+        depths.append(DepthOptima(depth, fits, drift(fits)))
+    groups = by_horizon(depth_groups[deepest])
+    longest = list(groups)[-1]
     horizons: list[HorizonOptima] = []
     if len(groups) > 1:  # each horizon's optima, its warnings named by its tokens
         for tokens, at_tokens in groups.items():
@@ -361,11 +408,18 @@ def compute_transfer(
     slope = drift(optima)
     if slope is not None and (warning := drift_warning(slope)):
         warnings.append(warning)
+    depth_drift = None
+    if depths:
+        assert deepest is not None
+        depths.append(DepthOptima(deepest, optima, slope))
+        depth_drift = pooled_slope((d.depth, d.widths) for d in depths)
+        if depth_drift is not None and (warning := drift_warning(depth_drift, "depth")):
+            warnings.append(warning)
     weights = [o.width / max(o.lr.log2_uncertainty, 1e-3) ** 2 for o in optima]
     log2_lr = sum(w * math.log2(o.lr.value) for w, o in zip(weights, optima, strict=True))
     base_lr = 2 ** (log2_lr / sum(weights))
     horizon = None
-    tokens_slope = horizon_slope(horizons)
+    tokens_slope = pooled_slope((h.tokens, h.widths) for h in horizons)
     if to_tokens is not None and longest is not None:
         if tokens_slope is not None:
             log2_ratio = math.log2(to_tokens / longest)
@@ -383,9 +437,10 @@ def compute_transfer(
     extrapolated = drift_line(optima, slope, to_width) if slope is not None else None
     widest = optima[-1]  # WD and tau: the choice at the widest proxy
     target = model.model_copy(update={"width": to_width, "depth": to_depth or model.depth})
-    if target.depth != model.depth and model.depth_rule == "none":
+    proxy_depth = deepest or model.depth
+    if target.depth != proxy_depth and model.depth_rule == "none":
         warnings.append(
-            f"the proxies are {model.depth} blocks deep and the target {target.depth}, with no"
+            f"the proxies are {proxy_depth} blocks deep and the target {target.depth}, with no"
             " depth rule: the optimum may move with depth (model.depth_rule: completep or"
             " sqrt carries it)"
         )
@@ -408,6 +463,8 @@ def compute_transfer(
         to_depth=to_depth,
         horizons=horizons,
         horizon=horizon,
+        depths=depths,
+        depth_drift=depth_drift,
     )
 
 

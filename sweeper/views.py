@@ -206,6 +206,7 @@ class LrPoint(View):
     wd: float
     tau: float | None = None
     steps: int | None = Field(None, description="its train steps, where horizons are swept")
+    depth: int | None = Field(None, description="its depth, where depths are swept")
     final_eval_loss: float | None
     status: db.TrialStatus
 

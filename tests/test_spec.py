@@ -48,6 +48,22 @@ def test_a_grid_at_two_horizons_plans_every_point_at_each():
     assert (trial.model.width, trial.steps, trial.lr, trial.wd) == (64, 40, 2**-2, 0.1)
 
 
+def test_a_grid_at_two_depths_plans_every_point_at_each_and_checks_each_depth():
+    s = spec(search=BASE["search"] | {"depth": [4, 2]})
+    assert s.search.depth == [2, 4]
+    plan = s.plan()
+    assert len(plan) == 2 * 2 * 4 * 2 and len({p.key for p in plan}) == len(plan)
+    assert plan[0].key == f"w32-d2-lr{2**-8:.6g}-wd0" and plan[0].params["depth"] == 2
+    trial = s.trial_config(plan[-1].width, plan[-1].params)
+    assert (trial.model.width, trial.model.depth, trial.lr) == (64, 4, 2**-2)
+    # CompleteP from base depth 4 multiplies tau 0.4 by (4/2)^2 at depth 2: past 1
+    model = BASE["train"]["model"] | {"depth": 4, "depth_rule": "completep", "base_depth": 4}
+    with pytest.raises(ValidationError) as info:
+        spec(train=BASE["train"] | {"model": model}, search=BASE["search"] | {"depth": [2, 4]})
+    assert info.value.errors()[0]["loc"] == ("search",)
+    assert "depth 2: tau 0.4 at depth 2 under completep" in str(info.value)
+
+
 def test_tpe_plan_and_tau():
     s = spec(algorithm="tpe", trials_per_width=3, search=BASE["search"] | {"tau": [0.2, 0.4]})
     assert [p.key for p in s.plan()] == [f"w{w}-t{n:03d}" for w in (32, 64) for n in range(3)]
@@ -75,6 +91,10 @@ def test_tpe_plan_and_tau():
         ({"search": BASE["search"] | {"steps": [0, 10]}}, ("search", "steps")),
         ({"search": BASE["search"] | {"steps": [10, 40]}, "algorithm": "tpe"}, ("algorithm",)),
         ({"search": BASE["search"] | {"steps": [10, 40]}, "asha": True}, ("asha",)),
+        ({"search": BASE["search"] | {"depth": [2]}}, ("search", "depth")),
+        ({"search": BASE["search"] | {"depth": [0, 2]}}, ("search", "depth")),
+        ({"search": BASE["search"] | {"depth": [2, 4]}, "algorithm": "tpe"}, ("algorithm",)),
+        ({"search": BASE["search"] | {"depth": [2, 4]}, "asha": True}, ("asha",)),
     ],
 )
 def test_errors_name_the_field(overrides, loc):
@@ -101,6 +121,14 @@ def test_example_spec_loads():
     horizons = SweepSpec.stored(yaml.safe_load((REPO / "examples/horizon_sweep.yaml").read_text()))
     assert horizons.search.steps is not None and len(horizons.search.steps) == 2
     assert len(horizons.plan()) == 3 * 7 * 2
+    depths = SweepSpec.stored(yaml.safe_load((REPO / "examples/depth_sweep.yaml").read_text()))
+    assert depths.search.depth == [2, 4] and len(depths.plan()) == 3 * 7 * 2
+    check = SweepSpec.stored(yaml.safe_load((REPO / "examples/depth_check.yaml").read_text()))
+    assert check.train.model.depth == 12 and check.train.model.depth_rule == "completep"
+    for rule in ("sqrt", "none"):  # the other rules of the measurement, as its note says
+        model = depths.train.model.model_dump() | {"depth_rule": rule}
+        spec_dict = depths.model_dump(mode="json")
+        SweepSpec.stored(spec_dict | {"train": spec_dict["train"] | {"model": model}})
 
 
 def test_a_stored_spec_outlives_its_data_file(tmp_path):

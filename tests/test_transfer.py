@@ -216,3 +216,39 @@ def test_a_deeper_target_takes_the_depth_rule_and_without_one_a_warning():
     unruled = compute_transfer(outcomes, model=MODEL, to_width=1024, to_depth=16)
     assert [g.lr for g in unruled.groups] == [g.lr for g in flat.groups]
     assert any("no depth rule" in w for w in unruled.warnings)
+
+
+def at_depths(slope: float, widths=(64, 128), depths=(2, 4, 8)):
+    """Proxies whose optimum is 2^-5 at depth 2 and moves by ``slope`` log2 per doubling of
+    depth, the same at every width."""
+    return [
+        dataclasses.replace(o, depth=d)
+        for i, d in enumerate(depths)
+        for w in widths
+        for o in curve(w, -5.0 + slope * math.log2(d / depths[0]), seed=11 * i)
+    ]
+
+
+@pytest.mark.parametrize("true_slope", [0.0, 0.6])
+def test_the_depth_drift_is_measured_and_warned_about_and_the_deepest_proxies_transfer(
+    true_slope,
+):
+    model = MODEL.model_copy(update={"depth_rule": "completep", "base_depth": 2, "tau": 0.1})
+    result = compute_transfer(at_depths(true_slope), model=model, to_width=1024, to_depth=16)
+    assert [d.depth for d in result.depths] == [2, 4, 8]
+    assert result.depth_drift is not None
+    assert result.depth_drift.slope == pytest.approx(true_slope, abs=0.1)
+    assert result.widths == result.depths[-1].widths  # the deepest proxies' optima
+    assert math.log2(result.base_lr) == pytest.approx(-5.0 + 2 * true_slope, abs=0.2)
+    warned = [w for w in result.warnings if "per doubling of depth" in w]
+    assert bool(warned) == (true_slope > 0.25)
+    assert all("depth_rule" in w for w in warned)
+
+
+def test_a_weak_fit_at_a_shallow_depth_is_named_by_its_depth():
+    outcomes = [o for o in at_depths(0.0) if not (o.depth == 2 and o.width == 64 and o.lr > 2**-5)]
+    result = compute_transfer(outcomes, model=MODEL, to_width=1024)
+    assert any(w.startswith("depth 2: width 64: the best LR") for w in result.warnings)
+    # one depth swept: no depth axis
+    flat = compute_transfer([o for o in outcomes if o.depth == 8], model=MODEL, to_width=1024)
+    assert flat.depths == [] and flat.depth_drift is None

@@ -484,12 +484,12 @@ function lrCurveTraces(curves) {
   return traces;
 }
 
-function driftText(transfer) {
+function driftText(transfer, axis = "width") {
   if (!transfer || !transfer.drift) return "";
   const d = transfer.drift;
   const slope = Math.abs(d.slope) < 0.005 ? "0.00" : `${d.slope > 0 ? "+" : ""}${d.slope.toFixed(2)}`;
   return `drift ${slope} ± ${d.uncertainty.toFixed(2)} ` +
-    "log2(LR*) per doubling of width";
+    `log2(LR*) per doubling of ${axis}`;
 }
 
 function horizonText(hz) {
@@ -707,6 +707,11 @@ function transferPanel(sweepId, onTransfer) {
             (t.horizons || []).length ? [h("dt", { text: "drift per horizon" }),
               h("dd", { id: "transfer-horizon-drifts", text: t.horizons.map((o) =>
                 `${o.tokens.toLocaleString("en")} tokens: ${driftText(o) || "–"}`).join("; ") })]
+              : null,
+            t.depth_drift ? [h("dt", { text: "depth drift" }),
+              h("dd", { id: "transfer-depth-drift",
+                text: `${driftText({ drift: t.depth_drift }, "depth")}` +
+                  ` (depths ${t.depths.map((o) => o.depth).join(", ")})` })]
               : null,
             t.horizon ? [h("dt", { text: "horizon" }),
               h("dd", { id: "transfer-horizon", text: horizonText(t.horizon) })] : null),

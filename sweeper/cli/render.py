@@ -167,6 +167,11 @@ def transfer(transferred: service.TransferView) -> None:
                 f"  at {h['tokens']:,} tokens: {h['drift']['slope']:+.3f} ±"
                 f" {h['drift']['uncertainty']:.3f}"
             )
+    if (d := r.get("depth_drift")) is not None:  # stored before depths were: none
+        console.print(
+            f"depth drift: {d['slope']:+.3f} ± {d['uncertainty']:.3f} log2(LR) per doubling"
+            f" of depth, over depths {', '.join(str(o['depth']) for o in r['depths'])}"
+        )
     if (h := r.get("horizon")) is not None:
         console.print(
             f"horizon: {h['slope']:+.3f} ± {h['uncertainty']:.3f} log2(LR) per doubling of"

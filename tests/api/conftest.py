@@ -102,14 +102,17 @@ def client(make_client) -> TestClient:
     return make_client()
 
 
-# A horizon sweep's made-up optimum falls by this much log2(LR) per doubling of steps.
+# A horizon sweep's made-up optimum falls by this much log2(LR) per doubling of steps,
+# and a depth sweep's moves by DEPTH_SLOPE per doubling of depth.
 HORIZON_SLOPE = -0.5
+DEPTH_SLOPE = 0.5
 
 
-def loss_at(width: int, lr: float, steps: int) -> float:
+def loss_at(width: int, lr: float, steps: int, depth: int) -> float:
     """A made-up LR curve: a parabola in log2(LR) with its minimum at 2^-4 at every width
-    at 20 steps (the tiny sweep's), moving by HORIZON_SLOPE per doubling of steps."""
-    optimum = -4.0 + HORIZON_SLOPE * math.log2(steps / 20)
+    at 20 steps and 2 blocks (the tiny sweep's), moving by HORIZON_SLOPE per doubling of
+    steps and DEPTH_SLOPE per doubling of depth."""
+    optimum = -4.0 + HORIZON_SLOPE * math.log2(steps / 20) + DEPTH_SLOPE * math.log2(depth / 2)
     return 3.0 - 0.1 * math.log2(width) + 0.05 * (math.log2(lr) - optimum) ** 2
 
 
@@ -134,7 +137,8 @@ def record_sweep(
             database, sweep_id=sweep_id, key=trial.key, width=trial.width, params=trial.params
         )
         steps = int(trial.params.get("steps", validated.train.steps))
-        final = loss_at(trial.width, trial.params["lr"], steps)
+        depth = int(trial.params.get("depth", validated.train.model.depth))
+        final = loss_at(trial.width, trial.params["lr"], steps, depth)
         diverged = trial.params["lr"] > diverge_above
         points = [
             db.MetricPoint(
@@ -171,6 +175,11 @@ def auth() -> dict[str, str]:
 @pytest.fixture
 def horizon_slope() -> float:
     return HORIZON_SLOPE
+
+
+@pytest.fixture
+def depth_slope() -> float:
+    return DEPTH_SLOPE
 
 
 @pytest.fixture

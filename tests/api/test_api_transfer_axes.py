@@ -6,6 +6,9 @@ target."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -116,3 +119,43 @@ def test_a_deeper_target_gets_the_depth_rule_s_values_and_bad_depths_are_422(
     )
     assert shallow.status_code == 422, shallow.text
     assert shallow.json()["field"] == "to_depth" and "not below 1" in shallow.json()["reason"]
+
+
+def test_a_sweep_at_two_depths_reports_the_depth_drift_over_rest_and_in_the_dashboard(
+    env, client, auth, database, make_spec, record, page, depth_slope
+):
+    base = make_spec(name="depths", search=HORIZONS | {"steps": None, "depth": [2, 4, 8]})
+    model = base["train"]["model"] | {"depth_rule": "completep", "base_depth": 2, "tau": 0.2}
+    sweep = record(base | {"train": base["train"] | {"model": model}})
+    response = client.post(
+        f"/sweeps/{sweep}/transfer", json={"to_width": 256, "to_depth": 16}, headers=auth
+    )
+    assert response.status_code == 201, response.text
+    result = response.json()["result"]
+    assert [d["depth"] for d in result["depths"]] == [2, 4, 8]
+    for d, log2_optimum in zip(result["depths"], [-4.0, -3.5, -3.0], strict=True):
+        assert [math.log2(w["lr"]["value"]) for w in d["widths"]] == pytest.approx(
+            [log2_optimum] * 2, abs=0.05
+        )
+    assert result["depth_drift"]["slope"] == pytest.approx(depth_slope, abs=0.05)
+    # the deepest proxies' optimum is transferred; the rule, not the fit, carries depth
+    assert math.log2(result["base_lr"]) == pytest.approx(-3.0, abs=0.05)
+    assert result["widths"] == result["depths"][-1]["widths"]
+    assert any("per doubling of depth" in w for w in result["warnings"])
+
+    # The CLI prints the same drift (env put the test's database in os.environ).
+    cli = subprocess.run(
+        [sys.executable, "-m", "sweeper", "transfer", "--sweep", str(sweep), "--to-width", "256"],
+        capture_output=True, text=True, env=os.environ, check=True,
+    )  # fmt: skip
+    assert "depth drift: +0.500 ± " in cli.stdout and "over depths 2, 4, 8" in cli.stdout
+
+    # The dashboard's LR line at each width is the deepest proxies'.
+    curves = client.get(f"/sweeps/{sweep}/curves").json()
+    for width in curves["widths"]:
+        assert {p["depth"] for p in width["line"]} == {8} and len(width["points"]) == 27
+    with serve(env["SWEEPER_DB_URL"]) as url:
+        page.goto(f"{url}/#/sweeps/{sweep}")
+        drift = page.locator("#transfer-depth-drift").inner_text()
+        assert drift.startswith("drift +0.50 ±") and drift.endswith("(depths 2, 4, 8)")
+        assert "per doubling of depth" in drift
