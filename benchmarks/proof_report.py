@@ -173,6 +173,8 @@ def experiments_markdown(results: dict[str, Any], pictures: dict[str, str]) -> s
         "`benchmarks/results/transfer_proof.json` and the database it was computed from; "
         "rerun it rather than editing by hand."
         + ("" if results["complete"] else " **The experiment is not complete.**"),
+        "Beyond width, with the same machinery (issue 20): transfer across the token horizon "
+        "in [HORIZON.md](HORIZON.md), across depth in [DEPTH.md](DEPTH.md).",
         "## What ran",
         f"Proxies: widths {', '.join(map(str, proxies['widths']))}, depth {model['depth']}, "
         f"head_dim {model['head_dim']}, seq {model['seq_len']}, batch {train['batch_size']}, "

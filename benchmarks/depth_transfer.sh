@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 20's depth measurement on one GPU: for each depth rule named, the proxies of
+# examples/depth_sweep.yaml (widths 128 and 256, depths 2 and 4) and the check sweep of
+# examples/depth_check.yaml (width 256, depth 12) under that rule, all in one database:
+#   SWEEPER_DB_URL=sqlite:///benchmarks/results/depth/depth.db \
+#       bash benchmarks/depth_transfer.sh completep sqrt none
+# then anywhere: python -m benchmarks.depth_report (it computes the transfers).
+# Widths stop at 256 so that the check isolates depth: its width is a proxy width.
+# LIMIT_S bounds each sweep (a device call has a hard limit); a sweep cut short stays in the
+# database as it was left, and the report skips a rule without both of its sweeps.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+specs=$(mktemp -d)
+for rule in "$@"; do
+    sed "s/depth_rule: completep/depth_rule: $rule/; s/name: depth-completep/name: depth-$rule/;
+         s/widths: \[128, 256, 512\]/widths: [128, 256]/" examples/depth_sweep.yaml \
+        > "$specs/proxies-$rule.yaml"
+    sed "s/depth_rule: completep/depth_rule: $rule/; s/check-completep/check-$rule/" \
+        examples/depth_check.yaml > "$specs/check-$rule.yaml"
+    for part in proxies check; do
+        start=$SECONDS
+        timeout "${LIMIT_S:-3000}" python3 -m sweeper sweep start "$specs/$part-$rule.yaml" --wait
+        echo "== $rule $part: rc=$?, $((SECONDS - start)) s"
+    done
+done
