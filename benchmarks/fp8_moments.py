@@ -7,7 +7,10 @@ Three parts, each written to ``benchmarks/results/fp8_moments_<part>.json``:
   zero by their casts (e4m3, e5m2, round to nearest) and the RMS error of the Adam update
   m / (sqrt(v) + eps) against fp32 moments, over every parameter.
 * ``memory`` (GPU): peak memory and steady-state step time of µS FP8 training at widths
-  2048 and 4096 (depth 4, seq 1024, 16 sequences) with fp32, bf16 and fp8 moments.
+  2048 and 4096 (depth 4, seq 1024, 16 sequences) with fp32 moments (torch's fused AdamW),
+  and bf16 and fp8 moments with `CompressedAdamW`'s torch path and its fused kernel
+  (`kernels.triton_adam`), each with its ratios to fp32's. Without CUDA the fused kernel is
+  skipped (its variants listed under ``skipped``).
 * ``quality`` (GPU): eval loss after ``--steps`` steps at width 2048 with each moment
   precision, and its ratio to fp32 moments' (the issue's goal: within 0.3%).
 
@@ -21,16 +24,21 @@ Three parts, each written to ``benchmarks/results/fp8_moments_<part>.json``:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
+import models.optim
 from benchmarks.common import RESULTS, environment, write_json
 from models import ModelConfig, TrainConfig, train
-from models.compressed_adam import BLOCK_SIZE, FP8_FORMATS, dequantize, quantize
+from models.compressed_adam import BLOCK_SIZE, FP8_FORMATS, CompressedAdamW, dequantize, quantize
 from models.config import OptimizerState
 from models.data import Batches, split_corpus
 from models.optim import build_optimizer
@@ -39,6 +47,11 @@ from models.train import build_model
 
 SHAKESPEARE = Path(__file__).resolve().parents[1] / "tests" / "data" / "shakespeare.txt"
 STATES: tuple[OptimizerState, ...] = ("fp32", "bf16", "fp8")
+# (moments, fused): fp32 is torch's fused AdamW; bf16 and fp8 are CompressedAdamW's torch
+# path and its Triton kernel.
+MEMORY_VARIANTS: tuple[tuple[OptimizerState, bool], ...] = (
+    ("fp32", True), ("bf16", False), ("bf16", True), ("fp8", False), ("fp8", True),
+)  # fmt: skip
 EPS = 1e-8  # AdamW's
 
 
@@ -104,29 +117,55 @@ def _gpu_config(args: argparse.Namespace, width: int, state: OptimizerState) -> 
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def _compressed_adam(fused: bool) -> Iterator[None]:
+    """`train` with `CompressedAdamW` built ``fused`` or not: its optimizer is made inside
+    (`models.optim.build_optimizer`), and its config has no field for this (on CUDA the
+    default is fused)."""
+    with mock.patch.object(
+        models.optim, "CompressedAdamW", functools.partial(CompressedAdamW, fused=fused)
+    ):
+        yield
+
+
 def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
-    """Peak memory and tokens/s per moment precision at widths 2048 and 4096."""
-    rows = []
+    """Peak memory and step time per moment precision and path at widths 2048 and 4096,
+    each against fp32 moments' at the same width."""
+    rows, skipped = [], []
     for width in (64,) if args.tiny else (2048, 4096):
-        for state in STATES:
+        for state, fused in MEMORY_VARIANTS:
+            compressed_fused = state != "fp32" and fused
+            if compressed_fused and not torch.cuda.is_available():
+                skipped.append({"width": width, "optimizer_state": state, "fused": fused,
+                                "why": "the fused kernel needs CUDA"})  # fmt: skip
+                continue
             config = _gpu_config(args, width, state)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            result = train(config)
+            with _compressed_adam(fused=compressed_fused):
+                result = train(config)
             peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-            rows.append(
-                {
-                    "width": width,
-                    "optimizer_state": state,
-                    "parameters": config.model.parameter_count,
-                    "peak_memory_gib": None if peak is None else peak / 2**30,
-                    "tokens_per_s": result.tokens_per_s,
-                    "step_ms": 1e3 * config.tokens_per_step / result.tokens_per_s,
-                }
-            )
-            _log(args, rows[-1])
-    return {"rows": rows}
+            row = {
+                "width": width,
+                "optimizer_state": state,
+                # fp32: torch's AdamW, fused on CUDA (`build_optimizer`)
+                "fused": compressed_fused or (state == "fp32" and torch.cuda.is_available()),
+                "parameters": config.model.parameter_count,
+                "peak_memory_gib": None if peak is None else peak / 2**30,
+                "tokens_per_s": result.tokens_per_s,
+                "step_ms": 1e3 * config.tokens_per_step / result.tokens_per_s,
+            }
+            rows.append(row)
+            _log(args, row)
+    for row in rows:
+        fp32 = next(
+            r for r in rows if r["width"] == row["width"] and r["optimizer_state"] == "fp32"
+        )
+        row["step_ms_vs_fp32"] = row["step_ms"] / fp32["step_ms"]
+        if row["peak_memory_gib"] is not None:
+            row["peak_memory_vs_fp32"] = row["peak_memory_gib"] / fp32["peak_memory_gib"]
+    return {"rows": rows, "skipped": skipped}
 
 
 def measure_quality(args: argparse.Namespace) -> dict[str, Any]:

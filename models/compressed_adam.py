@@ -27,8 +27,10 @@ Bytes of optimizer moments per parameter:
 
 The step makes no host synchronisation and writes every state tensor in place, so it can be
 captured in a CUDA graph (`models.steps`): the step count is a tensor on the parameter's
-device and the learning rate may be one. With FSDP2 a parameter is a DTensor; the moments
-are kept for its local shard, so they shard like the parameters.
+device and the learning rate may be one. On CUDA it is one Triton kernel per parameter
+(`kernels.triton_adam`, ``fused``); the torch code here is its reference and the CPU path.
+With FSDP2 a parameter is a DTensor; the moments are kept for its local shard, so they shard
+like the parameters.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ from typing import Any, Literal
 import torch
 from torch.distributed.tensor import DTensor
 
-from kernels import E4M3, E5M2, saturating_cast
+from kernels import E4M3, E5M2, HAS_TRITON, saturating_cast, uses_triton
+
+if HAS_TRITON:
+    from kernels.triton_adam import adamw_step
+    from kernels.triton_launch import INTERPRET
 
 MomentPrecision = Literal["bf16", "fp8"]
 BLOCK_SIZE = 128
@@ -142,6 +148,12 @@ class CompressedAdamW(torch.optim.Optimizer):
 
     ``weight_decay`` is torch's: the step multiplies the weights by ``1 - lr * weight_decay``
     (`models.optim` gives each group ``lambda / lr`` to decouple it from the LR).
+
+    ``fused``, as torch's: one Triton kernel per parameter (`kernels.triton_adam`) instead of
+    the torch path, which stays the reference and the CPU path. None: fused for a parameter
+    on CUDA where the FP8 backend uses Triton (`kernels.uses_triton`) and ``block_size`` is a
+    power of two (the kernel's tiles); True requires it (CPU parameters only under
+    ``TRITON_INTERPRET=1``); False never. Both write the same state tensors.
     """
 
     def __init__(
@@ -154,14 +166,38 @@ class CompressedAdamW(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         precision: MomentPrecision = "fp8",
         block_size: int = BLOCK_SIZE,
+        fused: bool | None = None,
     ):
         if precision not in ("bf16", "fp8"):
             raise ValueError(f"precision must be 'bf16' or 'fp8', got {precision!r}")
         if block_size < 1:
             raise ValueError(f"block_size must be positive, got {block_size}")
-        self.precision, self.block_size = precision, block_size
+        self.precision, self.block_size, self.fused = precision, block_size, fused
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
+        if fused:
+            self._check_fusable()
+
+    def _check_fusable(self) -> None:
+        """Why ``fused=True`` cannot run here, as a ValueError, if it cannot."""
+        if not HAS_TRITON:
+            raise ValueError("CompressedAdamW(fused=True) needs Triton, which is not installed")
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"fused=True needs a power-of-two block_size, got {self.block_size}")
+        for param in self._params():
+            device = _local(param).device
+            if device.type != "cuda" and not (device.type == "cpu" and INTERPRET):
+                raise ValueError(
+                    f"CompressedAdamW(fused=True) needs CUDA parameters (CPU ones only under "
+                    f"TRITON_INTERPRET=1), got one on {device}"
+                )
+
+    def _uses_kernel(self, weight: torch.Tensor) -> bool:
+        """Whether the step of ``weight`` (a local tensor) runs the fused kernel."""
+        if self.fused is not None:
+            return self.fused
+        power_of_two = self.block_size & (self.block_size - 1) == 0
+        return weight.is_cuda and uses_triton(weight) and power_of_two
 
     def _init_state(self, param: torch.Tensor) -> dict[str, torch.Tensor]:
         local = _local(param)
@@ -213,25 +249,66 @@ class CompressedAdamW(torch.optim.Optimizer):
                 loss = closure()
         index = -1  # the parameter's place in `_params`: its noise's salt
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
             for param in group["params"]:
                 index += 1
                 if param.grad is None:
                     continue
-                weight, grad = _local(param), _local(param.grad).float()
+                weight, grad = _local(param), _local(param.grad)
                 state = self.state[param] if self.state[param] else self._init_state(param)
-                step = state["step"]
-                step += 1
-                exp_avg, exp_avg_sq = self._updated_moments(state, weight, grad, group)
-                # torch's AdamW: decoupled decay, then the bias-corrected update.
-                weight.mul_(1 - lr * wd)
-                bias_correction1 = 1 - beta1**step
-                bias_correction2_sqrt = (1 - beta2**step).sqrt()
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-                weight.add_(exp_avg / denom * (-lr / bias_correction1))
-                self._store(state, exp_avg, exp_avg_sq, salt=index)
+                state["step"] += 1
+                if self._uses_kernel(weight):
+                    self._fused_step(state, weight, grad, group, salt=index)
+                else:
+                    self._torch_step(state, weight, grad.float(), group, salt=index)
         return loss
+
+    def _torch_step(
+        self,
+        state: dict[str, Any],
+        weight: torch.Tensor,
+        grad: torch.Tensor,
+        group: dict[str, Any],
+        *,
+        salt: int,
+    ) -> None:
+        """The step of one parameter in torch ops: the reference of `_fused_step`."""
+        beta1, beta2 = group["betas"]
+        lr, eps, wd, step = group["lr"], group["eps"], group["weight_decay"], state["step"]
+        exp_avg, exp_avg_sq = self._updated_moments(state, weight, grad, group)
+        # torch's AdamW: decoupled decay, then the bias-corrected update.
+        weight.mul_(1 - lr * wd)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step).sqrt()
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        weight.add_(exp_avg / denom * (-lr / bias_correction1))
+        self._store(state, exp_avg, exp_avg_sq, salt=salt)
+
+    def _fused_step(
+        self,
+        state: dict[str, Any],
+        weight: torch.Tensor,
+        grad: torch.Tensor,
+        group: dict[str, Any],
+        *,
+        salt: int,
+    ) -> None:
+        """`_torch_step` in one kernel, the state written in place (`kernels.triton_adam`)."""
+        beta1, beta2 = group["betas"]
+        scales = {f"{name}_scale": state.get(f"{name}_scale") for name in MOMENTS}
+        adamw_step(
+            weight,
+            grad,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state["step"],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            salt=2 * salt,  # m's noise salt, as `_store` numbers them; v's is the next
+            **scales,
+        )
 
     def _updated_moments(
         self,

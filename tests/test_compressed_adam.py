@@ -240,3 +240,16 @@ def test_fsdp2_shards_the_moments_and_round_trips_their_checkpoint(tmp_path):
             assert torch.equal(optim_again["state"][name][key], value), (name, key)
     for name, value in model_state.items():
         assert torch.equal(model_again[name], value), name
+
+
+def test_fused_needs_cuda_parameters():
+    """``fused=True`` refuses CPU parameters outside Triton's interpreter; the default (None)
+    takes the torch path on CPU, and False always does."""
+    weight = torch.nn.Parameter(torch.randn(8, 200))
+    with pytest.raises(ValueError, match=r"fused=True\) needs CUDA parameters .* got one on cpu"):
+        CompressedAdamW([weight], fused=True)
+    for fused in (None, False):
+        optimizer = CompressedAdamW([weight], fused=fused)
+        weight.grad = torch.randn_like(weight)
+        optimizer.step()  # the torch path: no Triton launch on a CPU tensor
+        assert optimizer.state[weight]["exp_avg"].dtype == torch.float8_e4m3fn

@@ -12,7 +12,9 @@ What the interpreter gets wrong, measured with triton 3.9 (so the checks avoid i
   one bf16 unit (2^-7 relative) of the exact result.
 * NaN becomes a number in the FP8 cast, so NaN propagation is checked on GPU only.
 What is checked here is the kernels' logic: indexing, masks, transposes, strides, the
-static scales, saturation, the two GEMM variants and the autograd wiring of fp8_linear.
+static scales, saturation, the two GEMM variants and the autograd wiring of fp8_linear; and
+the fused AdamW step against `CompressedAdamW`'s torch path (its FP8 stores are exact
+values on the grid, so the cast's rounding plays no part; its bf16 stores are truncated).
 """
 
 from __future__ import annotations
@@ -25,8 +27,21 @@ import torch
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by test_fp8_interpreter.py with TRITON_INTERPRET=1", allow_module_level=True)
 
+import triton
+import triton.language as tl
+from adam_helpers import compare_fused_steps
+
 import kernels
-from kernels import E4M3, E5M2, fp8_linear_reference, saturating_cast, triton_casts, triton_gemm
+from kernels import (
+    E4M3,
+    E5M2,
+    fp8_linear_reference,
+    saturating_cast,
+    triton_adam,
+    triton_casts,
+    triton_gemm,
+)
+from models.compressed_adam import MomentPrecision, hashed_uniform
 
 
 @pytest.fixture(autouse=True)
@@ -239,3 +254,27 @@ def test_custom_ops_pass_opcheck() -> None:
         ops.fp8_transpose_cast, (x, E5M2, 2.0), test_utils=(*utils, "test_schema")
     )
     torch.library.opcheck(ops.fp8_matmul, (a, b, 0.5, torch.float32, False, h), test_utils=utils)
+
+
+@triton.jit
+def _hashed_uniform_kernel(out_ptr, step_ptr, salt, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    noise = triton_adam.hashed_uniform(offs, tl.load(step_ptr), salt)
+    tl.store(out_ptr + offs, noise, mask=offs < n)
+
+
+@pytest.mark.parametrize(("step", "salt"), [(1.0, 0), (12345.0, 7), (2.0**24, 2**20 + 1)])
+def test_adam_noise_is_hashed_uniforms(step: float, salt: int) -> None:
+    out, n = torch.empty(1000), 1000
+    steps = torch.tensor(step)
+    _hashed_uniform_kernel[(triton.cdiv(n, 256),)](out, steps, salt, n, BLOCK=256)
+    assert torch.equal(out, hashed_uniform(n, steps, salt, out.device))
+
+
+@pytest.mark.parametrize("precision", ["fp8", "bf16"])
+def test_fused_adam_step_matches_the_torch_path(precision: MomentPrecision) -> None:
+    # numel not a multiple of 128 (partial last blocks), a 1-d and a 0-d parameter; the
+    # tolerances are adam_helpers'. The interpreter computes in numpy without FMA: its codes
+    # have matched the torch path's exactly (no flips).
+    shapes = [(37, 53), (300,), (), (3, 130)]
+    compare_fused_steps(shapes, precision, "cpu", max_flips=0.0, bf16_exact=False)
