@@ -4,7 +4,8 @@
 (`fp8_linear_reference`, the numerical reference) on CPU. The Triton side is
 `kernels.triton_casts` (the casts), `kernels.triton_gemm` (the GEMMs), what both launch
 with (`kernels.triton_launch`, `kernels.tuning`), and `kernels.ops`, their custom ops and
-the autograd Function. `kernels.formats` names the two FP8 dtypes.
+the autograd Function. `kernels.triton_adam` is the fused AdamW step of the compressed
+moments (`models.compressed_adam`). `kernels.formats` names the two FP8 dtypes.
 """
 
 from kernels.formats import E4M3, E4M3_MAX, E5M2, E5M2_MAX
