@@ -133,9 +133,9 @@ commands are in its docstring); rerun it rather than editing by hand. One NVIDIA
 torch 2.11, triton 3.6, µS FP8 (the Triton kernels), head_dim 64, seq 128, 4096 tokens per
 step, 500 steps, shakespeare, WD 0.001, LR 2^-8 .. 2^-2 in 7 points. Proxies at widths
 {widths} and depths {depths}; the check is an LR sweep at width {first.check.width} and depth
-{first.check_depth}, so the transfer it checks is across depth alone. `base_depth` is 2: τ is
-the spec's at depth 2 and each rule scales it (and, for `sqrt`, the hidden LR) from there
-(`models/width_rules.py`, `Depth`).
+{first.check_depth}, so the transfer it checks is across depth alone. `base_depth` is 2: the
+model's τ holds at depth 2, and `completep` and `sqrt` scale it (`sqrt` the hidden LR too)
+from there (`models/width_rules.py`, `Depth`); `none` keeps both at every depth.
 
 Depth drift: log2 of the optimal base LR per doubling of depth, pooled over the widths. The
 transferred LR is the deepest proxies' optimum carried by the rule; the loss gap is the
