@@ -6,8 +6,7 @@
 #       bash benchmarks/depth_transfer.sh completep sqrt none
 # then anywhere: python -m benchmarks.depth_report (it computes the transfers).
 # Widths stop at 256 so that the check isolates depth: its width is a proxy width.
-# LIMIT_S bounds each sweep (a device call has a hard limit); a sweep cut short stays in the
-# database as it was left, and the report skips a rule without both of its sweeps.
+# The report needs both sweeps of every rule it reads (benchmarks/depth_report.py RULES).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 specs=$(mktemp -d)
@@ -19,7 +18,7 @@ for rule in "$@"; do
         examples/depth_check.yaml > "$specs/check-$rule.yaml"
     for part in proxies check; do
         start=$SECONDS
-        timeout "${LIMIT_S:-3000}" python3 -m sweeper sweep start "$specs/$part-$rule.yaml" --wait
+        python3 -m sweeper sweep start "$specs/$part-$rule.yaml" --wait
         echo "== $rule $part: rc=$?, $((SECONDS - start)) s"
     done
 done
