@@ -169,24 +169,33 @@ def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure_quality(args: argparse.Namespace) -> dict[str, Any]:
-    """Eval loss at width 2048 after ``--steps`` steps with each moment precision, and the
-    spread of fp32 moments' loss over ``--fp32-seeds`` seeds: the noise a gap is read against."""
+    """Eval loss at width 2048 after ``--steps`` steps with each moment precision, at
+    ``--seeds`` seeds each: the gap of each precision's mean to fp32's, read against the
+    spread of the seeds (the noise of one run)."""
     width = 64 if args.tiny else 2048
-    losses, fp32_by_seed = {}, []
+    by_seed: dict[str, list[float]] = {}
     for state in STATES:
-        seeds = range(args.fp32_seeds) if state == "fp32" else range(1)
-        for seed in seeds:
+        for seed in range(args.seeds):
             config = _gpu_config(args, width, state).model_copy(update={"seed": seed})
             loss = train(config).final_eval_loss
             _log(args, {"width": width, "optimizer_state": state, "seed": seed, "eval_loss": loss})
-            if state == "fp32":
-                fp32_by_seed.append(loss)
-            if seed == 0:
-                losses[state] = loss
-    ratios = {state: losses[state] / losses["fp32"] for state in STATES}
-    spread = (max(fp32_by_seed) - min(fp32_by_seed)) / losses["fp32"]
-    return {"width": width, "steps": args.steps, "eval_loss": losses, "ratio_to_fp32": ratios,
-            "fp32_eval_loss_by_seed": fp32_by_seed, "fp32_seed_spread": spread}  # fmt: skip
+            by_seed.setdefault(state, []).append(loss)
+    mean = {state: sum(losses) / len(losses) for state, losses in by_seed.items()}
+    return {
+        "width": width,
+        "steps": args.steps,
+        "eval_loss_by_seed": by_seed,
+        "eval_loss_mean": mean,
+        "ratio_to_fp32": {state: mean[state] / mean["fp32"] for state in STATES},
+        # Paired by seed (the same initial weights and batches): the gap without the
+        # seeds' own spread, and how much it varies from seed to seed.
+        "ratio_to_fp32_by_seed": {
+            state: [a / b for a, b in zip(by_seed[state], by_seed["fp32"], strict=True)]
+            for state in STATES
+        },
+        # the largest seed-to-seed difference of any precision, relative to fp32's mean
+        "seed_spread": max(max(v) - min(v) for v in by_seed.values()) / mean["fp32"],
+    }
 
 
 PARTS = {"scales": measure_scales, "memory": measure_memory, "quality": measure_quality}
@@ -205,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=["scales"])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--data", default=str(SHAKESPEARE))
-    parser.add_argument("--fp32-seeds", type=int, default=2, help="quality: fp32 moments' seeds")
+    parser.add_argument("--seeds", type=int, default=2, help="quality: seeds of each precision")
     parser.add_argument("--tiny", action="store_true", help="a CPU-sized check of the code")
     parser.add_argument("--log", help="append a JSON line per measurement here")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON files go")

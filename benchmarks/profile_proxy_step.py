@@ -8,7 +8,9 @@ BF16, prints JSON with:
   cache filled, in this process and in a new one;
 * ``eager_step`` / ``graphed_step``: wall time per steady-state step, and the GPU's kernel
   time per step from the torch profiler (its sum of device-side kernel durations): wall
-  minus kernels is what the GPU waits for the host;
+  minus kernels is what the GPU waits for the host (or, with the weights' FP8 work on a
+  side stream, less: kernels that overlap); ``graphed_step_ms_serial`` is the graphed step
+  with that work on the one stream (`kernels.overlap`), for the difference;
 * ``host_us``: host cost of one FP8 linear layer's pieces, from timing many launches
   (tensor descriptors, the tuned-config lookup, the Triton launch of each kernel);
 * ``top_kernels``: the costliest kernels of an eager step.
@@ -44,14 +46,15 @@ from models.train import build_model
 STEPS = 30
 
 
-def _steps(config: Any, graphed: bool) -> tuple[Any, Batches]:
+def _steps(config: Any, graphed: bool, overlap: bool | None = None) -> tuple[Any, Batches]:
     model = build_model(config, torch.device("cuda"))
     optimizer, scheduler = build_optimizer(model, config, capturable=graphed)
     train_tokens, _ = split_corpus(config.data)
     batches = Batches(
         train_tokens, batch_size=config.batch_size, seq_len=config.model.seq_len, seed=0
     )
-    return steps_for(model, optimizer, scheduler, config, graphed=graphed), batches
+    steps = steps_for(model, optimizer, scheduler, config, graphed=graphed, overlap=overlap)
+    return steps, batches
 
 
 def _timed_steps(steps: Any, batches: Batches, n: int) -> float:
@@ -149,12 +152,13 @@ def profile_variant(variant: str, width: int, tokens: int, data: str) -> dict[st
     _timed_steps(eager, batches, 3)
     out["eager_step_ms"] = _timed_steps(eager, batches, STEPS)
     out["eager_kernel_ms"], out["top_kernels"] = kernel_ms_per_step(eager, batches)
-    graphed, batches = _steps(config, graphed=True)
-    for _ in range(graphed.warmup_steps):
-        graphed.train(batches.next("cuda"))
-    graphed.warmed_up(batches.next("cuda"))
-    out["graphed_step_ms"] = _timed_steps(graphed, batches, STEPS)
-    out["graphed_kernel_ms"], _ = kernel_ms_per_step(graphed, batches)
+    for overlap, suffix in ((True, ""), (False, "_serial")):
+        graphed, batches = _steps(config, graphed=True, overlap=overlap)
+        for _ in range(graphed.warmup_steps):
+            graphed.train(batches.next("cuda"))
+        graphed.warmed_up(batches.next("cuda"))
+        out[f"graphed_step_ms{suffix}"] = _timed_steps(graphed, batches, STEPS)
+        out[f"graphed_kernel_ms{suffix}"], _ = kernel_ms_per_step(graphed, batches)
     return out
 
 

@@ -4,8 +4,9 @@
 (`fp8_linear_reference`, the numerical reference) on CPU. The Triton side is
 `kernels.triton_casts` (the casts), `kernels.triton_gemm` (the GEMMs), what both launch
 with (`kernels.triton_launch`, `kernels.tuning`), and `kernels.ops`, their custom ops and
-the autograd Function. `kernels.triton_adam` is the fused AdamW step of the compressed
-moments (`models.compressed_adam`). `kernels.formats` names the two FP8 dtypes.
+the autograd Function; `kernels.overlap` runs the layers' weight work beside the
+activations' chain, on a side stream. `kernels.triton_adam` is the fused AdamW step of the
+compressed moments (`models.compressed_adam`). `kernels.formats` names the two FP8 dtypes.
 """
 
 from kernels.formats import E4M3, E4M3_MAX, E5M2, E5M2_MAX
@@ -21,6 +22,7 @@ from kernels.fp8 import (
     uses_triton,
     using_fp8_backend,
 )
+from kernels.overlap import overlapping
 
 __all__ = [
     "BACKENDS",
@@ -33,6 +35,7 @@ __all__ = [
     "fp8_backend",
     "fp8_linear",
     "fp8_linear_reference",
+    "overlapping",
     "saturating_cast",
     "set_fp8_backend",
     "uses_triton",

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from kernels import triton_casts, triton_gemm
+from kernels import overlap, triton_casts, triton_gemm
 from kernels.formats import E4M3, E5M2
 
 # The tuners whose choices a run of this layer makes (the GEMM library choice aside: its
@@ -172,16 +172,22 @@ class FP8LinearTriton(torch.autograd.Function):
         need_dgrad, need_wgrad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         x2d = x.reshape(-1, x.shape[-1])  # (M, K)
         x8t = w8t = None
+        side = overlap.side_stream(x.device)
+        with overlap.beside(side):  # the weight lives on: nothing to keep for the side
+            if need_dgrad:
+                w8, w8t = _cast_transpose(weight, E4M3, 1.0)  # (N, K), (K, N)
+            else:
+                w8 = _cast(weight, E4M3, 1.0)
         if need_wgrad:
             x8, x8t = _cast_transpose(x2d, E4M3, 1.0, act)  # (M, K), (K, M)
         else:
             x8 = _cast(x2d, E4M3, 1.0, act)
-        if need_dgrad:
-            w8, w8t = _cast_transpose(weight, E4M3, 1.0)  # (N, K), (K, N)
-        else:
-            w8 = _cast(weight, E4M3, 1.0)
+        overlap.join(side, *(t for t in (w8, w8t) if t is not None))
         y = _matmul(x8, w8, scale, torch.bfloat16, PRECISE_ACC["forward"])  # (M, N)
         ctx.save_for_backward(x8t, w8t, x2d if act and need_dgrad else None)
+        # The weight gradient may leave the current stream only where autograd will store
+        # it as it is, without a kernel of its own (see kernels.overlap).
+        ctx.wgrad_beside = need_wgrad and weight.grad is None
         ctx.scale, ctx.grad_scale = scale, grad_scale
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
         return y.reshape(*x.shape[:-1], weight.shape[0])
@@ -201,14 +207,19 @@ class FP8LinearTriton(torch.autograd.Function):
             g8, g8t = _cast(g2d, E5M2, ctx.grad_scale), None
         else:
             g8, g8t = None, _transpose_cast(g2d, E5M2, ctx.grad_scale)
+        if need_wgrad:
+            assert g8t is not None
+            # Beside the input gradient's GEMM where it may be (see kernels.overlap): forked
+            # once g8t exists, it runs while the layer below waits only for grad_x.
+            side = overlap.side_stream(g2d.device) if ctx.wgrad_beside else None
+            with overlap.beside(side, g8t, x8t):
+                grad_w = _matmul(g8t, x8t, unscale, ctx.w_dtype, PRECISE_ACC["wgrad"])  # (N, K)
+            overlap.join_later(side, grad_w)
         if need_dgrad:
             assert g8 is not None
             # (M, K); with a GELU, GELU'(x) multiplies in the epilogue
             grad_x = _matmul(g8, w8t, unscale, ctx.x_dtype, PRECISE_ACC["dgrad"], x2d)
             grad_x = grad_x.reshape(ctx.x_shape)
-        if need_wgrad:
-            assert g8t is not None
-            grad_w = _matmul(g8t, x8t, unscale, ctx.w_dtype, PRECISE_ACC["wgrad"])  # (N, K)
         return grad_x, grad_w, None, None, None
 
 
@@ -226,8 +237,11 @@ def fp8_linear_triton(
         out: torch.Tensor = FP8LinearTriton.apply(x, weight, scale, grad_scale, act)
         return out
     # No graph to record (evaluation): no transposed copies, nothing saved.
+    side = overlap.side_stream(x.device)
+    with overlap.beside(side):
+        w8 = _cast(weight, E4M3, 1.0)
     x8 = _cast(x.reshape(-1, x.shape[-1]), E4M3, 1.0, act)
-    w8 = _cast(weight, E4M3, 1.0)
+    overlap.join(side, w8)
     y = _matmul(x8, w8, scale, torch.bfloat16, PRECISE_ACC["forward"])
     return y.reshape(*x.shape[:-1], weight.shape[0])
 

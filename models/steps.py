@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kernels import overlapping
 from models.config import TrainConfig
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -44,18 +45,30 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
+def forward_backward(
+    model: torch.nn.Module, batch: Batch, config: TrainConfig, *, overlap: bool, cache: bool = True
+) -> torch.Tensor:
+    """The loss of ``batch`` and its gradients, the weights' FP8 work beside the
+    activations' chain where ``overlap`` (`kernels.overlapping`; all of it joined on return)."""
+    x, y = batch
+    with overlapping() if overlap else nullcontext():
+        with precision_context(config, x.device, cache=cache):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+    return loss
+
+
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     batch: Batch,
     config: TrainConfig,
+    *,
+    overlap: bool = False,
 ) -> torch.Tensor:
     """One optimizer step on ``batch``; returns the (unsynchronised) loss."""
-    x, y = batch
-    with precision_context(config, x.device):
-        loss = loss_fn(model(x), y)
-    loss.backward()
+    loss = forward_backward(model, batch, config, overlap=overlap)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -63,7 +76,11 @@ def train_step(
 
 
 class EagerSteps:
-    """Every step and evaluation batch launched from Python, kernel by kernel."""
+    """Every step and evaluation batch launched from Python, kernel by kernel.
+
+    ``overlap`` runs the FP8 layers' weight work on a side stream (`kernels.overlapping`):
+    it pays where the GPU, not the host, sets the pace, so `GraphedSteps` turns it on.
+    """
 
     warmup_steps = 1  # the first step tunes and compiles kernels: not steady state
 
@@ -73,6 +90,8 @@ class EagerSteps:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         config: TrainConfig,
+        *,
+        overlap: bool = False,
     ):
         self.model, self.optimizer, self.scheduler, self.config = (
             model,
@@ -80,16 +99,22 @@ class EagerSteps:
             scheduler,
             config,
         )
+        self.overlap = overlap
 
     def train(self, batch: Batch) -> torch.Tensor:
         """One optimizer step; the loss, not synchronised."""
-        return train_step(self.model, self.optimizer, self.scheduler, batch, self.config)
+        return train_step(
+            self.model, self.optimizer, self.scheduler, batch, self.config, overlap=self.overlap
+        )
 
     @torch.no_grad()
     def eval_loss(self, batch: Batch) -> torch.Tensor:
         """The loss on one batch, not synchronised."""
         x, y = batch
-        with precision_context(self.config, x.device):
+        with (
+            overlapping() if self.overlap else nullcontext(),
+            precision_context(self.config, x.device),
+        ):
             return loss_fn(self.model(x), y)
 
     def warmed_up(self, batch: Batch) -> None:
@@ -112,8 +137,10 @@ class GraphedSteps(EagerSteps):
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         config: TrainConfig,
+        *,
+        overlap: bool = True,
     ):
-        super().__init__(model, optimizer, scheduler, config)
+        super().__init__(model, optimizer, scheduler, config, overlap=overlap)
         self._side = torch.cuda.Stream()
         self._train_graph: torch.cuda.CUDAGraph | None = None
         self._eval_graph = torch.cuda.CUDAGraph()
@@ -160,14 +187,15 @@ class GraphedSteps(EagerSteps):
         self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated in the graph
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            with precision_context(self.config, device, cache=False):
-                loss = loss_fn(self.model(self._x), self._y)
-            loss.backward()
+            loss = forward_backward(
+                self.model, (self._x, self._y), self.config, overlap=self.overlap, cache=False
+            )
             self.optimizer.step()
         self._loss = loss.detach()
         with (
             torch.no_grad(),
             torch.cuda.graph(self._eval_graph),
+            overlapping() if self.overlap else nullcontext(),
             precision_context(self.config, device, cache=False),
         ):
             self._eval = loss_fn(self.model(self._x), self._y)
@@ -181,10 +209,14 @@ def steps_for(
     config: TrainConfig,
     *,
     graphed: bool,
+    overlap: bool | None = None,
 ) -> EagerSteps:
-    """`GraphedSteps` when ``graphed`` (see `uses_cuda_graphs`), else `EagerSteps`."""
+    """`GraphedSteps` when ``graphed`` (see `uses_cuda_graphs`), else `EagerSteps`;
+    ``overlap`` as each kind's default unless given (benchmarks compare both)."""
     kind = GraphedSteps if graphed else EagerSteps
-    return kind(model, optimizer, scheduler, config)
+    if overlap is None:
+        return kind(model, optimizer, scheduler, config)
+    return kind(model, optimizer, scheduler, config, overlap=overlap)
 
 
 def uses_cuda_graphs(config: TrainConfig, device: torch.device, *, world_size: int) -> bool:

@@ -4,7 +4,9 @@ Stated tolerance: a graphed run's train and eval losses match the eager run's to
 relative at every report. The graphs replay the eager kernels in the same order; what
 differs is the optimizer's learning rate, a float32 GPU tensor that the schedule fills
 (eager: a Python float), so the updates differ by float32 rounding and the curves drift
-apart by about that much over the steps.
+apart by about that much over the steps. The weights' FP8 work on a side stream (on in the
+graphs, `kernels.overlap`) changes no number at all: its runs match the same graphs
+without it exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import pytest
 import torch
 
 from models import ModelConfig, TrainConfig, train
-from models.train import Parallel
+from models.data import Batches, split_corpus
+from models.optim import build_optimizer
+from models.steps import steps_for
+from models.train import Parallel, build_model
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU (the CPU trains eagerly)", allow_module_level=True)
@@ -57,6 +62,33 @@ def test_graphed_training_matches_eager(parametrization: str, precision: str) ->
         assert g.eval_loss == pytest.approx(e.eval_loss, rel=LOSS_RTOL), (e, g)
     # the schedule reached the graph: a frozen LR would leave the loss far from eager's
     assert graphed.curve[-1].eval_loss < graphed.curve[0].eval_loss
+
+
+def _graphed_losses(run: TrainConfig, *, overlap: bool) -> tuple[list[float], torch.Tensor]:
+    """Train and eval losses of each step of ``run`` and its final weights, graphed."""
+    model = build_model(run, torch.device("cuda"))
+    optimizer, scheduler = build_optimizer(model, run, capturable=True)
+    steps = steps_for(model, optimizer, scheduler, run, graphed=True, overlap=overlap)
+    batches = Batches(split_corpus(run.data)[0], batch_size=run.batch_size, seq_len=128, seed=0)
+    losses = []
+    for step in range(run.steps):
+        batch = batches.next("cuda")
+        losses.append(steps.train(batch).item())
+        if step + 1 == steps.warmup_steps:
+            steps.warmed_up(batch)
+        losses.append(steps.eval_loss(batch).item())
+    return losses, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_the_weights_work_beside_the_activations_changes_no_number() -> None:
+    """Weight casts and weight gradients on a side stream: the same kernels on the same
+    inputs, so the same losses and weights to the bit, eager steps and replays alike."""
+    run = config("mus", "fp8", graphs=True).model_copy(update={"steps": 12})
+    beside, beside_weights = _graphed_losses(run, overlap=True)
+    alone, alone_weights = _graphed_losses(run, overlap=False)
+    assert beside == alone
+    assert torch.equal(beside_weights, alone_weights)
+    assert beside[-1] < beside[0]  # it trained
 
 
 @pytest.mark.parametrize("optimizer_state", ["bf16", "fp8"])
