@@ -174,8 +174,8 @@ def measure_quality(args: argparse.Namespace) -> dict[str, Any]:
     spread of the seeds (the noise of one run)."""
     width = 64 if args.tiny else 2048
     by_seed: dict[str, list[float]] = {}
-    for state in STATES:
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):  # seed-major: a run cut short still holds whole pairs
+        for state in STATES:
             config = _gpu_config(args, width, state).model_copy(update={"seed": seed})
             loss = train(config).final_eval_loss
             _log(args, {"width": width, "optimizer_state": state, "seed": seed, "eval_loss": loss})

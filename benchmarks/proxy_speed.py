@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,7 @@ def stage_sweep(args: argparse.Namespace, log: Log) -> dict[str, Any]:
                     "gpu_busy_fraction": sampler.busy(start, end),
                     "trial_tokens_per_s": [t.tokens_per_s for t in trials],
                     "trial_startup_s": [t.startup_s for t in trials],
+                    "timeline": _timeline(database, sweep_id, start, end, sampler),
                 }
                 log.write({"stage": "sweep", **record})
                 records.append(record)
@@ -222,6 +224,35 @@ def stage_sweep(args: argparse.Namespace, log: Log) -> dict[str, Any]:
             cache: _ratio(wall.get(("fp8", cache)), bf16) for cache in ("cold", "warm")
         },
     }
+
+
+def _timeline(
+    database: Any, sweep_id: int, start: float, end: float, sampler: Any
+) -> dict[str, Any]:
+    """When each trial ran and what the GPU did meanwhile, in seconds from the sweep's start
+    (`benchmarks.sweep_timeline` draws it): each trial from its start by Tune to its end,
+    with the start of its training run (its last point's time before its end) and its
+    startup; the GPU's utilisation samples."""
+    import db
+
+    def seconds(at: datetime) -> float:
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() - start
+
+    curves = db.get_curves(database, sweep_id=sweep_id)
+    trials = []
+    for t in db.list_trials(database, sweep_id=sweep_id):
+        points = curves.get(t.id, [])
+        finished = None if t.finished_at is None else seconds(t.finished_at)
+        trials.append({
+            "width": t.width,
+            "started_s": seconds(t.created_at),
+            "train_started_s": None if finished is None or not points
+            else finished - points[-1].time_s,
+            "startup_s": t.startup_s,
+            "finished_s": finished,
+        })  # fmt: skip
+    samples = [[round(at - start, 2), u] for at, u in sampler.samples if start <= at <= end]
+    return {"trials": trials, "gpu_utilization": samples}
 
 
 STAGES = {"steady": stage_steady, "startup": stage_startup, "sweep": stage_sweep}

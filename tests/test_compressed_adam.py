@@ -163,9 +163,15 @@ def test_fp8_moments_benchmark_runs_tiny(tmp_path):
     assert 0 < schemes["block_128"]["update_rms_error"] < 0.2
     assert [row["optimizer_state"] for row in results["memory"]["rows"]] == ["fp32", "bf16", "fp8"]
     quality = results["quality"]
-    assert all(math.isfinite(v) for v in quality["eval_loss"].values())
-    assert len(quality["fp32_eval_loss_by_seed"]) == 2  # the seed noise a gap is read against
-    assert quality["fp32_eval_loss_by_seed"][0] == quality["eval_loss"]["fp32"]
+    by_seed = quality["eval_loss_by_seed"]
+    assert sorted(by_seed) == ["bf16", "fp32", "fp8"]
+    assert all(len(losses) == 2 for losses in by_seed.values())  # the seeds a gap is read against
+    assert all(math.isfinite(v) for losses in by_seed.values() for v in losses)
+    assert by_seed["fp32"][0] != by_seed["fp32"][1]  # the seeds differ, so the spread means noise
+    # paired by seed: each ratio is that seed's loss over fp32's at the same seed
+    assert quality["ratio_to_fp32_by_seed"]["fp32"] == [1.0, 1.0]
+    assert quality["ratio_to_fp32_by_seed"]["fp8"][1] == by_seed["fp8"][1] / by_seed["fp32"][1]
+    assert quality["seed_spread"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f"fp8_moments_{part}_tiny.json" for part in ("memory", "quality", "scales")
     ]
