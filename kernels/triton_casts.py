@@ -208,9 +208,9 @@ def cast_transpose(
     args = (x, y_arg, yt_arg, M, N, x.stride(0), x.stride(1), scale)
     meta = {"FP8_MAX": limit, "ACTIVATION": activation, "WRITE_Y": rows, "WRITE_YT": cols}
 
-    def launch(config: dict[str, Any]) -> None:
+    def launch(config: dict[str, Any], *, warmup: bool = False) -> None:
         grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]))
-        _cast_transpose_kernel[grid](*args, **meta, **config)
+        _cast_transpose_kernel.run(*args, grid=grid, warmup=warmup, **meta, **config)
 
     key = (M, N, x.dtype, dtype, x.stride(1) == 1, activation, rows, cols)
     launch_tuned(

@@ -437,12 +437,13 @@ def _launch_triton(
     N = b.shape[0]
     meta = {"EPILOGUE": epilogue, "PRECISE_ACC": precise_acc}
 
-    def launch_simple(config: Meta) -> None:
+    def launch_simple(config: Meta, *, warmup: bool = False) -> None:
         grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
         strides = (*a.stride(), *b.stride(), *c.stride())
-        _fp8_matmul_kernel[grid](a, b, c, aux, M, N, K, *strides, scale, **meta, **config)
+        args = (a, b, c, aux, M, N, K, *strides, scale)
+        _fp8_matmul_kernel.run(*args, grid=grid, warmup=warmup, **meta, **config)
 
-    def launch_tma(config: Meta) -> None:
+    def launch_tma(config: Meta, *, warmup: bool = False) -> None:
         num_sms = 4 if INTERPRET else _num_sms(a.device.index or 0)
         config = {"EPILOGUE_SPLIT": 1, **config}
         # Host-side TMA descriptors carry their box size, which depends on the config.
@@ -455,8 +456,8 @@ def _launch_triton(
             TensorDescriptor.from_tensor(aux, c_box),
         )
         grid = (min(num_sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)),)
-        _fp8_matmul_tma_persistent_kernel[grid](
-            *descs, M, N, K, scale, **meta, NUM_SMS=num_sms, **config
+        _fp8_matmul_tma_persistent_kernel.run(
+            *descs, M, N, K, scale, grid=grid, warmup=warmup, **meta, NUM_SMS=num_sms, **config
         )
 
     tuner, launch = (FP8_MATMUL_TMA, launch_tma) if tma else (FP8_MATMUL_SIMPLE, launch_simple)

@@ -9,8 +9,7 @@ time configs, so there each kernel runs a fixed small tile instead of a tuned on
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -20,6 +19,13 @@ from kernels.tuning import Key, Tuner
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 Meta = dict[str, Any]  # a config's meta-parameters, num_warps and num_stages, as launch kwargs
+
+
+class Launch(Protocol):
+    """Runs a kernel with a config's ``meta``; with ``warmup=True`` it only compiles it (as
+    Triton's ``JITFunction.run`` does), so a tuner can compile its candidates at once."""
+
+    def __call__(self, meta: Meta, /, *, warmup: bool = False) -> None: ...
 
 
 def check_device(*tensors: torch.Tensor) -> None:
@@ -38,7 +44,7 @@ def fp8_max(dtype: torch.dtype) -> float:
 def launch_tuned(
     tuner: Tuner,
     key: Key,
-    launch: Callable[[Meta], None],
+    launch: Launch,
     config: Meta | None,
     *,
     interpreter_config: Meta,
@@ -48,5 +54,9 @@ def launch_tuned(
     if config is None and INTERPRET:
         config = interpreter_config
     if config is None:
-        config = tuner.config(key, lambda c: launch(c.all_kwargs())).all_kwargs()
+        config = tuner.config(
+            key,
+            lambda c: launch(c.all_kwargs()),
+            compile=lambda c: launch(c.all_kwargs(), warmup=True),
+        ).all_kwargs()
     launch(config)

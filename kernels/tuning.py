@@ -10,6 +10,11 @@ functions it calls), the candidate configs, and the caller's key (shapes, dtypes
 Later processes read the choice, compile only that config (Triton's compilation cache makes
 that a load from disk), and launch it directly: no autotuner dispatch per call.
 
+The first process compiles every candidate at once on a pool of threads before it times any
+(`triton.AsyncCompileMode`): Triton's compiler releases the GIL in its MLIR and LLVM passes
+and runs ptxas as a process, so a cold sweep's warm-up waits for the slowest candidate of a
+key, not for the sum of them.
+
 The cache directory is ``$SWEEPER_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/sweeper/kernels``
 (``~/.cache/sweeper/kernels``). Deleting it only costs the timing again.
 """
@@ -25,6 +30,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,21 +92,33 @@ class Tuner:
         """The choice per key made or loaded in this process (benchmark reports)."""
         return {str(key): describe(config) for key, config in self._chosen.items()}
 
-    def config(self, key: Key, launch: Callable[[triton.Config], object]) -> triton.Config:
-        """The config for ``key``; ``launch(config)`` runs the kernel with it (for timing)."""
+    def config(
+        self,
+        key: Key,
+        launch: Callable[[triton.Config], object],
+        compile: Callable[[triton.Config], object] | None = None,
+    ) -> triton.Config:
+        """The config for ``key``; ``launch(config)`` runs the kernel with it (for timing),
+        ``compile(config)``, if given, only compiles it (all candidates at once, first)."""
         config = self._chosen.get(key)
         if config is not None:
             return config
         stored = self._read()
         index = stored.get(repr(key))
         if index is None or not 0 <= index < len(self.configs):
-            index = self._fastest(launch)
+            index = self._fastest(launch, compile)
             self._write(repr(key), index)
         config = self._chosen[key] = self.configs[index]
         return config
 
-    def _fastest(self, launch: Callable[[triton.Config], object]) -> int:
+    def _fastest(
+        self,
+        launch: Callable[[triton.Config], object],
+        compile: Callable[[triton.Config], object] | None,
+    ) -> int:
         started = time.perf_counter()
+        if compile is not None:
+            compile_at_once(compile, self.configs)
         times = [self.timer(functools.partial(launch, config)) for config in self.configs]
         self.tuning_s += time.perf_counter() - started
         if not any(math.isfinite(t) for t in times):
@@ -143,6 +161,21 @@ class Tuner:
                 json.dump(stored, tmp, indent=0, sort_keys=True)
             os.replace(tmp.name, path)
         self._stored = stored
+
+
+def compile_at_once(
+    compile: Callable[[triton.Config], object], configs: Sequence[triton.Config]
+) -> None:
+    """``compile(config)`` for every config, the compilations running side by side on a
+    pool of threads; returns when all are done. A candidate that fails to compile (a static
+    assertion) is left for its timed launch to report as inf."""
+    workers = min(len(configs), len(os.sched_getaffinity(0)))
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="triton-compile") as pool,
+        triton.AsyncCompileMode(pool, ignore_errors=True),
+    ):
+        for config in configs:
+            compile(config)
 
 
 def _load(path: Path) -> dict[str, int]:

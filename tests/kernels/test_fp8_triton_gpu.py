@@ -190,6 +190,31 @@ def test_fp8_matmul_autotuned_matches_configured() -> None:
     assert rel_err(out, exact / 32) < GEMM_BF16
 
 
+@pytest.mark.skipif(not HAS_TMA, reason="the TMA kernel needs Hopper")
+def test_cold_tuning_compiles_the_candidates_at_once_and_stays_exact(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key no process has tuned: every candidate compiled side by side, then timed, and
+    the chosen config's product within the bounds."""
+    from kernels import tuning
+
+    monkeypatch.setenv("SWEEPER_KERNEL_CACHE", str(tmp_path))
+    tuner = triton_gemm.FP8_MATMUL_TMA
+    monkeypatch.setattr(tuner, "_chosen", {})
+    monkeypatch.setattr(tuner, "_stored", None)
+    batches: list[int] = []
+    compile_at_once = tuning.compile_at_once
+
+    def counted(compile, configs) -> None:  # type: ignore[no-untyped-def]
+        batches.append(len(configs))
+        compile_at_once(compile, configs)
+
+    monkeypatch.setattr(tuning, "compile_at_once", counted)
+    check_gemm((777, 304, 528), E4M3, torch.bfloat16, False, "tma", None)
+    assert batches == [len(tuner.configs)]
+    assert list(tmp_path.glob("fp8_matmul_tma-*.json"))  # the choice was timed and kept
+
+
 def test_fp8_matmul_unaligned_falls_back_to_pointer_kernel() -> None:
     a, b, exact = gemm_operands(100, 90, 72, E4M3)  # K = 72: rows not 16-byte aligned for TMA
     out = triton_gemm.fp8_matmul(a, b, scale=1.0, out_dtype=torch.float32)

@@ -88,6 +88,29 @@ def test_a_corrupt_cache_file_is_timed_again(kernel_cache: Path) -> None:
     assert launches and json.loads(path.read_text()) == {repr((1,)): 1}
 
 
+def test_every_candidate_compiles_at_once_before_any_is_timed(kernel_cache: Path) -> None:
+    """The compiles are handed to Triton's async mode together, on a pool of threads."""
+    from triton.runtime import _async_compile
+
+    events: list[tuple[str, float]] = []
+
+    def compile(config: triton.Config) -> None:
+        assert _async_compile.active_mode.get() is not None  # submitted, not compiled inline
+        events.append(("compile", config.kwargs["SLEEP_MS"]))
+
+    def launch(config: triton.Config) -> None:
+        assert _async_compile.active_mode.get() is None  # timed after every compile is done
+        events.append(("launch", config.kwargs["SLEEP_MS"]))
+        time.sleep(config.kwargs["SLEEP_MS"] / 1e3)
+
+    assert tuner().config((1,), launch, compile=compile).kwargs["SLEEP_MS"] == 0.5
+    assert events[:3] == [("compile", ms) for ms in (3.0, 0.5, 2.0)]
+    assert {kind for kind, _ in events[3:]} == {"launch"}
+    events.clear()
+    tuner().config((1,), launch, compile=compile)  # from the file: nothing compiled or timed
+    assert events == []
+
+
 def test_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SWEEPER_KERNEL_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
