@@ -18,7 +18,7 @@ two round the same way up to fp32 rounding:
   rounded stochastically onto the format's grid (`_round_stochastically` there) with the noise
   of `hashed_uniform` (same positions in the padded layout, same step and salt: bit-equal),
   and cast saturating. Elements past the parameter's end, the last block's padding, are zero.
-* bf16 moments: stored rounded to nearest.
+* bf16 moments: rounded stochastically onto bf16's grid, with the same hashed noise.
 
 What may differ is fp32 rounding: FMA contraction in the moments' update, and the weight's
 update takes the fast sqrt and division (the weights tolerate an ulp; no moment depends on
@@ -92,8 +92,21 @@ def _round_stochastically(x, noise, MANTISSA_BITS: tl.constexpr, MIN_EXPONENT: t
     # the same bits.
     magnitude = tl.abs(x)
     spacing = tl.maximum(_binade(magnitude), MIN_EXPONENT) - MANTISSA_BITS
-    rounded = tl.floor(magnitude * _exp2i(-spacing) + noise) * _exp2i(spacing)
+    scaled = magnitude * _exp2i(-spacing)
+    below = tl.floor(scaled)
+    rounded = (below + tl.where(scaled - below + noise >= 1.0, 1.0, 0.0)) * _exp2i(spacing)
     return tl.where(x < 0, -rounded, rounded)
+
+
+@triton.jit
+def _round_to_bf16_stochastically(x, noise):
+    # The same rounding for bf16, on the bits: its grid is fp32's with the low 16 mantissa
+    # bits zero, so adding the noise's top 16 bits carries into bit 16 exactly when the
+    # dropped fraction plus the noise reaches one spacing (the fraction is a multiple of
+    # 2^-16, so the noise's lower 8 bits cannot decide it): the general formula's result for
+    # the same noise, without its 2^-spacing, which overflows below 2^-119.
+    bits = x.to(tl.int32, bitcast=True) + (noise * 65536.0).to(tl.int32)
+    return (bits & -65536).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -120,10 +133,10 @@ def _store_moment(
     MANTISSA_BITS: tl.constexpr,
     MIN_EXPONENT: tl.constexpr,
 ):
+    noise = hashed_uniform(offs, step, salt)
     if FP8:
         exponent = _scale_exponent(tl.max(tl.abs(x), axis=1), FP8_MAX)  # (BLOCKS,)
         scaled = x * _exp2i(-exponent)[:, None]
-        noise = hashed_uniform(offs, step, salt)
         codes = _round_stochastically(scaled, noise, MANTISSA_BITS, MIN_EXPONENT)
         # The whole block, padding included (zero there, as in the torch path).
         tl.store(
@@ -132,8 +145,9 @@ def _store_moment(
             mask=block_mask[:, None],
         )
         tl.store(scale_ptr + blocks, _exp2i(exponent), mask=block_mask)
-    else:
-        tl.store(codes_ptr + offs, x.to(codes_ptr.dtype.element_ty), mask=mask)
+    else:  # bf16: onto its grid stochastically, so the cast after it is exact
+        codes = _round_to_bf16_stochastically(x, noise)
+        tl.store(codes_ptr + offs, codes.to(codes_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["salt"])

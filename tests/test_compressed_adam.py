@@ -22,7 +22,9 @@ from models import MetricPoint, TrainConfig, train
 from models.compressed_adam import (
     BLOCK_SIZE,
     CompressedAdamW,
+    _round_stochastically,
     dequantize,
+    hashed_uniform,
     moment_bytes_per_param,
     quantize,
 )
@@ -111,6 +113,35 @@ def test_fp8_codes_and_scales_round_trip_exactly():
         # every block's largest value lands in the top binade of the format: no wasted range
         top = (codes.float().abs().amax(dim=1) / torch.finfo(dtype).max).min()
         assert 0.5 <= top <= 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_stochastic_rounding_lands_on_a_neighbour_and_is_unbiased(dtype):
+    """Each value goes to one of the two grid points around it, the upper one with the
+    probability that makes the mean exact (subnormals and zero included); and a moment
+    moved by less than half a spacing a step gets there, where rounding to nearest stays."""
+    info = torch.finfo(dtype)
+    x = torch.tensor([1.2345, -0.7071, 3.1e-3, info.smallest_normal / 3, -info.tiny * 1.5, 0.0])
+    draws = 4096
+    noise = hashed_uniform(draws * x.numel(), torch.tensor(7.0), 3, x.device)
+    rounded = _round_stochastically(x.expand(draws, -1), dtype, noise.view(draws, -1))
+    assert torch.equal(rounded.to(dtype).float(), rounded)  # on the grid: the cast is exact
+    for value, column in zip(x.tolist(), rounded.T, strict=True):
+        points = column.unique()
+        spacing = info.eps * max(abs(value), info.smallest_normal)
+        assert len(points) <= 2 and (points - value).abs().max() <= spacing
+        # a two-point draw's standard error is at most half their distance / sqrt(draws)
+        distance = (points.max() - points.min()).item()
+        assert abs(column.mean().item() - value) <= 4 * distance / 2 / draws**0.5
+    rate, steps = info.eps / 4, 200  # v += rate * (2 - v): below half a spacing at v = 1
+    to_nearest = stochastic = torch.ones(draws)
+    for step in range(steps):
+        to_nearest = ((1 - rate) * to_nearest + 2 * rate).to(dtype).float()
+        noise = hashed_uniform(draws, torch.tensor(float(step)), 0, x.device)
+        stochastic = _round_stochastically((1 - rate) * stochastic + 2 * rate, dtype, noise)
+    exact = 2 - (1 - rate) ** steps
+    assert torch.equal(to_nearest, torch.ones(draws))  # stuck
+    assert abs(stochastic.mean().item() - exact) < 0.05 * (exact - 1)
 
 
 def test_state_dict_holds_fp32_moments_shaped_like_the_parameters():

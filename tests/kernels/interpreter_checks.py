@@ -13,8 +13,8 @@ What the interpreter gets wrong, measured with triton 3.9 (so the checks avoid i
 * NaN becomes a number in the FP8 cast, so NaN propagation is checked on GPU only.
 What is checked here is the kernels' logic: indexing, masks, transposes, strides, the
 static scales, saturation, the two GEMM variants and the autograd wiring of fp8_linear; and
-the fused AdamW step against `CompressedAdamW`'s torch path (its FP8 stores are exact
-values on the grid, so the cast's rounding plays no part; its bf16 stores are truncated).
+the fused AdamW step against `CompressedAdamW`'s torch path (its FP8 and bf16 stores are
+exact values on the grid, so the cast's rounding plays no part).
 """
 
 from __future__ import annotations
@@ -277,4 +277,4 @@ def test_fused_adam_step_matches_the_torch_path(precision: MomentPrecision) -> N
     # tolerances are adam_helpers'. The interpreter computes in numpy without FMA: its codes
     # have matched the torch path's exactly (no flips).
     shapes = [(37, 53), (300,), (), (3, 130)]
-    compare_fused_steps(shapes, precision, "cpu", max_flips=0.0, bf16_exact=False)
+    compare_fused_steps(shapes, precision, "cpu", max_flips=0.0)

@@ -29,7 +29,7 @@ MAX_FLIPS = 1e-5
 @pytest.mark.parametrize("precision", ["fp8", "bf16"])
 def test_fused_step_matches_the_torch_path(precision: MomentPrecision) -> None:
     shapes = [(4096, 4096), (1000,), (), (4096, 11008)]
-    flips = compare_fused_steps(shapes, precision, "cuda", max_flips=MAX_FLIPS, bf16_exact=True)
+    flips = compare_fused_steps(shapes, precision, "cuda", max_flips=MAX_FLIPS)
     print(f"{precision}: at most {flips:.2e} of the codes differed in a step")
 
 
