@@ -176,6 +176,7 @@ def stage_sweep(args: argparse.Namespace, log: Log) -> dict[str, Any]:
     import db
     from benchmarks.sweep_packing import GpuSampler
     from sweeper.engine import run_sweep
+    from sweeper.settings import Settings
     from sweeper.spec import SweepSpec
 
     ray.init(include_dashboard=False, log_to_driver=False)
@@ -197,7 +198,7 @@ def stage_sweep(args: argparse.Namespace, log: Log) -> dict[str, Any]:
                     database, name=spec.name, spec=spec.model_dump(mode="json")
                 )
                 start = time.time()
-                status = run_sweep(database, sweep_id)
+                status = run_sweep(database, sweep_id, Settings())
                 end = time.time()
                 trials = db.list_trials(database, sweep_id=sweep_id)
                 record = {

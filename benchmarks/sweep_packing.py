@@ -25,6 +25,7 @@ import torch
 
 import db
 from sweeper.engine import run_sweep
+from sweeper.settings import Settings
 from sweeper.spec import SweepSpec
 
 
@@ -85,7 +86,7 @@ def spec(data: str, gpu: float, steps: int) -> SweepSpec:
 def measure(database: db.Database, s: SweepSpec, sampler: GpuSampler) -> dict[str, Any]:
     sweep_id = db.create_sweep(database, name=s.name, spec=s.model_dump(mode="json"))
     wall = time.perf_counter()
-    status = run_sweep(database, sweep_id)
+    status = run_sweep(database, sweep_id, Settings())
     wall = time.perf_counter() - wall
     trials = db.list_trials(database, sweep_id=sweep_id)
     start = min(t.created_at for t in trials).timestamp()

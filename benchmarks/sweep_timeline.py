@@ -35,7 +35,8 @@ def _covered(spans: list[tuple[float, float]]) -> float:
 def split(sweep: dict[str, Any]) -> dict[str, float]:
     """A sweep's wall, cut into: before its first trial started, between trials with none
     up, trials up but none training, at least one training (each run's startup excluded),
-    and after the last trial ended. The parts add up to the wall."""
+    and after the last trial ended (the parts add up to the wall); and the GPU's mean
+    utilisation from the first trial's start to the last one's end."""
     trials = [t for t in sweep["timeline"]["trials"] if t["finished_s"] is not None]
     first = min(t["started_s"] for t in trials)
     last = max(t["finished_s"] for t in trials)
@@ -47,8 +48,11 @@ def split(sweep: dict[str, Any]) -> dict[str, float]:
             if t["train_started_s"] is not None
         ]
     )
+    samples = [u for at, u in sweep["timeline"]["gpu_utilization"] if first <= at <= last]
     return {
         "wall_s": sweep["wall_s"],
+        # mean utilisation while trials are up: the packing, apart from the sweep's start
+        "gpu_busy_with_trials_up": sum(samples) / len(samples) / 100 if samples else None,
         "before_first_trial_s": first,
         "no_trial_up_s": last - first - running,
         "trials_up_none_training_s": running - training,
