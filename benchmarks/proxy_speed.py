@@ -29,10 +29,14 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import environment, write_json
 from models import ModelConfig, TrainConfig, train
+
+if TYPE_CHECKING:  # imported where a stage needs them: the others run without Ray or a db
+    import db
+    from benchmarks.sweep_packing import GpuSampler
 
 WIDTHS = (128, 256, 512, 1024, 2048)
 TOKENS_PER_STEP = (4096, 16384)
@@ -228,7 +232,7 @@ def stage_sweep(args: argparse.Namespace, log: Log) -> dict[str, Any]:
 
 
 def _timeline(
-    database: Any, sweep_id: int, start: float, end: float, sampler: Any
+    database: db.Database, sweep_id: int, start: float, end: float, sampler: GpuSampler
 ) -> dict[str, Any]:
     """When each trial ran and what the GPU did meanwhile, in seconds from the sweep's start
     (`benchmarks.sweep_timeline` draws it): each trial from its start by Tune to its end,

@@ -13,8 +13,8 @@ two. Blocks rather than one scale per tensor because a tensor's moments span man
 (`benchmarks/fp8_moments.py`, width 256 after 200 steps: per tensor flushes 0.085% of the
 non-zero m to zero, blocks of 128 0.0005%; update RMS error 4.4% against 3.7%).
 The step rounds stochastically, in bf16 as in FP8 (`_round_stochastically` says why: round
-to nearest leaves v stuck and trains ~1.5% worse with FP8 moments; with bf16 moments it
-trained 0.47% worse than fp32 at width 2048, more than FP8's stochastic rounding).
+to nearest leaves v stuck and trains ~1.5% worse with FP8 moments; an update below half of
+bf16's spacing sticks the same way).
 The power of two makes the scaling exact both ways, so compressing a decompressed state
 gives back the same values: a checkpoint holds the moments decompressed (torch AdamW's
 ``exp_avg``/``exp_avg_sq``, shaped and sharded like the parameters) and resuming continues

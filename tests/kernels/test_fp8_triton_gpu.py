@@ -15,9 +15,12 @@ Stated tolerances (relative Frobenius error, float64 reference):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+import triton
 
 import kernels
 from kernels import E4M3, E5M2, fp8_linear_reference, saturating_cast
@@ -192,7 +195,7 @@ def test_fp8_matmul_autotuned_matches_configured() -> None:
 
 @pytest.mark.skipif(not HAS_TMA, reason="the TMA kernel needs Hopper")
 def test_cold_tuning_compiles_the_candidates_at_once_and_stays_exact(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A key no process has tuned: every candidate compiled side by side, then timed, and
     the chosen config's product within the bounds."""
@@ -205,7 +208,7 @@ def test_cold_tuning_compiles_the_candidates_at_once_and_stays_exact(
     batches: list[int] = []
     compile_at_once = tuning.compile_at_once
 
-    def counted(compile, configs) -> None:  # type: ignore[no-untyped-def]
+    def counted(compile: Callable[[triton.Config], object], configs: list[triton.Config]) -> None:
         batches.append(len(configs))
         compile_at_once(compile, configs)
 
