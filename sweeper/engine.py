@@ -56,13 +56,18 @@ TRIAL_STATUS: dict[TrainStatus, db.TrialStatus] = {
 # Optuna and ASHA need a number for a diverged trial: anything worse than an untrained
 # model (whose loss is about ln(vocab)) ranks it last without poisoning TPE's density fit.
 DIVERGED_PENALTY = 2.0
+# A trial waits this long at most for the sweep's kernel warm-up (seconds; a cold one takes
+# ~30 s on one H200 for three proxy widths), then goes on and tunes what it needs itself.
+WARM_UP_WAIT_S = 600.0
 
 
 # --- inside a Ray worker ----------------------------------------------------------------
 
 
-def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
-    """One Tune trial: train the spec's base run at the trial's width and values."""
+def run_trial(config: dict[str, Any], spec: dict[str, Any], warm_up: list[ray.ObjectRef]) -> None:
+    """One Tune trial: train the spec's base run at the trial's width and values, once the
+    sweep's kernel warm-up (if any: ``warm_up`` holds its ref) has filled the cache."""
+    wait_for_warm_up(warm_up)
     sweep = SweepSpec.model_validate(spec)
     trial = config["trial"]
     params = {k: trial[k] for k in TRIAL_VALUES if k in trial}
@@ -78,31 +83,63 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     train(train_config, report=report)
 
 
-def warm_up_widths(configs: list[dict[str, Any]]) -> list[float]:
+def warm_up_widths(configs: list[dict[str, Any]]) -> dict[int, float]:
     """One per width, one after another in one process: the kernels' tuning times each
-    candidate alone on the GPU, and the packed trials that follow start from the cache."""
-    return [warm_up(TrainConfig.model_validate(c)) for c in configs]
+    candidate alone on the GPU, and the packed trials that follow start from the cache.
+    Returns each width's seconds."""
+    runs = [TrainConfig.model_validate(c) for c in configs]
+    return {run.model.width: warm_up(run) for run in runs}
+
+
+def wait_for_warm_up(warm_up: list[ray.ObjectRef], timeout_s: float | None = None) -> None:
+    """Wait for the sweep's kernel warm-up, if it has one. The warm-up only saves time: if
+    it fails, or is not done within ``timeout_s`` (default `WARM_UP_WAIT_S`), the trial goes
+    on and tunes what it needs itself (its own error, if any, is the one to report)."""
+    if not warm_up:
+        return
+    started = time.monotonic()
+    try:
+        ray.get(warm_up, timeout=WARM_UP_WAIT_S if timeout_s is None else timeout_s)
+    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
+        log.warning("going on without the kernel warm-up: %s", traceback_tail(str(e)))
+    log.info("waited %.1f s for the kernel warm-up", time.monotonic() - started)
 
 
 # --- in the driver ----------------------------------------------------------------------
 
 
-def warm_kernel_caches(spec: SweepSpec, remaining: list[TrialPlan]) -> None:
-    """Before FP8 trials are packed onto GPUs, tune each width's kernels once.
+def warm_kernel_caches(spec: SweepSpec, remaining: list[TrialPlan]) -> list[ray.ObjectRef]:
+    """Start tuning each width's FP8 kernels once, in one Ray task; returns its ref (empty
+    when there is nothing to tune: BF16 and CPU trials).
 
     Otherwise every trial of a width starts at once, cold, and each tunes the same shapes
-    while the others load the GPU (slower, and noisier choices). BF16 and CPU trials have
-    nothing to tune.
+    while the others load the GPU (slower, and noisier choices). The task is submitted
+    before Tune starts, so it holds its GPU share first; Tune's start and the trials'
+    worker starts (~13 s on one node) then overlap it, and each trial waits for it before
+    training (`wait_for_warm_up`) so that no kernel is timed while trials load the GPU.
     """
     if spec.train.precision != "fp8" or spec.resources.gpu == 0:
-        return
+        return []
     widths = sorted({p.width for p in remaining})
     configs = [spec.trial_config(w, {"lr": spec.train.lr, "wd": spec.train.wd}) for w in widths]
     task = ray.remote(warm_up_widths).options(
         num_cpus=spec.resources.cpu, num_gpus=min(spec.resources.gpu, 1.0)
     )
-    seconds = ray.get(task.remote([c.model_dump(mode="json") for c in configs]))
-    log.info("kernel caches warm for widths %s (%s s)", widths, [round(s, 1) for s in seconds])
+    return [task.remote([c.model_dump(mode="json") for c in configs])]
+
+
+def _log_warm_up(warm_up: list[ray.ObjectRef]) -> None:
+    """The warm-up's seconds per width, or its error, for the driver's log."""
+    for ref in warm_up:
+        try:
+            seconds = ray.get(ref, timeout=0)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
+            log.warning("the kernel warm-up did not finish: %s", traceback_tail(str(e)))
+        else:
+            log.info(
+                "kernel warm-up, seconds per width: %s",
+                {w: round(s, 1) for w, s in seconds.items()},
+            )
 
 
 class PerWidthOptuna(Searcher):
@@ -326,9 +363,11 @@ def build_tuner(
     spec: SweepSpec,
     remaining: list[TrialPlan],
     settings: Settings,
+    warm_up: list[ray.ObjectRef],
 ) -> tune.Tuner:
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=spec.model_dump(mode="json")),
+        # the warm-up's ref travels in a list: Ray puts each parameter, and won't put a ref
+        tune.with_parameters(run_trial, spec=spec.model_dump(mode="json"), warm_up=warm_up),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     scheduler: TrialScheduler = FIFOScheduler()
@@ -399,8 +438,9 @@ def run_sweep(database: db.Database, sweep_id: int, settings: Settings) -> db.Jo
         if remaining:
             ensure_ray(job.settings)
             _check_resources(spec)
-            warm_kernel_caches(spec, remaining)
-            build_tuner(database, sweep_id, spec, remaining, job.settings).fit()
+            warm_up = warm_kernel_caches(spec, remaining)
+            build_tuner(database, sweep_id, spec, remaining, job.settings, warm_up).fit()
+            _log_warm_up(warm_up)
         if job.status() is db.JobStatus.CANCELLED:
             return job.finish(db.JobStatus.CANCELLED)
         left = remaining_plan(database, sweep_id, spec)

@@ -195,7 +195,7 @@ def test_fp8_moments_benchmark_runs_tiny(tmp_path):
     assert [row["optimizer_state"] for row in results["memory"]["rows"]] == ["fp32", "bf16", "fp8"]
     quality = results["quality"]
     by_seed = quality["eval_loss_by_seed"]
-    assert sorted(by_seed) == ["bf16", "fp32", "fp8"]
+    assert sorted(by_seed) == ["bf16", "fp32", "fp32_lr_nudged", "fp8"]
     assert all(len(losses) == 2 for losses in by_seed.values())  # the seeds a gap is read against
     assert all(math.isfinite(v) for losses in by_seed.values() for v in losses)
     assert by_seed["fp32"][0] != by_seed["fp32"][1]  # the seeds differ, so the spread means noise

@@ -6,7 +6,6 @@ over the `database` fixture of tests/conftest.py (its Ray clusters in a temp dir
 
 from __future__ import annotations
 
-import itertools
 import json
 import signal
 import subprocess
@@ -16,10 +15,11 @@ from collections.abc import Callable
 
 import optuna
 import pytest
+import ray
 
 import db
 from sweeper import service
-from sweeper.engine import optuna_study_name
+from sweeper.engine import optuna_study_name, wait_for_warm_up
 from sweeper.spec import SweepSpec
 from tests.conftest import drivers_of, tiny_sweep
 
@@ -67,9 +67,32 @@ def test_grid_sweep_with_a_diverging_lr(database, shakespeare):
         else:
             assert steps and steps == sorted(set(steps))  # the diverged curve is kept
         assert trial.node_id
-    # 2 CPUs, 1 CPU per trial: two trials ran at once.
-    spans = sorted((t.created_at, t.finished_at) for t in progress.trials)
-    assert any(b_start < a_end for (_, a_end), (b_start, _) in itertools.pairwise(spans))
+
+
+def test_a_trial_waits_for_the_warm_up_and_goes_on_without_a_failed_or_late_one(ray_tmp):
+    # defined here, so Ray ships them by value (the workers cannot import this module)
+    def _warm_up_for(seconds: float) -> dict[int, float]:
+        time.sleep(seconds)
+        return {16: seconds}
+
+    def _failing_warm_up() -> dict[int, float]:
+        raise RuntimeError("out of memory while tuning")
+
+    ray.init(num_cpus=3, include_dashboard=False)
+    try:
+        done, failed, late = (
+            ray.remote(_warm_up_for).remote(2.0),
+            ray.remote(_failing_warm_up).remote(),
+            ray.remote(_warm_up_for).remote(120.0),
+        )
+        wait_for_warm_up([done])
+        assert ray.wait([done], timeout=0)[0] == [done]
+        wait_for_warm_up([failed])  # the trial goes on: its own run reports any real error
+        wait_for_warm_up([late], timeout_s=1.0)
+        assert ray.wait([late], timeout=0)[0] == []  # it went on before the warm-up ended
+        wait_for_warm_up([])  # BF16 and CPU sweeps have no warm-up
+    finally:
+        ray.shutdown()
 
 
 def test_tpe_sweep_shares_the_database_with_optuna(database, shakespeare):
