@@ -69,6 +69,17 @@ def cluster_nodes() -> list[NodeResources]:
     ]
 
 
+def nodes_that_fit(each: NodeResources) -> list[str]:
+    """The ids of the live nodes that one task of ``each`` fits on (by their totals)."""
+    return [
+        node["NodeID"]
+        for node in ray.nodes()
+        if node.get("Alive")
+        and node["Resources"].get("CPU", 0.0) >= each.cpu
+        and node["Resources"].get("GPU", 0.0) >= each.gpu
+    ]
+
+
 @dataclass(frozen=True)
 class Shortfall:
     """Why a job cannot run on a cluster: the resource at fault (`count`: one task fits a

@@ -28,14 +28,17 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import db
 from models import MetricPoint, TrainConfig, train, warm_up
 from models.train import TrainStatus, status_after
 from sweeper.cluster import (
+    NodeResources,
     NotEnoughResources,
     cluster_nodes,
     ensure_ray,
+    nodes_that_fit,
     trial_shortfall,
 )
 from sweeper.jobs import DatabaseHandle, Job, traceback_tail, writes
@@ -64,15 +67,18 @@ WARM_UP_WAIT_S = 600.0
 # --- inside a Ray worker ----------------------------------------------------------------
 
 
-def run_trial(config: dict[str, Any], spec: dict[str, Any], warm_up: list[ray.ObjectRef]) -> None:
+def run_trial(
+    config: dict[str, Any], spec: dict[str, Any], warm_up: dict[str, ray.ObjectRef]
+) -> None:
     """One Tune trial: train the spec's base run at the trial's width and values, once the
-    sweep's kernel warm-up (if any: ``warm_up`` holds its ref) has filled the cache."""
-    wait_for_warm_up(warm_up)
+    kernel warm-up of its node (``warm_up``: the warm-ups' refs by node id) has filled the
+    node's cache."""
+    node_id = ray.get_runtime_context().get_node_id()
+    wait_for_warm_up(warm_up.get(node_id))
     sweep = SweepSpec.model_validate(spec)
     trial = config["trial"]
     params = {k: trial[k] for k in TRIAL_VALUES if k in trial}
     train_config = sweep.trial_config(trial["width"], params)
-    node_id = ray.get_runtime_context().get_node_id()
     penalty = DIVERGED_PENALTY * math.log(train_config.model.vocab_size)
 
     def report(point: MetricPoint) -> None:
@@ -91,11 +97,11 @@ def warm_up_widths(configs: list[dict[str, Any]]) -> dict[int, float]:
     return {run.model.width: warm_up(run) for run in runs}
 
 
-def wait_for_warm_up(warm_up: list[ray.ObjectRef], timeout_s: float | None = None) -> None:
-    """Wait for the sweep's kernel warm-up, if it has one. The warm-up only saves time: if
-    it fails, or is not done within ``timeout_s`` (default `WARM_UP_WAIT_S`), the trial goes
-    on and tunes what it needs itself (its own error, if any, is the one to report)."""
-    if not warm_up:
+def wait_for_warm_up(warm_up: ray.ObjectRef | None, timeout_s: float | None = None) -> None:
+    """Wait for a node's kernel warm-up, if it has one. The warm-up only saves time: if it
+    fails, or is not done within ``timeout_s`` (default `WARM_UP_WAIT_S`), the trial goes on
+    and tunes what it needs itself (its own error, if any, is the one to report)."""
+    if warm_up is None:
         return
     started = time.monotonic()
     try:
@@ -108,38 +114,43 @@ def wait_for_warm_up(warm_up: list[ray.ObjectRef], timeout_s: float | None = Non
 # --- in the driver ----------------------------------------------------------------------
 
 
-def warm_kernel_caches(spec: SweepSpec, remaining: list[TrialPlan]) -> list[ray.ObjectRef]:
-    """Start tuning each width's FP8 kernels once, in one Ray task; returns its ref (empty
-    when there is nothing to tune: BF16 and CPU trials).
+def warm_kernel_caches(spec: SweepSpec, remaining: list[TrialPlan]) -> dict[str, ray.ObjectRef]:
+    """Start tuning each width's FP8 kernels once on every node a trial fits on (the cache
+    is each machine's own), one Ray task per node; returns their refs by node id (none when
+    there is nothing to tune: BF16 and CPU trials).
 
     Otherwise every trial of a width starts at once, cold, and each tunes the same shapes
-    while the others load the GPU (slower, and noisier choices). The task is submitted
-    before Tune starts, so it holds its GPU share first; Tune's start and the trials'
-    worker starts (~13 s on one node) then overlap it, and each trial waits for it before
-    training (`wait_for_warm_up`) so that no kernel is timed while trials load the GPU.
+    while the others load the GPU (slower, and noisier choices). The tasks are submitted
+    before Tune starts, so each holds its GPU share first; Tune's start and the trials'
+    worker starts (~13 s on one node) then overlap them, and each trial waits for its node's
+    before training (`wait_for_warm_up`), so that no kernel is timed while trials load it.
     """
     if spec.train.precision != "fp8" or spec.resources.gpu == 0:
-        return []
+        return {}
     widths = sorted({p.width for p in remaining})
     configs = [spec.trial_config(w, {"lr": spec.train.lr, "wd": spec.train.wd}) for w in widths]
-    task = ray.remote(warm_up_widths).options(
-        num_cpus=spec.resources.cpu, num_gpus=min(spec.resources.gpu, 1.0)
-    )
-    return [task.remote([c.model_dump(mode="json") for c in configs])]
+    task = ray.remote(warm_up_widths)
+    share = NodeResources(cpu=spec.resources.cpu, gpu=min(spec.resources.gpu, 1.0))
+    return {
+        node: task.options(
+            num_cpus=share.cpu,
+            num_gpus=share.gpu,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+        ).remote([c.model_dump(mode="json") for c in configs])
+        for node in nodes_that_fit(share)
+    }
 
 
-def _log_warm_up(warm_up: list[ray.ObjectRef]) -> None:
-    """The warm-up's seconds per width, or its error, for the driver's log."""
-    for ref in warm_up:
+def _log_warm_up(warm_up: dict[str, ray.ObjectRef]) -> None:
+    """Each node's warm-up seconds per width, or its error, for the driver's log."""
+    for node, ref in warm_up.items():
         try:
             seconds = ray.get(ref, timeout=0)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
-            log.warning("the kernel warm-up did not finish: %s", traceback_tail(str(e)))
+            log.warning("node %s: no kernel warm-up: %s", node, traceback_tail(str(e)))
         else:
-            log.info(
-                "kernel warm-up, seconds per width: %s",
-                {w: round(s, 1) for w, s in seconds.items()},
-            )
+            per_width = {w: round(s, 1) for w, s in seconds.items()}
+            log.info("node %s: kernel warm-up, seconds per width: %s", node, per_width)
 
 
 class PerWidthOptuna(Searcher):
@@ -363,10 +374,10 @@ def build_tuner(
     spec: SweepSpec,
     remaining: list[TrialPlan],
     settings: Settings,
-    warm_up: list[ray.ObjectRef],
+    warm_up: dict[str, ray.ObjectRef],
 ) -> tune.Tuner:
     trainable = tune.with_resources(
-        # the warm-up's ref travels in a list: Ray puts each parameter, and won't put a ref
+        # the warm-ups' refs travel in a dict: Ray puts each parameter, and won't put a ref
         tune.with_parameters(run_trial, spec=spec.model_dump(mode="json"), warm_up=warm_up),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )

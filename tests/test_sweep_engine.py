@@ -19,6 +19,7 @@ import ray
 
 import db
 from sweeper import service
+from sweeper.cluster import NodeResources, nodes_that_fit
 from sweeper.engine import optuna_study_name, wait_for_warm_up
 from sweeper.spec import SweepSpec
 from tests.conftest import drivers_of, tiny_sweep
@@ -69,7 +70,7 @@ def test_grid_sweep_with_a_diverging_lr(database, shakespeare):
         assert trial.node_id
 
 
-def test_a_trial_waits_for_the_warm_up_and_goes_on_without_a_failed_or_late_one(ray_tmp):
+def test_a_trial_waits_for_its_node_s_warm_up_and_goes_on_without_a_failed_or_late_one(ray_tmp):
     # defined here, so Ray ships them by value (the workers cannot import this module)
     def _warm_up_for(seconds: float) -> dict[int, float]:
         time.sleep(seconds)
@@ -85,12 +86,16 @@ def test_a_trial_waits_for_the_warm_up_and_goes_on_without_a_failed_or_late_one(
             ray.remote(_failing_warm_up).remote(),
             ray.remote(_warm_up_for).remote(120.0),
         )
-        wait_for_warm_up([done])
+        wait_for_warm_up(done)
         assert ray.wait([done], timeout=0)[0] == [done]
-        wait_for_warm_up([failed])  # the trial goes on: its own run reports any real error
-        wait_for_warm_up([late], timeout_s=1.0)
+        wait_for_warm_up(failed)  # the trial goes on: its own run reports any real error
+        wait_for_warm_up(late, timeout_s=1.0)
         assert ray.wait([late], timeout=0)[0] == []  # it went on before the warm-up ended
-        wait_for_warm_up([])  # BF16 and CPU sweeps have no warm-up
+        wait_for_warm_up(None)  # BF16 and CPU sweeps, and nodes no trial fits, have none
+        # a warm-up for each node a trial fits on (by its totals, busy or not)
+        (node,) = ray.nodes()
+        assert nodes_that_fit(NodeResources(cpu=3, gpu=0)) == [node["NodeID"]]
+        assert nodes_that_fit(NodeResources(cpu=1, gpu=0.125)) == []
     finally:
         ray.shutdown()
 
