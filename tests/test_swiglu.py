@@ -159,3 +159,36 @@ def test_swiglu_horizon_benchmark_runs_tiny(tmp_path):
         assert 0 < run["max_cast_input_over_training"] < 448  # within e4m3, finite
     assert len(log.read_text().splitlines()) == 4  # a line per measurement, as it goes
     assert (tmp_path / "swiglu_horizon_tiny.json").exists()
+
+
+def test_the_launched_target_keeps_the_sweep_s_mlp_and_moments(shakespeare):
+    """Sweep spec -> transfer -> launch config -> training: a sweep of Smooth-SwiGLU proxies
+    with FP8 moments launches a target of the same kind, at the transferred LR."""
+    from models import train
+    from models.compressed_adam import CompressedAdamW
+    from models.optim import build_optimizer
+    from models.train import build_model
+    from sweeper.launch import LaunchRequest, launch_config
+    from sweeper.spec import SweepSpec
+    from sweeper.transfer import TrialOutcome, compute_transfer
+    from tests.conftest import tiny_sweep
+
+    base = tiny_sweep(shakespeare)
+    model = base["train"]["model"] | {"mlp": "smooth_swiglu"}
+    spec = SweepSpec.model_validate(
+        base | {"train": base["train"] | {"model": model, "optimizer_state": "fp8"}}
+    )
+    # µS-like proxies: the optimum at 2^-5 at both widths
+    outcomes = [
+        TrialOutcome(w, 2.0**x, 0.0, 2.0 + 0.05 * (x + 5) ** 2)
+        for w in spec.widths
+        for x in range(-8, -1)
+    ]
+    result = compute_transfer(outcomes, model=spec.train.model, to_width=64)
+    request = LaunchRequest(sweep_id=1, to_width=64, steps=3, precision="fp32")
+    config = launch_config(spec, result, request)
+    assert (config.model.width, config.model.mlp) == (64, "smooth_swiglu")
+    assert config.optimizer_state == "fp8" and config.lr == pytest.approx(2**-5, rel=0.05)
+    optimizer, _ = build_optimizer(build_model(config, torch.device("cpu")), config)
+    assert isinstance(optimizer, CompressedAdamW)
+    assert math.isfinite(train(config).final_eval_loss)
