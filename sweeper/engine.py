@@ -97,15 +97,15 @@ def warm_up_widths(configs: list[dict[str, Any]]) -> dict[int, float]:
     return {run.model.width: warm_up(run) for run in runs}
 
 
-def wait_for_warm_up(warm_up: ray.ObjectRef | None, timeout_s: float | None = None) -> None:
+def wait_for_warm_up(warm_up: ray.ObjectRef | None, timeout_s: float = WARM_UP_WAIT_S) -> None:
     """Wait for a node's kernel warm-up, if it has one. The warm-up only saves time: if it
-    fails, or is not done within ``timeout_s`` (default `WARM_UP_WAIT_S`), the trial goes on
-    and tunes what it needs itself (its own error, if any, is the one to report)."""
+    fails, or is not done within ``timeout_s``, the trial goes on and tunes what it needs
+    itself (its own error, if any, is the one to report)."""
     if warm_up is None:
         return
     started = time.monotonic()
     try:
-        ray.get(warm_up, timeout=WARM_UP_WAIT_S if timeout_s is None else timeout_s)
+        ray.get(warm_up, timeout=timeout_s)
     except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
         log.warning("going on without the kernel warm-up: %s", traceback_tail(str(e)))
     log.info("waited %.1f s for the kernel warm-up", time.monotonic() - started)
