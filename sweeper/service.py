@@ -41,7 +41,6 @@ from models.config import PRECISIONS, preset
 from models.coord_check import CoordCheck, coord_check, plot_coord_check
 from models.data import DataError, DataIdentity, data_identity
 from models.prepare import DTYPE_CHOICES, DtypeChoice, PrepareError, prepare
-from sweeper import cluster
 from sweeper.compare import compare_sweep, trial_outcomes
 from sweeper.jobs import (
     ACTIVE,
@@ -52,14 +51,6 @@ from sweeper.jobs import (
     driver_gone,
     last_beat,
     this_host,
-)
-from sweeper.launch import (
-    MAX_ID,
-    MAX_INT,
-    MAX_TOKENS,
-    LaunchRequest,
-    launch_config,
-    resource_shortfall,
 )
 from sweeper.settings import Settings, is_loopback
 from sweeper.spec import SweepSpec
@@ -83,6 +74,25 @@ from sweeper.views import (
     stored_identity,
 )
 from sweeper.views import is_stale as _is_stale
+
+if typing.TYPE_CHECKING:
+    from sweeper.launch import MAX_ID, MAX_INT, MAX_TOKENS, LaunchRequest
+
+# Ray and Ray Train (a second of import, more on a busy machine) load on first use: only
+# starting a job needs them, and every `sweeper` command (`--help`, a bad option, a status)
+# would pay it otherwise. `sweeper.launch`'s names load with it (PEP 562).
+_FROM_LAUNCH = frozenset({"MAX_ID", "MAX_INT", "MAX_TOKENS", "LaunchRequest"})
+
+
+def __getattr__(name: str) -> object:
+    if name not in _FROM_LAUNCH:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from sweeper import launch
+
+    value = getattr(launch, name)
+    globals()[name] = value
+    return value
+
 
 # What the CLI and the API may use besides the functions below (the import contract in
 # pyproject.toml lets them import this module and nothing under it).
@@ -292,6 +302,8 @@ def start_sweep(
     ever. (A driver that joins a configured cluster checks there, and fails at once.)"""
     settings = settings or Settings()
     if settings.ray_address is None:
+        from sweeper import cluster
+
         problem = cluster.trial_shortfall(spec.resources, [cluster.local_node()])
         if problem is not None:
             raise InvalidInput(*problem)
@@ -502,6 +514,8 @@ def get_transfer(database: db.Database, transfer_id: int) -> TransferView:
 def _fit_transfer(
     progress: SweepProgress, to_width: int, to_tokens: int | None, to_depth: int | None
 ) -> TransferResult:
+    from sweeper.launch import MAX_INT, MAX_TOKENS
+
     sweep_id = progress.sweep.id
     model = progress.spec.train.model
     if not 1 <= to_width <= MAX_INT or to_width % model.head_dim:
@@ -616,6 +630,9 @@ def launch_run(
     all run at once on the driver's local cluster is refused (as in `start_sweep`). The
     transfer, at the run's tokens, also warns when the target's data or tokenizer differ
     from the proxies' (`sweeper.transfer.data_warnings`)."""
+    from sweeper import cluster
+    from sweeper.launch import launch_config, resource_shortfall
+
     settings = settings or Settings()
     if settings.ray_address is None:  # as in `start_sweep`
         problem = resource_shortfall(request, [cluster.local_node()])

@@ -22,6 +22,7 @@ import pytest
 
 import db
 from sweeper import service
+from sweeper.cluster import local_node
 from sweeper.jobs import traceback_tail
 from sweeper.settings import Settings
 from sweeper.spec import SweepSpec
@@ -232,7 +233,7 @@ def test_wait_exits_when_the_driver_is_gone_and_nothing_resumes_it(
 def test_a_sweep_asking_for_more_than_this_machine_holds_is_refused(
     database, shakespeare, tmp_path, resource
 ):
-    local = service.cluster.local_node()
+    local = local_node()
     if resource == "gpu" and local.gpu >= 1:
         pytest.skip("this machine has a GPU")
     asked = {"gpu": {"gpu": 1}, "cpu": {"cpu": local.cpu + 1}}[resource]
