@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -41,18 +42,42 @@ Key = tuple[Hashable, ...]
 Timer = Callable[[Callable[[], object]], float]  # ms of one call, or inf if it cannot run
 
 
+# Timing one candidate (`gpu_median_ms`): at least this many calls, more while the host has
+# spent less than this budget on them. A cold sweep times ~200 candidates per proxy width
+# before its trials train, and a proxy's 5-10 µs kernel is bound by its ~0.1 ms host
+# launch, so Triton's `do_bench` (a 1 ms warm-up and 5 ms of calls, ~12 ms a candidate:
+# 2.5 s of each width's warm-up on an H200) spent most of its time launching. The median
+# of 8 calls still separates candidates that differ by a few percent; a full-size kernel
+# (~1 ms) gets its 5 calls.
+MIN_TIMED_CALLS = 5
+TIMING_BUDGET_S = 1.5e-3
+# Bytes zeroed before each timed call, so that no call finds its operands in L2 (50 MB on
+# an H100/H200), as in `do_bench`.
+L2_FLUSH_BYTES = 256 * 2**20
+
+
 def gpu_median_ms(call: Callable[[], object]) -> float:
-    """Median of CUDA-event timings; inf for a config too big for this device."""
+    """Median of CUDA-event timings of ``call`` after one untimed call (which compiles and
+    tunes what it calls); inf for a config too big for this device."""
     from triton.compiler.errors import CompileTimeAssertionFailure
     from triton.runtime.errors import OutOfResources
 
     try:
-        # Short budgets (ms): a cold sweep times ~150 candidates per width before its
-        # trials start, and the candidates differ by far more than the noise of a median
-        # over this (~80 calls of a proxy's 5-10 µs kernel, a few of a full-size one).
-        return float(triton.testing.do_bench(call, warmup=1, rep=5, return_mode="median"))
+        call()
     except (OutOfResources, CompileTimeAssertionFailure):
         return math.inf  # too much shared memory or too many registers
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < MIN_TIMED_CALLS or time.perf_counter() - started < TIMING_BUDGET_S:
+        flush.zero_()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        call()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end))
+    return statistics.median(times)
 
 
 def cache_dir() -> Path:

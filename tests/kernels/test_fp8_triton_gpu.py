@@ -218,6 +218,24 @@ def test_cold_tuning_compiles_the_candidates_at_once_and_stays_exact(
     assert list(tmp_path.glob("fp8_matmul_tma-*.json"))  # the choice was timed and kept
 
 
+def test_the_tuning_timer_ranks_kernels_by_their_time_and_times_each_enough() -> None:
+    """Its short budget still separates a 5 µs kernel from a 0.5 ms one, and a long kernel
+    still gets its minimum of timed calls (after one untimed call)."""
+    from kernels import tuning
+
+    calls: list[int] = []
+
+    def sleep(cycles: int) -> None:
+        calls.append(cycles)
+        torch.cuda._sleep(cycles)
+
+    short = tuning.gpu_median_ms(lambda: sleep(10_000))
+    long = tuning.gpu_median_ms(lambda: sleep(1_000_000))
+    assert short > 0 and long > 20 * short
+    assert calls.count(1_000_000) >= tuning.MIN_TIMED_CALLS + 1
+    assert calls.count(10_000) > calls.count(1_000_000)  # the short one fits more calls
+
+
 def test_fp8_matmul_unaligned_falls_back_to_pointer_kernel() -> None:
     a, b, exact = gemm_operands(100, 90, 72, E4M3)  # K = 72: rows not 16-byte aligned for TMA
     out = triton_gemm.fp8_matmul(a, b, scale=1.0, out_dtype=torch.float32)
