@@ -15,10 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import (
@@ -32,6 +30,9 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.errors import Conflict, NotFound, StorageError, Unavailable
+
+if TYPE_CHECKING:  # Alembic is imported where it migrates: a trial imports db, never migrates
+    from alembic.config import Config
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
@@ -148,6 +149,8 @@ class Database:
         the schema at head and does nothing. Both backends have transactional DDL, so a
         failed upgrade leaves the previous schema intact.
         """
+        from alembic import command
+
         try:
             with _ALEMBIC_LOCK, self._engine.begin() as connection:
                 if self.backend == "postgresql":
@@ -170,6 +173,8 @@ def alembic_config(*, connection: Connection | None = None, url: str | None = No
     `connection` is used by `migrate()`; `url` lets a developer write a new revision:
     `command.revision(alembic_config(url="sqlite:///dev.db"), "message", autogenerate=True)`.
     """
+    from alembic.config import Config
+
     config = Config()
     # The config file format interpolates "%", which may appear in an install path.
     config.set_main_option("script_location", str(_MIGRATIONS).replace("%", "%%"))

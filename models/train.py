@@ -174,11 +174,22 @@ def train(
     *,
     parallel: Parallel | None = None,
     checkpointing: Checkpointing | None = None,
+    before_first_step: Callable[[], None] | None = None,
 ) -> TrainResult:
-    """Train ``config`` to its last step or to divergence; ``report`` gets each MetricPoint."""
+    """Train ``config`` to its last step or to divergence; ``report`` gets each MetricPoint.
+
+    ``before_first_step`` runs once the run is built (data, model, optimizer: nothing that
+    tunes a kernel), before its first step: a sweep's trial waits there for its node's
+    kernel warm-up. Its time is left out of the run's clock (``startup_s``, ``time_s``)."""
     # The FP8 backend is the process's: set for this run only, restored however it ends.
     with using_fp8_backend(config.fp8_backend, chosen_by="TrainConfig.fp8_backend"):
-        return _train(config, report, parallel=parallel, checkpointing=checkpointing)
+        return _train(
+            config,
+            report,
+            parallel=parallel,
+            checkpointing=checkpointing,
+            before_first_step=before_first_step,
+        )
 
 
 def _train(
@@ -187,6 +198,7 @@ def _train(
     *,
     parallel: Parallel | None,
     checkpointing: Checkpointing | None,
+    before_first_step: Callable[[], None] | None,
 ) -> TrainResult:
     started = time.perf_counter()
     device = resolve_device(config.device)
@@ -233,6 +245,10 @@ def _train(
     clock: float | None = None  # start of the current steady-state stretch
     interval_loss = torch.zeros((), device=device)
     interval_steps = 0
+    if before_first_step is not None:
+        waited = time.perf_counter()
+        before_first_step()
+        started += time.perf_counter() - waited  # the caller's wait, not this run's startup
     while step < config.steps:
         batch = batches.next(device)
         loss = steps.train(batch)

@@ -28,22 +28,20 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import db
-from models import MetricPoint, TrainConfig, train, warm_up
+from models import MetricPoint, train
 from models.train import TrainStatus, status_after
 from sweeper.cluster import (
-    NodeResources,
     NotEnoughResources,
     cluster_nodes,
     ensure_ray,
-    nodes_that_fit,
     trial_shortfall,
 )
 from sweeper.jobs import DatabaseHandle, Job, traceback_tail, writes
 from sweeper.settings import Settings
 from sweeper.spec import TRIAL_VALUES, SweepSpec, TrialPlan
+from sweeper.warm_up import log_warm_up, wait_for_warm_up, warm_kernel_caches
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +57,6 @@ TRIAL_STATUS: dict[TrainStatus, db.TrialStatus] = {
 # Optuna and ASHA need a number for a diverged trial: anything worse than an untrained
 # model (whose loss is about ln(vocab)) ranks it last without poisoning TPE's density fit.
 DIVERGED_PENALTY = 2.0
-# A trial waits this long at most for the sweep's kernel warm-up (seconds; a cold one takes
-# ~30 s on one H200 for three proxy widths), then goes on and tunes what it needs itself.
-WARM_UP_WAIT_S = 600.0
 
 
 # --- inside a Ray worker ----------------------------------------------------------------
@@ -70,11 +65,10 @@ WARM_UP_WAIT_S = 600.0
 def run_trial(
     config: dict[str, Any], spec: dict[str, Any], warm_up: dict[str, ray.ObjectRef]
 ) -> None:
-    """One Tune trial: train the spec's base run at the trial's width and values, once the
-    kernel warm-up of its node (``warm_up``: the warm-ups' refs by node id) has filled the
-    node's cache."""
+    """One Tune trial: train the spec's base run at the trial's width and values. Its run
+    builds itself, then waits for the kernel warm-up of its node (``warm_up``: the
+    warm-ups' refs by node id) to fill the node's cache before its first step."""
     node_id = ray.get_runtime_context().get_node_id()
-    wait_for_warm_up(warm_up.get(node_id))
     sweep = SweepSpec.model_validate(spec)
     trial = config["trial"]
     params = {k: trial[k] for k in TRIAL_VALUES if k in trial}
@@ -86,71 +80,14 @@ def run_trial(
         objective = point.eval_loss if status != "diverged" else penalty
         tune.report(asdict(point) | {OBJECTIVE: objective, "node_id": node_id, STATUS: status})
 
-    train(train_config, report=report)
-
-
-def warm_up_widths(configs: list[dict[str, Any]]) -> dict[int, float]:
-    """One per width, one after another in one process: the kernels' tuning times each
-    candidate alone on the GPU, and the packed trials that follow start from the cache.
-    Returns each width's seconds."""
-    runs = [TrainConfig.model_validate(c) for c in configs]
-    return {run.model.width: warm_up(run) for run in runs}
-
-
-def wait_for_warm_up(warm_up: ray.ObjectRef | None, timeout_s: float = WARM_UP_WAIT_S) -> None:
-    """Wait for a node's kernel warm-up, if it has one. The warm-up only saves time: if it
-    fails, or is not done within ``timeout_s``, the trial goes on and tunes what it needs
-    itself (its own error, if any, is the one to report)."""
-    if warm_up is None:
-        return
-    started = time.monotonic()
-    try:
-        ray.get(warm_up, timeout=timeout_s)
-    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
-        log.warning("going on without the kernel warm-up: %s", traceback_tail(str(e)))
-    log.info("waited %.1f s for the kernel warm-up", time.monotonic() - started)
+    train(
+        train_config,
+        report=report,
+        before_first_step=lambda: wait_for_warm_up(warm_up.get(node_id)),
+    )
 
 
 # --- in the driver ----------------------------------------------------------------------
-
-
-def warm_kernel_caches(spec: SweepSpec, remaining: list[TrialPlan]) -> dict[str, ray.ObjectRef]:
-    """Start tuning each width's FP8 kernels once on every node a trial fits on (the cache
-    is each machine's own), one Ray task per node; returns their refs by node id (none when
-    there is nothing to tune: BF16 and CPU trials).
-
-    Otherwise every trial of a width starts at once, cold, and each tunes the same shapes
-    while the others load the GPU (slower, and noisier choices). The tasks are submitted
-    before Tune starts, so each holds its GPU share first; Tune's start and the trials'
-    worker starts (~13 s on one node) then overlap them, and each trial waits for its node's
-    before training (`wait_for_warm_up`), so that no kernel is timed while trials load it.
-    """
-    if spec.train.precision != "fp8" or spec.resources.gpu == 0:
-        return {}
-    widths = sorted({p.width for p in remaining})
-    configs = [spec.trial_config(w, {"lr": spec.train.lr, "wd": spec.train.wd}) for w in widths]
-    task = ray.remote(warm_up_widths)
-    share = NodeResources(cpu=spec.resources.cpu, gpu=min(spec.resources.gpu, 1.0))
-    return {
-        node: task.options(
-            num_cpus=share.cpu,
-            num_gpus=share.gpu,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-        ).remote([c.model_dump(mode="json") for c in configs])
-        for node in nodes_that_fit(share)
-    }
-
-
-def _log_warm_up(warm_up: dict[str, ray.ObjectRef]) -> None:
-    """Each node's warm-up seconds per width, or its error, for the driver's log."""
-    for node, ref in warm_up.items():
-        try:
-            seconds = ray.get(ref, timeout=0)
-        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
-            log.warning("node %s: no kernel warm-up: %s", node, traceback_tail(str(e)))
-        else:
-            per_width = {w: round(s, 1) for w, s in seconds.items()}
-            log.info("node %s: kernel warm-up, seconds per width: %s", node, per_width)
 
 
 class PerWidthOptuna(Searcher):
@@ -451,7 +388,7 @@ def run_sweep(database: db.Database, sweep_id: int, settings: Settings) -> db.Jo
             _check_resources(spec)
             warm_up = warm_kernel_caches(spec, remaining)
             build_tuner(database, sweep_id, spec, remaining, job.settings, warm_up).fit()
-            _log_warm_up(warm_up)
+            log_warm_up(warm_up)
         if job.status() is db.JobStatus.CANCELLED:
             return job.finish(db.JobStatus.CANCELLED)
         left = remaining_plan(database, sweep_id, spec)

@@ -18,11 +18,13 @@ import pytest
 import ray
 
 import db
+from models import train
 from sweeper import service
 from sweeper.cluster import NodeResources, nodes_that_fit
-from sweeper.engine import optuna_study_name, wait_for_warm_up
+from sweeper.engine import optuna_study_name
 from sweeper.spec import SweepSpec
-from tests.conftest import drivers_of, tiny_sweep
+from sweeper.warm_up import wait_for_warm_up
+from tests.conftest import debug_config, drivers_of, tiny_sweep
 
 TIMEOUT_S = 240
 
@@ -98,6 +100,27 @@ def test_a_trial_waits_for_its_node_s_warm_up_and_goes_on_without_a_failed_or_la
         assert nodes_that_fit(NodeResources(cpu=1, gpu=0.125)) == []
     finally:
         ray.shutdown()
+
+
+def test_a_trial_s_run_builds_itself_then_waits_off_its_clock(shakespeare):
+    """The trial waits for its node's warm-up inside its run (`train`'s before_first_step):
+    once, after the run is built and before its first step, and the wait is not startup."""
+    events: list[str] = []
+
+    def wait() -> None:
+        events.append("wait")
+        time.sleep(3.0)
+
+    begun = time.perf_counter()
+    result = train(
+        debug_config(shakespeare, steps=4, eval_interval=2),
+        report=lambda point: events.append("point"),
+        before_first_step=wait,
+    )
+    outside = time.perf_counter() - begun
+    assert result.status == "completed" and events == ["wait", "point", "point"]
+    assert outside - result.wall_s >= 3.0  # the run's clock left the wait out
+    assert result.startup_s < result.wall_s
 
 
 def test_tpe_sweep_shares_the_database_with_optuna(database, shakespeare):
