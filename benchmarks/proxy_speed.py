@@ -1,6 +1,6 @@
 """Proxy trials in FP8 against BF16: steady-state speed, startup, and a real sweep, on one GPU.
 
-Three stages, each printing JSON and writing ``benchmarks/results/proxy_speed_<stage>.json``
+Four stages, each printing JSON and writing ``benchmarks/results/proxy_speed_<stage>.json``
 (and a JSON line per measurement to ``--log`` as it goes, for runs cut short):
 
 * ``steady``: tokens/s after warm-up and the in-process startup of µS FP8, µS BF16 and SP
@@ -8,11 +8,12 @@ Three stages, each printing JSON and writing ``benchmarks/results/proxy_speed_<s
   with CUDA graphs, all in one process, with FP8/BF16 ratios side by side.
 * ``startup``: the startup of a new process with an empty kernel cache (cold) and again
   with the cache that the first one filled (warm), as a sweep's trials see it.
+* ``warm-up``: the sweep's kernel warm-up alone, in a new process per kernel-cache state
+  (`KERNEL_CACHES`): its imports, and each width's seconds.
 * ``sweep``: the real engine (Ray Tune, SQLite): one 21-trial grid (3 widths x 7 LRs,
   500 steps, 0.125 GPU per trial) in µS FP8 and the same in µS BF16 (``--sweeps``, in
-  order; by default FP8 with an empty kernel cache, BF16, then FP8 again with the cache the
-  first filled, as a node's later sweeps find it); wall time of each and the GPU's busy
-  fraction while it runs.
+  order, each FP8 sweep with the kernel caches it starts from, `KERNEL_CACHES`); wall time
+  of each and the GPU's busy fraction while it runs.
 
     python -m benchmarks.proxy_speed steady startup sweep --data .devdata/shakespeare.txt
 """
@@ -23,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,11 @@ TOKENS_PER_STEP = (4096, 16384)
 SEQ_LEN = 128
 # name -> (parametrization, precision)
 VARIANTS = {"mus-fp8": ("mus", "fp8"), "mus-bf16": ("mus", "bf16"), "sp-bf16": ("sp", "bf16")}
+# The kernel caches an FP8 sweep starts from (``--sweeps fp8:<cache>``): "cold", a node's
+# first FP8 sweep (no compiled kernels, no tuned choices); "new-shapes", what a sweep of
+# shapes the node has not tuned finds (Triton's compiled kernels do not depend on the
+# shapes and are kept; the tuned choices do, and are not); "warm", a sweep repeated.
+KERNEL_CACHES = ("cold", "new-shapes", "warm")
 
 
 def trial_config(
@@ -174,6 +181,64 @@ def sweep_spec(precision: str, data: str, steps: int) -> dict[str, Any]:
     }
 
 
+def _caches(tmp: str) -> dict[str, Path]:
+    """The kernel tuner's and Triton's caches, in a run's own folder."""
+    return {"SWEEPER_KERNEL_CACHE": Path(tmp, "kernels"), "TRITON_CACHE_DIR": Path(tmp, "triton")}
+
+
+def _start_from(cache: str, caches: dict[str, Path]) -> None:
+    """Leave on disk what a process finds in the `KERNEL_CACHES` state ``cache``."""
+    emptied = {"cold": caches.values(), "new-shapes": [caches["SWEEPER_KERNEL_CACHE"]]}
+    for path in emptied.get(cache, []):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def stage_warm_up(args: argparse.Namespace, log: Log) -> dict[str, Any]:
+    """The sweep stage's kernel warm-up (`sweeper.warm_up`) alone, in a new process per
+    kernel-cache state: its imports, then each width's seconds. Cold minus new-shapes is
+    Triton's compilation, new-shapes minus warm the timing of candidates."""
+    rows = []
+    spec = sweep_spec("fp8", args.data, args.sweep_steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        caches = _caches(tmp)
+        for cache in KERNEL_CACHES:
+            _start_from(cache, caches)
+            started = time.time()
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.proxy_speed", "--warm-up", json.dumps(spec)],
+                env={**os.environ, **{name: str(path) for name, path in caches.items()}},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            row = {"kernel_cache": cache, **json.loads(out.stdout.strip().splitlines()[-1])}
+            row["process_start_s"] = row.pop("entered_at") - started  # interpreter, torch
+            row["process_wall_s"] = time.time() - started
+            log.write({"stage": "warm-up", **row})
+            rows.append(row)
+    return {"rows": rows}
+
+
+def warm_up_in_this_process(spec: dict[str, Any]) -> dict[str, Any]:
+    """`--warm-up`: what `stage_warm_up` times, inside the new process."""
+    entered_at = time.time()
+    from sweeper.warm_up import warm_up_widths  # what the warm-up's Ray worker imports
+
+    imported = time.time()
+    from sweeper.spec import SweepSpec
+
+    sweep = SweepSpec.model_validate(spec)
+    configs = [
+        sweep.trial_config(w, {"lr": sweep.train.lr, "wd": sweep.train.wd}).model_dump(mode="json")
+        for w in sweep.widths
+    ]
+    return {
+        "entered_at": entered_at,
+        "warm_up_import_s": imported - entered_at,
+        "width_s": {w: s for c in configs for w, s in warm_up_widths([c]).items()},
+    }
+
+
 def stage_sweep(args: argparse.Namespace, log: Log) -> dict[str, Any]:
     import ray
 
@@ -183,20 +248,24 @@ def stage_sweep(args: argparse.Namespace, log: Log) -> dict[str, Any]:
     from sweeper.settings import Settings
     from sweeper.spec import SweepSpec
 
-    ray.init(include_dashboard=False, log_to_driver=False)
-    sampler = GpuSampler()
+    sweeps = [entry.partition(":")[::2] for entry in args.sweeps.split(",")]
+    for precision, cache in sweeps:
+        if (precision == "fp8") != (cache in KERNEL_CACHES):
+            raise SystemExit(
+                f"--sweeps: fp8:<{'|'.join(KERNEL_CACHES)}> or bf16, got {precision}:{cache}"
+            )
     records: list[dict[str, Any]] = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            os.environ["SWEEPER_KERNEL_CACHE"] = f"{tmp}/kernels"  # starts cold: part of wall
+    with tempfile.TemporaryDirectory() as tmp:
+        # Both caches in the run's own folder, set before Ray starts: its workers keep the
+        # environment they were started with. Each sweep's cache state is made on disk.
+        caches = _caches(tmp)
+        os.environ.update({name: str(path) for name, path in caches.items()})
+        ray.init(include_dashboard=False, log_to_driver=False)
+        sampler = GpuSampler()
+        try:
             database = db.connect(f"sqlite:///{tmp}/bench.db")
-            precisions = args.sweeps.split(",")
-            for n, precision in enumerate(precisions):
-                # The first FP8 sweep of a node fills the kernel cache for the later ones;
-                # BF16 has nothing to tune.
-                cache = (
-                    ("warm" if "fp8" in precisions[:n] else "cold") if precision == "fp8" else None
-                )
+            for precision, cache in sweeps:
+                _start_from(cache, caches)
                 spec = SweepSpec.model_validate(sweep_spec(precision, args.data, args.sweep_steps))
                 sweep_id = db.create_sweep(
                     database, name=spec.name, spec=spec.model_dump(mode="json")
@@ -207,7 +276,7 @@ def stage_sweep(args: argparse.Namespace, log: Log) -> dict[str, Any]:
                 trials = db.list_trials(database, sweep_id=sweep_id)
                 record = {
                     "precision": precision,
-                    "kernel_cache": cache,
+                    "kernel_cache": cache or None,  # BF16 has nothing to tune
                     "status": str(status),
                     "trials": len(trials),
                     "wall_s": end - start,
@@ -218,15 +287,15 @@ def stage_sweep(args: argparse.Namespace, log: Log) -> dict[str, Any]:
                 }
                 log.write({"stage": "sweep", **record})
                 records.append(record)
-    finally:
-        sampler.stop()
-        ray.shutdown()
+        finally:
+            sampler.stop()
+            ray.shutdown()
     wall = {(r["precision"], r["kernel_cache"]): r["wall_s"] for r in records}
-    bf16 = wall.get(("bf16", None))  # BF16 has no kernel cache
+    bf16 = wall.get(("bf16", None))
     return {
         "sweeps": records,
         "wall_ratio_fp8_over_bf16": {
-            cache: _ratio(wall.get(("fp8", cache)), bf16) for cache in ("cold", "warm")
+            cache: _ratio(wall.get(("fp8", cache)), bf16) for cache in KERNEL_CACHES
         },
     }
 
@@ -260,7 +329,12 @@ def _timeline(
     return {"trials": trials, "gpu_utilization": samples}
 
 
-STAGES = {"steady": stage_steady, "startup": stage_startup, "sweep": stage_sweep}
+STAGES = {
+    "steady": stage_steady,
+    "startup": stage_startup,
+    "warm-up": stage_warm_up,
+    "sweep": stage_sweep,
+}
 
 
 def main() -> None:
@@ -269,20 +343,29 @@ def main() -> None:
     parser.add_argument("--data", default="stdlib")
     parser.add_argument("--steps", type=int, default=100, help="steps of a graphed run")
     parser.add_argument("--sweep-steps", type=int, default=500)
-    parser.add_argument("--sweeps", default="fp8,bf16,fp8", help="sweep precisions, in order")
+    parser.add_argument(
+        "--sweeps",
+        default="fp8:cold,bf16,fp8:new-shapes,fp8:warm",
+        help="the sweeps, in order: bf16, or fp8:<kernel cache> (KERNEL_CACHES)",
+    )
     parser.add_argument("--log", type=Path, help="append a JSON line per measurement")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a TrainConfig, in this process
+    parser.add_argument("--warm-up", help=argparse.SUPPRESS)  # a sweep spec, in this process
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(TrainConfig.model_validate_json(args.one))))
         return
+    if args.warm_up:
+        print(json.dumps(warm_up_in_this_process(json.loads(args.warm_up))))
+        return
     log = Log(args.log)
     for name in args.stages:
         started = time.perf_counter()
-        payload: dict[str, Any] = {"benchmark": f"proxy_speed_{name}", "environment": environment()}
+        benchmark = f"proxy_speed_{name.replace('-', '_')}"
+        payload: dict[str, Any] = {"benchmark": benchmark, "environment": environment()}
         payload |= STAGES[name](args, log)
         payload["stage_wall_s"] = time.perf_counter() - started
-        path = write_json(f"proxy_speed_{name}", payload)
+        path = write_json(benchmark, payload)
         print(json.dumps({"stage": name, "written": str(path)}), flush=True)
 
 

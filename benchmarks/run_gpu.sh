@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU side of the kernels' work, for one call of the device machine (see docs/KERNELS.md).
 #   bash benchmarks/run_gpu.sh STAGE...   stages: env tests gemm sweep mlp parity graphs profile
-#                                          steady startup proxy-sweep
+#                                          steady startup warm-up proxy-sweep
 # LIMIT_<stage>=seconds stops a stage early (the device call has a hard limit); its JSON,
 # written as it goes, is still copied.
 # Wheels in .whl/ (pydantic for the models' config, torchao for the MLP baseline) are
@@ -38,7 +38,7 @@ for stage in "$@"; do
                     2>&1 | tee "$OUT/graphs.log" ;;
         profile) t profile python3 -m benchmarks.profile_proxy_step --data .devdata/shakespeare.txt \
                     2>&1 | tee "$OUT/profile.log" ;;
-        steady|startup|proxy-sweep)
+        steady|startup|warm-up|proxy-sweep)
             t "${stage//-/_}" python3 -m benchmarks.proxy_speed "${stage#proxy-}" \
                 --data .devdata/shakespeare.txt --log "$OUT/proxy_speed.jsonl" 2>&1 \
                 | tee -a "$OUT/proxy_speed.log" ;;
