@@ -46,9 +46,9 @@ Timer = Callable[[Callable[[], object]], float]  # ms of one call, or inf if it 
 # spent less than this budget on them. A cold sweep times ~200 candidates per proxy width
 # before its trials train, and a proxy's 5-10 µs kernel is bound by its ~0.1 ms host
 # launch, so Triton's `do_bench` (a 1 ms warm-up and 5 ms of calls, ~12 ms a candidate:
-# 2.5 s of each width's warm-up on an H200) spent most of its time launching. The median
-# of 8 calls still separates candidates that differ by a few percent; a full-size kernel
-# (~1 ms) gets its 5 calls.
+# 2.5 s of each width's warm-up on an H200) spent most of its time launching. With the
+# ~10 calls that now fit, the sweep's FP8 trials train as fast as with do_bench's choices
+# (benchmarks/results/proxy_speed_sweep.json); a full-size kernel (~1 ms) gets its 5 calls.
 MIN_TIMED_CALLS = 5
 TIMING_BUDGET_S = 1.5e-3
 # Bytes zeroed before each timed call, so that no call finds its operands in L2 (50 MB on
