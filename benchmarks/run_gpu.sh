@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU side of the kernels' work, for one call of the device machine (see docs/KERNELS.md).
 #   bash benchmarks/run_gpu.sh STAGE...   stages: env tests gemm sweep mlp parity graphs profile
-#                                          steady startup warm-up proxy-sweep
+#                                          steady startup warm-up proxy-sweep train-throughput
 # LIMIT_<stage>=seconds stops a stage early (the device call has a hard limit); its JSON,
 # written as it goes, is still copied.
 # Wheels in .whl/ (pydantic for the models' config, torchao for the MLP baseline) are
@@ -42,6 +42,8 @@ for stage in "$@"; do
             t "${stage//-/_}" python3 -m benchmarks.proxy_speed "${stage#proxy-}" \
                 --data .devdata/shakespeare.txt --log "$OUT/proxy_speed.jsonl" 2>&1 \
                 | tee -a "$OUT/proxy_speed.log" ;;
+        train-throughput) t train_throughput python3 -m benchmarks.train_throughput ${TT_ARGS:-} \
+                --log "$OUT/train_throughput.jsonl" 2>&1 | tee -a "$OUT/train_throughput.log" ;;
         *) echo "unknown stage $stage"; exit 2 ;;
     esac
     rc=${PIPESTATUS[0]}
