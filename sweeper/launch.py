@@ -159,6 +159,10 @@ def wrap_model(model: GPT, strategy: Strategy, device: torch.device) -> torch.nn
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+# The key of a resumed run's first report that carries its checkpoint's curve (`train_worker`).
+RESTORED_CURVE = "restored_curve"
+
+
 def _metrics(point: MetricPoint, resumed_from: int) -> dict[str, Any]:
     return dataclasses.asdict(point) | {"resumed_from": resumed_from}
 
@@ -179,18 +183,28 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             restored = torch.load(Path(path) / CHECKPOINT_FILE, weights_only=False)
         resumed_from = restored["step"]
 
+    # A driver killed after Ray persisted a checkpoint but before its recorder stored that
+    # report's point would lose the point: the resumed run starts after it. So the first
+    # report after a restore also carries the curve the checkpoint holds (stored once: the
+    # recorder's insert skips the steps it has).
+    unstored: list[dict[str, Any]] = list(restored["curve"]) if restored is not None else []
+
+    def metrics(point: MetricPoint) -> dict[str, Any]:
+        nonlocal unstored
+        out = _metrics(point, resumed_from) | ({RESTORED_CURVE: unstored} if unstored else {})
+        unstored = []
+        return out
+
     def report(point: MetricPoint) -> None:
-        ray.train.report(_metrics(point, resumed_from))
+        ray.train.report(metrics(point))
 
     def save(point: MetricPoint, state: dict[str, Any]) -> None:
         if rank != 0:  # every rank built the full state (FSDP gathers); rank 0 keeps it
-            ray.train.report(_metrics(point, resumed_from))
+            ray.train.report(metrics(point))
             return
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(state, Path(tmp) / CHECKPOINT_FILE)
-            ray.train.report(
-                _metrics(point, resumed_from), checkpoint=ray.train.Checkpoint.from_directory(tmp)
-            )
+            ray.train.report(metrics(point), checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     train(
         config,
@@ -220,7 +234,8 @@ class RunRecorder(DatabaseHandle, UserCallback):
         if resumed_from and resumed_from not in self.resumes_noted:
             db.note_run_resumed(self.database, run_id=self.run_id, step=resumed_from)
             self.resumes_noted.add(resumed_from)  # once written: a retry writes it again
-        db.add_metric_points(self.database, run_id=self.run_id, points=[point])
+        restored = point.get(RESTORED_CURVE, [])
+        db.add_metric_points(self.database, run_id=self.run_id, points=[*restored, point])
         if checkpoint is not None:
             db.set_run_checkpoint(
                 self.database, run_id=self.run_id, checkpoint_path=checkpoint.path

@@ -16,8 +16,8 @@ import ray
 import db
 from models.width_rules import group_rule
 from sweeper import service
-from sweeper.launch import LaunchRequest
-from sweeper.settings import DB_URL_VAR
+from sweeper.launch import RESTORED_CURVE, LaunchRequest, RunRecorder
+from sweeper.settings import DB_URL_VAR, Settings
 from tests.conftest import drivers_of
 from tests.test_sweep_engine import make_spec, run_to_end, wait_for
 
@@ -101,6 +101,27 @@ def _cmdline(process: psutil.Process) -> list[str]:
         return process.cmdline()
     except psutil.Error:  # it ended while the tree was read
         return []
+
+
+def test_a_resumed_run_stores_the_points_its_checkpoint_holds_and_the_driver_never_did(
+    database,
+):
+    """A driver killed after Ray persisted a checkpoint but before its recorder stored that
+    report's point: the resumed run's first report carries the checkpoint's curve, and the
+    recorder stores what is missing, each step once."""
+    run_id = db.create_run(database, name="resumed", config={"train": {"steps": 40}})
+    recorder = RunRecorder(database, run_id, Settings())
+
+    def point(step: int) -> dict[str, float]:
+        return {"step": step, "tokens": step, "train_loss": 3.0, "eval_loss": 3.0,
+                "tokens_per_s": 1.0, "time_s": float(step), "startup_s": 0.5}  # fmt: skip
+
+    recorder.after_report(None, [point(10)], None)  # step 20's point was never stored
+    first = point(30) | {"resumed_from": 20, RESTORED_CURVE: [point(10), point(20)]}
+    recorder.after_report(None, [first], None)
+    recorder.after_report(None, [point(40) | {"resumed_from": 20}], None)
+    assert [p.step for p in db.get_run_curve(database, run_id=run_id)] == [10, 20, 30, 40]
+    assert db.get_run(database, run_id=run_id).resumed_from_step == 20
 
 
 def test_launch_two_workers_resumes_after_a_worker_dies(swept):
