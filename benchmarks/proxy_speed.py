@@ -226,16 +226,13 @@ def warm_up_in_this_process(spec: dict[str, Any]) -> dict[str, Any]:
 
     imported = time.time()
     from sweeper.spec import SweepSpec
+    from sweeper.warm_up import warm_up_configs
 
     sweep = SweepSpec.model_validate(spec)
-    configs = [
-        sweep.trial_config(w, {"lr": sweep.train.lr, "wd": sweep.train.wd}).model_dump(mode="json")
-        for w in sweep.widths
-    ]
     return {
         "entered_at": entered_at,
         "warm_up_import_s": imported - entered_at,
-        "width_s": {w: s for c in configs for w, s in warm_up_widths([c]).items()},
+        "width_s": warm_up_widths(warm_up_configs(sweep, sweep.widths)),
     }
 
 

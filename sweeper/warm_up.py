@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import ray
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 # A trial waits this long at most for the sweep's kernel warm-up (seconds; a cold one takes
 # ~35 s on one H200 for three proxy widths), then goes on and tunes what it needs itself.
 WARM_UP_WAIT_S = 600.0
+
+
+def warm_up_configs(spec: SweepSpec, widths: Iterable[int]) -> list[dict[str, Any]]:
+    """What the warm-up trains at each width: the sweep's trial there at its base values (the
+    kernels' shapes depend on the width and the run's shape, not on LR or WD), as JSON for
+    the task's arguments."""
+    values = {"lr": spec.train.lr, "wd": spec.train.wd}
+    return [spec.trial_config(w, values).model_dump(mode="json") for w in sorted(set(widths))]
 
 
 def warm_up_widths(configs: list[dict[str, Any]]) -> dict[int, float]:
@@ -65,8 +74,7 @@ def warm_kernel_caches(spec: SweepSpec, remaining: list[TrialPlan]) -> dict[str,
     """
     if spec.train.precision != "fp8" or spec.resources.gpu == 0:
         return {}
-    widths = sorted({p.width for p in remaining})
-    configs = [spec.trial_config(w, {"lr": spec.train.lr, "wd": spec.train.wd}) for w in widths]
+    configs = warm_up_configs(spec, (p.width for p in remaining))
     task = ray.remote(warm_up_widths)
     share = NodeResources(cpu=spec.resources.cpu, gpu=min(spec.resources.gpu, 1.0))
     return {
@@ -74,7 +82,7 @@ def warm_kernel_caches(spec: SweepSpec, remaining: list[TrialPlan]) -> dict[str,
             num_cpus=share.cpu,
             num_gpus=share.gpu,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-        ).remote([c.model_dump(mode="json") for c in configs])
+        ).remote(configs)
         for node in nodes_that_fit(share)
     }
 
