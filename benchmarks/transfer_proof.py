@@ -67,7 +67,7 @@ from models import TrainConfig
 from models.config import Parametrization, Precision
 from sweeper import service
 from sweeper.jobs import ACTIVE, JobKind, driver_gone
-from sweeper.launch import LaunchRequest
+from sweeper.launch_request import LaunchRequest
 from sweeper.settings import DB_URL_VAR, Settings
 from sweeper.spec import LogRange, Resources, SearchSpace, SweepSpec
 from sweeper.transfer import DRIFT_THRESHOLD

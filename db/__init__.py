@@ -13,7 +13,7 @@ database: give it `database.url`.
 """
 
 from db._database import Database, connect
-from db._schema import JobStatus, TrialStatus
+from db._schema import MAX_ID, MAX_INT, JobStatus, TrialStatus
 from db.errors import Conflict, NotFound, StorageError, Unavailable
 from db.repository import (
     MetricPoint,
@@ -55,6 +55,8 @@ from db.repository import (
 )
 
 __all__ = [
+    "MAX_ID",
+    "MAX_INT",
     "Conflict",
     "Database",
     "JobStatus",

@@ -40,6 +40,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# The largest id (64-bit on every backend: a larger one names no row and would not fit a
+# query's parameter) and the largest count or width (an INTEGER column on PostgreSQL is
+# 32-bit).
+MAX_ID = 2**63 - 1
+MAX_INT = 2**31 - 1
+
 
 class JobStatus(enum.StrEnum):
     """Life of a sweep or a full-size run; `completed`, `failed` and `cancelled` are final

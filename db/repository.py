@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from db._database import Database
 from db._schema import (
+    MAX_ID,
     Base,
     JobStatus,
     MetricPointRow,
@@ -638,11 +639,6 @@ _NOUN: dict[type[Base], str] = {
 _RecordT = TypeVar("_RecordT")
 
 
-# Ids are 64-bit integers on every backend: a larger one names no row (and would not fit a
-# query's parameter).
-_MAX_ID = 2**63 - 1
-
-
 def _get(
     session: Session, model: type[_Row], row_id: int | None, *, for_update: bool = False
 ) -> _Row:
@@ -650,7 +646,7 @@ def _get(
     a SQLite write transaction holds the whole database already), so that a check of its
     state and the change that depends on it cannot interleave with another writer's."""
     row = None
-    if row_id is not None and -_MAX_ID <= row_id <= _MAX_ID:
+    if row_id is not None and -MAX_ID <= row_id <= MAX_ID:
         row = session.get(model, row_id, with_for_update=for_update)
     if row is None:
         raise NotFound(f"{_NOUN[model]} {row_id} not found")
@@ -664,7 +660,7 @@ def _record(record_type: type[_RecordT], row: object) -> _RecordT:
 
 
 def _check_window(offset: int, limit: int) -> None:
-    if not (0 <= offset <= _MAX_ID and 1 <= limit <= _MAX_ID):
+    if not (0 <= offset <= MAX_ID and 1 <= limit <= MAX_ID):
         raise ValueError(f"need 0 <= offset and 1 <= limit, both < 2^63, got {offset=} {limit=}")
 
 

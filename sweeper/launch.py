@@ -1,11 +1,11 @@
 """Launch: the full-size run with the transferred values, on Ray Train.
 
-`LaunchRequest` says what to run; `launch_config` turns a sweep's base run and a transfer
-into the target's TrainConfig; `run_launch` (in the run's driver process) trains it with a
-`TorchTrainer` of ``workers`` processes: DDP, or FSDP2 when the model and its Adam state do
-not fit one GPU. Every ``checkpoint_every`` steps rank 0 reports a checkpoint to Ray's
-storage path; when a worker dies, Ray Train restarts the group and every rank resumes from
-the latest checkpoint (`models.train` continues with the same batches, schedule and curve).
+`sweeper.launch_request` says what to run and which TrainConfig that makes; `run_launch`
+(in the run's driver process) trains it with a `TorchTrainer` of ``workers`` processes: DDP,
+or FSDP2 when the model and its Adam state do not fit one GPU. Every ``checkpoint_every``
+steps rank 0 reports a checkpoint to Ray's storage path; when a worker dies, Ray Train
+restarts the group and every rank resumes from the latest checkpoint (`models.train`
+continues with the same batches, schedule and curve).
 A callback on Ray Train's controller streams rank 0's points into the database, retrying while
 the database refuses writes (the workers wait at their next report meanwhile).
 """
@@ -19,18 +19,16 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import ray.train
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 import db
 from models import MetricPoint, TrainConfig, train
 from models.compressed_adam import moment_bytes_per_param
-from models.config import Precision
 from models.gpt import GPT, Block
 from models.train import Checkpointing, Parallel, resolve_device
 from sweeper.cluster import (
@@ -41,75 +39,16 @@ from sweeper.cluster import (
     shortfall,
 )
 from sweeper.jobs import DatabaseHandle, Job, Periodic, writes
+from sweeper.launch_request import LaunchRequest, Strategy
 from sweeper.settings import Settings
-from sweeper.spec import SweepSpec
-from sweeper.transfer import TransferResult
 
 log = logging.getLogger(__name__)
 
-Strategy = Literal["auto", "ddp", "fsdp"]
 # Bytes a parameter costs in training besides its Adam moments: fp32 master weight, gradient.
 WEIGHT_AND_GRAD_BYTES_PER_PARAM = 8
 # FSDP once the parameter state alone would take more than this share of one GPU.
 FSDP_MEMORY_SHARE = 0.5
 CHECKPOINT_FILE = "state.pt"
-# The largest id (64-bit on every database), and the largest count or width (an INTEGER
-# column on PostgreSQL is 32-bit).
-MAX_ID = 2**63 - 1
-MAX_INT = 2**31 - 1
-# The most training tokens a transfer targets (a quadrillion: far past any run today).
-MAX_TOKENS = 10**15
-
-
-class LaunchRequest(BaseModel):
-    """What `sweeper launch` and `POST /runs` ask for."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    sweep_id: int | None = Field(
-        None, ge=1, le=MAX_ID, description="default: the latest completed sweep"
-    )
-    to_width: int = Field(ge=1, le=MAX_INT, description="the target model's width")
-    steps: int = Field(ge=1, le=MAX_INT)
-    depth: int | None = Field(None, ge=1, le=MAX_INT, description="default: the sweep's depth")
-    workers: int = Field(1, ge=1, le=4096)
-    gpus_per_worker: float = Field(0.0, ge=0.0, le=8.0)
-    precision: Precision = "fp8"
-    checkpoint_every: int | None = Field(None, ge=1, le=MAX_INT, description="default: every eval")
-    strategy: Strategy = "auto"
-    name: str | None = Field(None, max_length=200)
-    data: str | None = Field(
-        None,
-        min_length=1,
-        max_length=4096,
-        description="the target's data (a prepared directory, a text file or 'stdlib');"
-        " default: the sweep's",
-    )
-
-
-def launch_config(spec: SweepSpec, result: TransferResult, request: LaunchRequest) -> TrainConfig:
-    """The target run: the sweep's base run at the target shape with the transferred values,
-    on the request's data when it names other data (its vocabulary then comes from it)."""
-    overrides: dict[str, Any] = {
-        "width": request.to_width,
-        "lr": result.base_lr,
-        "wd": result.base_wd,
-        "steps": request.steps,
-        "precision": request.precision,
-        "device": "cuda" if request.gpus_per_worker > 0 else "cpu",
-    }
-    if request.depth is not None:
-        overrides["depth"] = request.depth
-    if result.base_tau is not None:
-        overrides["tau"] = result.base_tau
-    if request.data:
-        overrides["data"] = request.data
-    config = spec.train.with_overrides(overrides)
-    if config.batch_size % request.workers:
-        raise ValueError(
-            f"workers: batch_size {config.batch_size} does not split over {request.workers}"
-        )
-    return config
 
 
 def worker_resources(request: LaunchRequest) -> NodeResources:

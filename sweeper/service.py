@@ -26,6 +26,8 @@ from pydantic import ValidationError
 
 import db
 from db import (
+    MAX_ID,
+    MAX_INT,
     Conflict,
     Database,
     JobStatus,
@@ -52,9 +54,10 @@ from sweeper.jobs import (
     last_beat,
     this_host,
 )
+from sweeper.launch_request import LaunchRequest, launch_config
 from sweeper.settings import Settings, is_loopback
 from sweeper.spec import SweepSpec
-from sweeper.transfer import TransferResult, compute_transfer, data_warnings
+from sweeper.transfer import MAX_TOKENS, TransferResult, compute_transfer, data_warnings
 from sweeper.views import (
     Comparison,
     JobView,
@@ -75,24 +78,9 @@ from sweeper.views import (
 )
 from sweeper.views import is_stale as _is_stale
 
-if typing.TYPE_CHECKING:
-    from sweeper.launch import MAX_ID, MAX_INT, MAX_TOKENS, LaunchRequest
-
-# Ray and Ray Train (a second of import, more on a busy machine) load on first use: only
-# starting a job needs them, and every `sweeper` command (`--help`, a bad option, a status)
-# would pay it otherwise. `sweeper.launch`'s names load with it (PEP 562).
-_FROM_LAUNCH = frozenset({"MAX_ID", "MAX_INT", "MAX_TOKENS", "LaunchRequest"})
-
-
-def __getattr__(name: str) -> object:
-    if name not in _FROM_LAUNCH:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from sweeper import launch
-
-    value = getattr(launch, name)
-    globals()[name] = value
-    return value
-
+# `sweeper.cluster` and `sweeper.launch` (Ray and Ray Train: a second of import, more on a
+# busy machine) are imported where a job starts: every other command (`--help`, a bad
+# option, a status) would pay for them.
 
 # What the CLI and the API may use besides the functions below (the import contract in
 # pyproject.toml lets them import this module and nothing under it).
@@ -514,8 +502,6 @@ def get_transfer(database: db.Database, transfer_id: int) -> TransferView:
 def _fit_transfer(
     progress: SweepProgress, to_width: int, to_tokens: int | None, to_depth: int | None
 ) -> TransferResult:
-    from sweeper.launch import MAX_INT, MAX_TOKENS
-
     sweep_id = progress.sweep.id
     model = progress.spec.train.model
     if not 1 <= to_width <= MAX_INT or to_width % model.head_dim:
@@ -630,11 +616,11 @@ def launch_run(
     all run at once on the driver's local cluster is refused (as in `start_sweep`). The
     transfer, at the run's tokens, also warns when the target's data or tokenizer differ
     from the proxies' (`sweeper.transfer.data_warnings`)."""
-    from sweeper import cluster
-    from sweeper.launch import launch_config, resource_shortfall
-
     settings = settings or Settings()
     if settings.ray_address is None:  # as in `start_sweep`
+        from sweeper import cluster
+        from sweeper.launch import resource_shortfall
+
         problem = resource_shortfall(request, [cluster.local_node()])
         if problem is not None:
             raise InvalidInput(*problem)

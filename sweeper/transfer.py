@@ -51,6 +51,8 @@ FIT_NEIGHBOURS = 2  # points each side of the lowest one that the parabola sees
 # training gets longer. Within a decade that shift is usually below a grid step (2x in LR);
 # beyond it, it can be several, so the proxies should be swept nearer the target's horizon.
 HORIZON_RATIO = 10.0
+# The most training tokens a transfer targets (a quadrillion: far past any run today).
+MAX_TOKENS = 10**15
 
 Method = Literal["parabola", "argmin"]
 

@@ -16,7 +16,8 @@ import ray
 import db
 from models.width_rules import group_rule
 from sweeper import service
-from sweeper.launch import RESTORED_CURVE, LaunchRequest, RunRecorder
+from sweeper.launch import RESTORED_CURVE, RunRecorder
+from sweeper.launch_request import LaunchRequest
 from sweeper.settings import DB_URL_VAR, Settings
 from tests.conftest import drivers_of
 from tests.test_sweep_engine import make_spec, run_to_end, wait_for

@@ -168,7 +168,7 @@ def test_the_launched_target_keeps_the_sweep_s_mlp_and_moments(shakespeare):
     from models.compressed_adam import CompressedAdamW
     from models.optim import build_optimizer
     from models.train import build_model
-    from sweeper.launch import LaunchRequest, launch_config
+    from sweeper.launch_request import LaunchRequest, launch_config
     from sweeper.spec import SweepSpec
     from sweeper.transfer import TrialOutcome, compute_transfer
     from tests.conftest import tiny_sweep

@@ -11,6 +11,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from api.deps import DatabaseDep, Reader
 from api.errors import responses
 from sweeper import service
+from sweeper.service import MAX_ID
 
 MAX_SWEEPS = 12  # panels a page can show side by side
 router = APIRouter(
@@ -22,7 +23,7 @@ router = APIRouter(
 
 _SWEEP_IDS = TypeAdapter(
     Annotated[
-        list[Annotated[int, Field(ge=1, le=2**63 - 1)]],
+        list[Annotated[int, Field(ge=1, le=MAX_ID)]],
         Field(min_length=1, max_length=MAX_SWEEPS),
     ]
 )
