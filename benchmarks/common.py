@@ -62,3 +62,51 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Relative Frobenius error, in float64."""
     a, e = actual.double(), expected.double()
     return float(((a - e).norm() / e.norm()).item())
+
+
+# Kernel families by name, first match wins: how a step's device time splits (`kernel_profile`).
+KERNEL_FAMILIES = {
+    "gemm": ("matmul", "gemm", "nvjet", "xmma", "cutlass", "scaled_mm", "sm90_"),
+    "attention": ("flash", "fmha", "attention", "sdpa"),
+    "fp8_cast": ("cast_transpose", "saturating_cast"),
+    "optimizer": ("multi_tensor", "adam"),
+}
+
+
+def kernel_family(name: str) -> str:
+    """The `KERNEL_FAMILIES` entry a kernel's name falls in, else "other" (norms, residuals,
+    activations, inductor's fused elementwise kernels, copies)."""
+    lowered = name.lower()
+    for family, needles in KERNEL_FAMILIES.items():
+        if any(needle in lowered for needle in needles):
+            return family
+    return "other"
+
+
+def kernel_profile(run_step: Callable[[], Any], steps: int, *, top: int = 12) -> dict[str, Any]:
+    """Device time per step of ``run_step`` from the torch profiler, over ``steps`` steps: the
+    sum of its kernels' durations (``kernel_ms``), that sum by `kernel_family`, and the
+    ``top`` kernels. Kernels on concurrent streams each count whole."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            run_step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    # Leaf kernels only: profiler ranges that contain kernels would count them twice.
+    kernels = [e for e in events if not e.key.startswith(("aten::", "autograd::", "Optimizer"))]
+    families: dict[str, float] = {}
+    for e in kernels:
+        family = kernel_family(e.key)
+        families[family] = families.get(family, 0.0) + e.device_time_total / steps / 1e3
+    ranked = sorted(kernels, key=lambda e: -e.device_time_total)[:top]
+    return {
+        "kernel_ms": sum(e.device_time_total for e in kernels) / steps / 1e3,
+        "family_ms": dict(sorted(families.items(), key=lambda kv: -kv[1])),
+        "top_kernels": [
+            {"kernel": e.key[:90], "us_per_step": e.device_time_total / steps, "calls": e.count}
+            for e in ranked
+        ],
+    }

@@ -30,9 +30,8 @@ import time
 from typing import Any
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, kernel_profile, write_json
 from benchmarks.proxy_speed import trial_config
 from kernels import E4M3
 from kernels.ops import TUNERS
@@ -84,21 +83,9 @@ def startup(config: Any) -> dict[str, Any]:
 
 
 def kernel_ms_per_step(steps: Any, batches: Batches) -> tuple[float, list[dict[str, Any]]]:
-    batch = [batches.next("cuda") for _ in range(10)]
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for b in batch:
-            steps.train(b)
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
-    # Leaf kernels only: profiler ranges that contain kernels would count them twice.
-    kernels = [e for e in events if not e.key.startswith(("aten::", "autograd::", "Optimizer"))]
-    total_us = sum(e.device_time_total for e in kernels)
-    top = sorted(kernels, key=lambda e: -e.device_time_total)[:12]
-    return total_us / len(batch) / 1e3, [
-        {"kernel": e.key[:90], "us_per_step": e.device_time_total / len(batch), "calls": e.count}
-        for e in top
-    ]
+    batch = iter([batches.next("cuda") for _ in range(10)])
+    profiled = kernel_profile(lambda: steps.train(next(batch)), 10)
+    return profiled["kernel_ms"], profiled["top_kernels"]
 
 
 def host_costs(width: int, tokens: int) -> dict[str, float]:

@@ -9,6 +9,8 @@ the GELU MLP; every variant at a width on the same model, measured side by side 
 * ``fp8-eager`` / ``fp8-compiled`` / ``fp8-graphs``: every hidden linear through our kernels
   (`kernels.fp8_linear`, the trainer's ``precision="fp8"``); ``fp8-graphs`` is the eager model
   replayed from CUDA graphs with the weights' FP8 work on a side stream (`models.steps`).
+  Compiled, the FP8 casts are traced for inductor to fuse (`kernels.ops.CASTS_UNDER_COMPILE`);
+  ``fp8-compiled-kernel-casts`` runs them as our cast kernels instead, for the comparison.
 * ``torchao-tensorwise`` / ``torchao-rowwise``: the bf16 model's hidden linears through
   torchao's ``convert_to_float8_training`` (dynamic scales) with that recipe, compiled.
 * ``scaled-mm-compiled``: static µS scales through ``torch._scaled_mm`` with fast accumulation
@@ -65,8 +67,10 @@ import torch
 from torch import nn
 
 from benchmarks.bench_mlp import StaticScaledMM
-from benchmarks.common import RESULTS, environment, write_json
+from benchmarks.common import RESULTS, environment, kernel_profile, write_json
 from benchmarks.proxy_speed import Log
+from kernels import ops
+from kernels.ops import CastsUnderCompile
 from models import GPT, ModelConfig, TrainConfig
 from models.gpt import ScaledLinear, hidden_linears
 from models.optim import build_optimizer
@@ -97,6 +101,7 @@ class Variant:
     compile: bool
     graphs: bool = False  # replay each step from a CUDA graph (`models.steps.GraphedSteps`)
     swap: Swap | None = None  # another FP8 linear in place of the hidden layers' own
+    casts: CastsUnderCompile = "traced"  # our FP8 casts under torch.compile
     matmul_dtype: MatmulDtype = "fp8"  # the hidden matmuls', for MFU
 
     def unavailable(self, device: torch.device) -> str | None:
@@ -114,6 +119,7 @@ VARIANTS = {
     "bf16-compiled": Variant("bf16", compile=True, matmul_dtype="bf16"),
     "fp8-eager": Variant("fp8", compile=False),
     "fp8-compiled": Variant("fp8", compile=True),
+    "fp8-compiled-kernel-casts": Variant("fp8", compile=True, casts="kernel"),
     "fp8-graphs": Variant("fp8", compile=False, graphs=True),
     "torchao-tensorwise": Variant("bf16", compile=True, swap="torchao-tensorwise"),
     "torchao-rowwise": Variant("bf16", compile=True, swap="torchao-rowwise"),
@@ -274,6 +280,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the variant's model and optimizer, warm up, time ``spec["steps"]`` steps."""
     variant, config = VARIANTS[spec["variant"]], train_config(spec)
     device = resolve_device(config.device)
+    ops.CASTS_UNDER_COMPILE = variant.casts
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(config, device)
@@ -325,6 +332,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cuda":
         result["peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+        if spec.get("profile"):
+            result["profile"] = kernel_profile(lambda: steps.train(batch), spec["profile"])
     return result
 
 
@@ -399,7 +408,7 @@ def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
             else:
                 spec = {
                     **shape, "variant": name, "head_dim": args.head_dim, "steps": args.steps,
-                    "warmup": args.warmup, "device": str(device),
+                    "warmup": args.warmup, "device": str(device), "profile": args.profile,
                 }  # fmt: skip
                 result = in_new_process(spec, args.variant_timeout)
             row["variants"][name] = result
@@ -435,6 +444,9 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="steps before the timed ones")
+    parser.add_argument(
+        "--profile", type=int, default=0, help="then profile this many steps (CUDA): kernel time"
+    )
     parser.add_argument("--depth", type=int, help="every width's depth (default: SHAPES)")
     parser.add_argument("--batch", type=int, help="sequences per step (default: SHAPES)")
     parser.add_argument("--seq-len", type=int, default=SEQ_LEN)
