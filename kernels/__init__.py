@@ -6,9 +6,7 @@
 with (`kernels.triton_launch`, `kernels.tuning`), and `kernels.ops`, their custom ops and
 the autograd Function; `kernels.overlap` runs the layers' weight work beside the
 activations' chain, on a side stream. `kernels.triton_adam` is the fused AdamW step of the
-compressed moments (`models.compressed_adam`). `kernels.formats` names the two FP8 dtypes;
-`kernels.elementwise` holds the casts' and the GELU's plain torch math. `compiling_ahead`
-compiles a whole step's kernels at once (a cold warm-up).
+compressed moments (`models.compressed_adam`). `kernels.formats` names the two FP8 dtypes.
 """
 
 from kernels.formats import E4M3, E4M3_MAX, E5M2, E5M2_MAX
@@ -25,7 +23,6 @@ from kernels.fp8 import (
     using_fp8_backend,
 )
 from kernels.overlap import overlapping
-from kernels.tuning import compiling_ahead
 
 __all__ = [
     "BACKENDS",
@@ -35,7 +32,6 @@ __all__ = [
     "E5M2_MAX",
     "HAS_TRITON",
     "Backend",
-    "compiling_ahead",
     "fp8_backend",
     "fp8_linear",
     "fp8_linear_reference",

@@ -372,8 +372,6 @@ def fp8_matmul(
                 else launch_triton()
             ),
         )
-        if choice is None:  # compiled ahead of its tuning (`kernels.tuning.compiling_ahead`)
-            return out
         if choice.kwargs["library"] == "cublas":
             _launch_cublas(a, b, out, scale, precise_acc)
             return out

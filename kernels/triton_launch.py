@@ -50,17 +50,13 @@ def launch_tuned(
     interpreter_config: Meta,
 ) -> None:
     """``launch`` with ``config`` if given, else ``interpreter_config`` under the interpreter
-    (it cannot time configs), else with ``tuner``'s choice for ``key`` (none inside
-    `kernels.tuning.compiling_ahead` before the key is tuned: then only compiled)."""
+    (it cannot time configs), else with ``tuner``'s choice for ``key``."""
     if config is None and INTERPRET:
         config = interpreter_config
     if config is None:
-        chosen = tuner.config(
+        config = tuner.config(
             key,
             lambda c: launch(c.all_kwargs()),
             compile=lambda c: launch(c.all_kwargs(), warmup=True),
-        )
-        if chosen is None:  # compiled ahead of its tuning (`kernels.tuning.compiling_ahead`)
-            return
-        config = chosen.all_kwargs()
+        ).all_kwargs()
     launch(config)

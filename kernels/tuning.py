@@ -13,10 +13,7 @@ that a load from disk), and launch it directly: no autotuner dispatch per call.
 The first process compiles every candidate at once on a pool of threads before it times any
 (`triton.AsyncCompileMode`): Triton's compiler releases the GIL in its MLIR and LLVM passes
 and runs ptxas as a process, so a cold sweep's warm-up waits for the slowest candidate of a
-key, not for the sum of them. Inside `compiling_ahead` a whole step's keys are compiled
-that way together: a tuner then compiles the candidates of a key it has no choice for and
-launches nothing, so one pass over a step (its outputs garbage) hands every kernel of it to
-the pool, and the timing that follows finds them all compiled.
+key, not for the sum of them.
 
 The cache directory is ``$SWEEPER_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/sweeper/kernels``
 (``~/.cache/sweeper/kernels``). Deleting it only costs the timing again.
@@ -24,7 +21,6 @@ The cache directory is ``$SWEEPER_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/sweeper
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import hashlib
@@ -34,7 +30,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -126,22 +122,15 @@ class Tuner:
         key: Key,
         launch: Callable[[triton.Config], object],
         compile: Callable[[triton.Config], object] | None = None,
-    ) -> triton.Config | None:
+    ) -> triton.Config:
         """The config for ``key``; ``launch(config)`` runs the kernel with it (for timing),
-        ``compile(config)``, if given, only compiles it (all candidates at once, first).
-        None inside `compiling_ahead` for a key with no choice yet: its candidates are then
-        compiled (or, without ``compile``, launched once, to reach the kernels they run) and
-        the caller launches nothing."""
+        ``compile(config)``, if given, only compiles it (all candidates at once, first)."""
         config = self._chosen.get(key)
         if config is not None:
             return config
         stored = self._read()
         index = stored.get(repr(key))
         if index is None or not 0 <= index < len(self.configs):
-            if _ahead_of_time:
-                for candidate in self.configs:
-                    (compile or launch)(candidate)
-                return None
             index = self._fastest(launch, compile)
             self._write(repr(key), index)
         config = self._chosen[key] = self.configs[index]
@@ -205,42 +194,13 @@ def compile_at_once(
     """``compile(config)`` for every config, the compilations running side by side on a
     pool of threads; returns when all are done. A candidate that fails to compile (a static
     assertion) is left for its timed launch to report as inf."""
-    with _compile_pool(len(configs)):
-        for config in configs:
-            compile(config)
-
-
-_ahead_of_time = False  # inside `compiling_ahead`
-
-
-@contextlib.contextmanager
-def compiling_ahead() -> Iterator[None]:
-    """Inside, tuners compile the candidates of every key they have no choice for, all on
-    one pool of threads, and launch nothing for those keys (see `Tuner.config`): a training
-    step run inside compiles what its first real step would tune, side by side, and leaves
-    its own outputs unwritten. The block's end waits for every compilation."""
-    global _ahead_of_time
-    with _compile_pool(len(os.sched_getaffinity(0))):
-        _ahead_of_time = True
-        try:
-            yield
-        finally:
-            _ahead_of_time = False
-
-
-@contextlib.contextmanager
-def _compile_pool(size: int) -> Iterator[None]:
-    """Triton's compilations inside go to a pool of ``size`` threads (or, inside
-    `compiling_ahead`, to its pool); the block's end waits for them."""
-    if _ahead_of_time:
-        yield
-        return
-    workers = max(1, min(size, len(os.sched_getaffinity(0))))
+    workers = min(len(configs), len(os.sched_getaffinity(0)))
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="triton-compile") as pool,
         triton.AsyncCompileMode(pool, ignore_errors=True),
     ):
-        yield
+        for config in configs:
+            compile(config)
 
 
 def _load(path: Path) -> dict[str, int]:

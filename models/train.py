@@ -24,12 +24,12 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from db import MetricPoint
-from kernels import compiling_ahead, uses_triton, using_fp8_backend
+from kernels import using_fp8_backend
 from models.config import TrainConfig
 from models.data import EVAL_SEED, Batches, split_corpus
 from models.gpt import GPT, default_fp8_grad_scale, use_fp8
 from models.optim import build_optimizer
-from models.steps import EagerSteps, GraphedSteps, forward_backward, steps_for, uses_cuda_graphs
+from models.steps import EagerSteps, GraphedSteps, steps_for, uses_cuda_graphs
 
 # Where a run stands after a report (`status_after`): "running" until it ends.
 TrainStatus = Literal["running", "completed", "diverged"]
@@ -152,34 +152,10 @@ def _mean_over_ranks(value: torch.Tensor, parallel: Parallel | None) -> torch.Te
 def warm_up(config: TrainConfig) -> float:
     """Tune and compile every kernel a run of ``config``'s shapes needs, capture its graphs,
     and return the seconds it took. The tuned choices land in the on-disk cache
-    (`kernels.tuning`), so later processes with these shapes start warm. The kernels are
-    compiled first, all at once (`compile_ahead`), then timed by the short run."""
-    started = time.perf_counter()
-    compile_ahead(config)
+    (`kernels.tuning`), so later processes with these shapes start warm."""
     steps = GraphedSteps.warmup_steps + 1  # through the capture and one replay
     short = config.model_copy(update={"steps": steps, "eval_interval": steps, "eval_batches": 1})
-    ahead_s = time.perf_counter() - started
-    return ahead_s + train(short).startup_s
-
-
-def compile_ahead(config: TrainConfig) -> None:
-    """One forward and backward pass of ``config``'s model on random tokens inside
-    `kernels.tuning.compiling_ahead`: every kernel the run's first steps would tune, one
-    key after another, is compiled side by side on a pool of threads instead (on a cold
-    machine, most of a proxy's warm-up is Triton compiling). The pass's outputs are
-    unwritten and its gradients dropped. Only FP8 runs on the Triton kernels tune; compiled
-    runs (torch.compile) compile inside inductor."""
-    device = resolve_device(config.device)
-    with using_fp8_backend(config.fp8_backend, chosen_by="TrainConfig.fp8_backend"):
-        probe = torch.empty(0, device=device)
-        if config.precision != "fp8" or config.compile or not uses_triton(probe):
-            return
-        model = build_model(config, device)
-        shape = (config.batch_size, config.model.seq_len)
-        x, y = (torch.randint(0, config.model.vocab_size, shape, device=device) for _ in "xy")
-        with compiling_ahead():
-            forward_backward(model, (x, y), config, overlap=False)
-    _synchronize(device)
+    return train(short).startup_s
 
 
 def _synchronize(device: torch.device) -> None:

@@ -151,32 +151,3 @@ print(json.dumps({"startup_s": startup, "tuning_s": sum(t.tuning_s for t in TUNE
     assert cold["tuning_s"] > 0
     assert warm["tuning_s"] == 0
     assert warm["startup_s"] < cold["startup_s"]
-
-
-def test_compiling_ahead_leaves_the_warm_up_only_timing(tmp_path: Path) -> None:
-    """`compile_ahead` compiles the tuned kernels of a cold run's steps, all at once, and
-    chooses nothing; the warm-up after it compiles none of them again, it only times them."""
-    script = """
-import json, sys, torch
-from kernels import triton_casts, triton_gemm
-from kernels.ops import TUNERS
-from models import TrainConfig, warm_up
-from models.train import compile_ahead
-config = TrainConfig.model_validate_json(sys.argv[1])
-def compiled():
-    tuned = (triton_casts._cast_transpose_kernel, triton_gemm._fp8_matmul_tma_persistent_kernel)
-    return sum(len(k.device_caches[torch.cuda.current_device()][0]) for k in tuned)
-compile_ahead(config)
-ahead = {"compiled": compiled(), "chosen": sum(len(t.chosen()) for t in TUNERS)}
-warm_up(config)
-tuning_s = sum(t.tuning_s for t in TUNERS)
-print(json.dumps({**ahead, "after_warm_up": compiled(), "tuning_s": tuning_s}))
-"""
-    env = {**os.environ, "SWEEPER_KERNEL_CACHE": str(tmp_path / "kernels")}
-    arg = config("mus", "fp8", graphs=True).model_dump_json()
-    done = subprocess.run(
-        [sys.executable, "-c", script, arg], env=env, capture_output=True, text=True, check=True
-    )
-    got = json.loads(done.stdout.splitlines()[-1])
-    assert got["chosen"] == 0 and got["compiled"] > 0
-    assert got["after_warm_up"] == got["compiled"] and got["tuning_s"] > 0

@@ -14,7 +14,7 @@ import pytest
 import triton
 
 from kernels import triton_casts
-from kernels.tuning import Tuner, cache_dir, compiling_ahead
+from kernels.tuning import Tuner, cache_dir
 
 # Candidates whose "launch" sleeps for a known time: the fastest is the second.
 CONFIGS = [triton.Config({"SLEEP_MS": ms}, num_warps=4) for ms in (3.0, 0.5, 2.0)]
@@ -109,37 +109,6 @@ def test_every_candidate_compiles_at_once_before_any_is_timed(kernel_cache: Path
     events.clear()
     tuner().config((1,), launch, compile=compile)  # from the file: nothing compiled or timed
     assert events == []
-
-
-def test_compiling_ahead_compiles_untuned_keys_and_launches_nothing(kernel_cache: Path) -> None:
-    """Inside `compiling_ahead` a key with no choice has its candidates compiled on the one
-    pool the block waits for (or, without a compile function, launched once each) and
-    nothing timed, chosen or stored; a key with a choice gets it as usual; after the block
-    the key is tuned as before."""
-    from triton.runtime import _async_compile
-
-    tuner().config((2,), sleeping_launch([]))  # a choice on disk
-    modes: list[object] = []
-    compiled: list[float] = []
-
-    def compile(config: triton.Config) -> None:
-        modes.append(_async_compile.active_mode.get())
-        compiled.append(config.kwargs["SLEEP_MS"])
-
-    launches: list[float] = []
-    ahead = tuner()
-    with compiling_ahead():
-        assert ahead.config((1,), sleeping_launch(launches), compile=compile) is None
-        assert ahead.config((3,), sleeping_launch(launches)) is None
-        known = ahead.config((2,), sleeping_launch(launches), compile=compile)
-        assert known is not None and known.kwargs["SLEEP_MS"] == 0.5
-    assert compiled == [3.0, 0.5, 2.0] and launches == [3.0, 0.5, 2.0]
-    assert modes[0] is not None and all(mode is modes[0] for mode in modes)  # one pool
-    assert ahead.tuning_s == 0.0 and ahead.chosen() == {repr((2,)): ahead.chosen()[repr((2,))]}
-    [path] = kernel_cache.glob("test-*.json")
-    assert set(json.loads(path.read_text())) == {repr((2,))}
-    chosen = ahead.config((1,), sleeping_launch(launches), compile=compile)
-    assert chosen is not None and chosen.kwargs["SLEEP_MS"] == 0.5  # timed now
 
 
 def test_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
