@@ -65,20 +65,23 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 # Kernel families by name, first match wins: how a step's device time splits (`kernel_profile`).
+# Inductor's kernels ("triton_poi_fused_...", "triton_red_fused_...") come first: their names
+# list the ops fused into them, "_scaled_mm" or "gelu" among them, whatever they compute.
 KERNEL_FAMILIES = {
-    "gemm": ("matmul", "gemm", "nvjet", "xmma", "cutlass", "scaled_mm", "sm90_"),
-    "attention": ("flash", "fmha", "attention", "sdpa"),
+    "inductor": ("triton_poi_", "triton_red_", "triton_per_"),
+    "gemm": ("_fp8_matmul", "gemm", "nvjet", "xmma", "cutlass"),
+    "attention": ("flash", "fmha", "sdpa"),
     "fp8_cast": ("cast_transpose", "saturating_cast"),
     "optimizer": ("multi_tensor", "adam"),
 }
 
 
 def kernel_family(name: str) -> str:
-    """The `KERNEL_FAMILIES` entry a kernel's name falls in, else "other" (norms, residuals,
-    activations, inductor's fused elementwise kernels, copies)."""
+    """The `KERNEL_FAMILIES` entry a kernel's name falls in, else "other" (eager norms,
+    residuals, activations, copies)."""
     lowered = name.lower()
     for family, needles in KERNEL_FAMILIES.items():
-        if any(needle in lowered for needle in needles):
+        if any(lowered.startswith(n) if n.startswith("triton_") else n in lowered for n in needles):
             return family
     return "other"
 

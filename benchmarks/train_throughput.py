@@ -9,8 +9,6 @@ the GELU MLP; every variant at a width on the same model, measured side by side 
 * ``fp8-eager`` / ``fp8-compiled`` / ``fp8-graphs``: every hidden linear through our kernels
   (`kernels.fp8_linear`, the trainer's ``precision="fp8"``); ``fp8-graphs`` is the eager model
   replayed from CUDA graphs with the weights' FP8 work on a side stream (`models.steps`).
-  Compiled, the FP8 casts are traced for inductor to fuse (`kernels.ops.CASTS_UNDER_COMPILE`);
-  ``fp8-compiled-kernel-casts`` runs them as our cast kernels instead, for the comparison.
 * ``torchao-tensorwise`` / ``torchao-rowwise``: the bf16 model's hidden linears through
   torchao's ``convert_to_float8_training`` (dynamic scales) with that recipe, compiled.
 * ``scaled-mm-compiled``: static µS scales through ``torch._scaled_mm`` with fast accumulation
@@ -69,8 +67,6 @@ from torch import nn
 from benchmarks.bench_mlp import StaticScaledMM
 from benchmarks.common import RESULTS, environment, kernel_profile, write_json
 from benchmarks.proxy_speed import Log
-from kernels import ops
-from kernels.ops import CastsUnderCompile
 from models import GPT, ModelConfig, TrainConfig
 from models.gpt import ScaledLinear, hidden_linears
 from models.optim import build_optimizer
@@ -101,7 +97,6 @@ class Variant:
     compile: bool
     graphs: bool = False  # replay each step from a CUDA graph (`models.steps.GraphedSteps`)
     swap: Swap | None = None  # another FP8 linear in place of the hidden layers' own
-    casts: CastsUnderCompile = "traced"  # our FP8 casts under torch.compile
     matmul_dtype: MatmulDtype = "fp8"  # the hidden matmuls', for MFU
 
     def unavailable(self, device: torch.device) -> str | None:
@@ -119,7 +114,6 @@ VARIANTS = {
     "bf16-compiled": Variant("bf16", compile=True, matmul_dtype="bf16"),
     "fp8-eager": Variant("fp8", compile=False),
     "fp8-compiled": Variant("fp8", compile=True),
-    "fp8-compiled-kernel-casts": Variant("fp8", compile=True, casts="kernel"),
     "fp8-graphs": Variant("fp8", compile=False, graphs=True),
     "torchao-tensorwise": Variant("bf16", compile=True, swap="torchao-tensorwise"),
     "torchao-rowwise": Variant("bf16", compile=True, swap="torchao-rowwise"),
@@ -280,7 +274,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the variant's model and optimizer, warm up, time ``spec["steps"]`` steps."""
     variant, config = VARIANTS[spec["variant"]], train_config(spec)
     device = resolve_device(config.device)
-    ops.CASTS_UNDER_COMPILE = variant.casts
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(config, device)

@@ -38,7 +38,6 @@ from typing import Any, Literal, cast
 
 import torch
 
-from kernels.elementwise import gelu, gelu_grad, saturating_cast
 from kernels.formats import E4M3, E5M2
 
 # Triton is absent on some CPU-only installs; the emulation needs none of it. Where Triton is
@@ -46,6 +45,16 @@ from kernels.formats import E4M3, E5M2
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 if HAS_TRITON:
     from kernels.ops import fp8_linear_triton
+
+
+def saturating_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round ``x`` to ``dtype`` (e4m3fn or e5m2), clamping out-of-range values to ±max.
+
+    torch's plain cast turns overflow into NaN (e4m3fn has no inf) or inf (e5m2); training
+    without dynamic scales must saturate instead. NaN inputs stay NaN.
+    """
+    limit = torch.finfo(dtype).max
+    return x.float().clamp(-limit, limit).to(dtype)
 
 
 def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -56,6 +65,23 @@ def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     with torch.autocast(a.device.type, enabled=False):
         return a.float() @ b.float()
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact GELU, x * Phi(x), in fp32: the activation `fp8_linear` can apply to its input.
+
+    Phi is `torch.special.ndtr`, not ``0.5 * (1 + erf(x / sqrt(2)))``: on some CPUs torch's
+    vectorised erf is accurate only to ~1e-5 absolute, which the ``1 + erf`` cancellation turns
+    into a 10% error in the negative tail; ndtr takes erfc there.
+    """
+    x = x.float()
+    return x * torch.special.ndtr(x)
+
+
+def gelu_grad(x: torch.Tensor) -> torch.Tensor:
+    """d GELU / dx in fp32: Phi(x) + x phi(x)."""
+    x = x.float()
+    return torch.special.ndtr(x) + x * torch.exp(-0.5 * x * x) * 0.3989422804014327
 
 
 Activation = Literal["gelu"] | None

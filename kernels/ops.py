@@ -14,12 +14,11 @@ dtype. Only the order of the fp32 additions differs.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from kernels import overlap, triton_casts, triton_gemm
-from kernels.elementwise import gelu, saturating_cast
 from kernels.formats import E4M3, E5M2
 
 # The tuners whose choices a run of this layer makes (the GEMM library choice aside: its
@@ -32,17 +31,6 @@ TUNERS = (triton_casts.CAST_TRANSPOSE, triton_gemm.FP8_MATMUL_SIMPLE, triton_gem
 # 1.0e-4, far below the e5m2 rounding of the gradient itself (about 8%). Off, as cuBLAS's
 # fast accumulation.
 PRECISE_ACC = {"forward": False, "dgrad": False, "wgrad": False}
-
-# How the casts run under torch.compile: "traced", as the torch ops of `kernels.elementwise`,
-# which inductor fuses into the kernel that produces their input (the norm and residual
-# before a layer, the GELU, the gradient), so that a row-major FP8 copy and its transposed
-# copy cost no read of their own; or "kernel", our cast kernels behind custom ops, opaque to
-# inductor. The GEMMs stay ours either way. Same numbers where the GELU is off (the same
-# rounding, exact on hardware); with it, torch's and Triton's erf may differ in a last fp32
-# bit. Measured side by side in benchmarks/train_throughput.py (fp8-compiled against
-# fp8-compiled-kernel-casts).
-CastsUnderCompile = Literal["traced", "kernel"]
-CASTS_UNDER_COMPILE: CastsUnderCompile = "traced"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,20 +108,10 @@ def _(
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
-# Under torch.compile the traced casts (or the custom ops, see CASTS_UNDER_COMPILE) and the
-# GEMM's custom op; in eager mode the wrappers themselves.
-
-
-def _traced(x: torch.Tensor, dtype: torch.dtype, scale: float, act: str) -> torch.Tensor | None:
-    """``fp8(clamp(act(x) * scale))`` as torch ops when compiling with traced casts, else None."""
-    if not (torch.compiler.is_compiling() and CASTS_UNDER_COMPILE == "traced"):
-        return None
-    return saturating_cast((gelu(x) if act else x.float()) * scale, dtype)
+# Under torch.compile the custom ops; in eager mode the wrappers themselves.
 
 
 def _cast(x: torch.Tensor, dtype: torch.dtype, scale: float, act: str = "") -> torch.Tensor:
-    if (y := _traced(x, dtype, scale, act)) is not None:
-        return y
     if torch.compiler.is_compiling():
         return fp8_cast(x, dtype, scale, act)
     return triton_casts.saturating_cast(x, dtype, scale, activation=act)
@@ -142,8 +120,6 @@ def _cast(x: torch.Tensor, dtype: torch.dtype, scale: float, act: str = "") -> t
 def _cast_transpose(
     x: torch.Tensor, dtype: torch.dtype, scale: float, act: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if (y := _traced(x, dtype, scale, act)) is not None:
-        return y, y.t().contiguous()
     if torch.compiler.is_compiling():
         return fp8_cast_transpose(x, dtype, scale, act)
     y, yt = triton_casts.cast_transpose(x, dtype, scale, activation=act)
@@ -152,8 +128,6 @@ def _cast_transpose(
 
 
 def _transpose_cast(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
-    if (y := _traced(x, dtype, scale, "")) is not None:
-        return y.t().contiguous()
     if torch.compiler.is_compiling():
         return fp8_transpose_cast(x, dtype, scale)
     _, yt = triton_casts.cast_transpose(x, dtype, scale, rows=False)
