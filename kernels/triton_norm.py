@@ -1,0 +1,379 @@
+"""A µS block's Res-Post-LN, its residual and the next layer's FP8 operands, in one kernel.
+
+Each µS sub-layer ends with (``models.gpt.Block``)::
+
+    y = skip * x + branch * LayerNorm(f) * gain      skip = sqrt(1 - tau), branch = sqrt(tau)
+
+(LayerNorm without bias, eps 1e-5), x (M, C) the residual stream (fp32 under the trainer's
+bf16 autocast, bf16 possible), f (M, C) the sub-layer's output (bf16), gain (C,) fp32. The
+next FP8 linear layer then casts y to e4m3 twice, a row-major (M, C) copy for its forward
+GEMM and a transposed (C, M) copy for its weight-gradient GEMM (`kernels.triton_casts.
+cast_transpose`): a separate pass over y, and for an fp32 y two (see the workaround there).
+
+Why one kernel: a profile of a whole FP8 training step on an H100 found the GEMMs level
+with cuBLAS and the casts' own passes the time that separates our compiled step from
+static FP8 through cuBLAS; inductor's own fusion of norm, residual and cast (the traced-casts
+experiment) reached only ~55% of the bandwidth, held back by its transposed store.
+``_res_post_norm_kernel`` reads x, f and gain once from memory and writes y, e4m3(y)
+row-major, e4m3(y) transposed and each row's mean and rstd (what the backward needs).
+
+It is not yet used by the model (`models/` keeps its path) until the GPU benchmark
+(`benchmarks/bench_norm.py`) has measured it.
+
+Numerics (those of `res_post_norm_reference`, plain torch in fp32):
+
+* mean and variance in fp32, the variance centred (a second pass over f, not E[f²] - E[f]²,
+  which cancels for rows far from zero mean); ``rstd = 1 / sqrt_rn(var + eps)``, correctly
+  rounded where torch's CUDA kernel uses the approximate rsqrt: the two differ by an fp32
+  ulp or two, inside the tests' 1e-5.
+* ``y = skip * x + branch * ((f - mean) * rstd * gain)`` in fp32, stored in x's dtype.
+* The FP8 copies are the saturating cast of *the stored y* (for a bf16 x its bf16 rounding,
+  as a separate cast of y would see it): ``e4m3(clamp(y, ±448))``, NaN stays NaN.
+
+Each program owns BLOCK_M whole rows and walks C in chunks of BLOCK_C three times: pass 1
+sums f for the mean, pass 2 the centred squares, pass 3 normalises and writes everything.
+The row block's f (BLOCK_M × C × 2 bytes, ≤ 256 KiB) is meant to stay in L2 between passes,
+so that memory sees f once: 12 bytes an element for an fp32 x, 8 for bf16. The tiles are a
+fixed table (`norm_config`), not tuned: a tuner would add its timing to a cold trial's
+warm-up, and the kernel is memory-bound, so a tile only has to keep the accesses wide and
+the grid full.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from kernels.formats import E4M3
+from kernels.fp8 import saturating_cast
+from kernels.triton_casts import _saturate
+from kernels.triton_launch import INTERPRET, check_device, fp8_max
+
+
+@triton.jit
+def _res_post_norm_kernel(
+    # Pointers: inputs x, f (M, C) and gain (C,), contiguous; outputs y (M, C) in x's dtype,
+    # the e4m3 copies as their uint8 codes, (M, C) and (C, M), and mean, rstd (M,) fp32
+    x_ptr,
+    f_ptr,
+    gain_ptr,
+    y_ptr,
+    y8_ptr,
+    y8t_ptr,
+    mean_ptr,
+    rstd_ptr,
+    # Sizes
+    M,
+    C,
+    # The residual's weights and the norm's epsilon
+    skip,
+    branch,
+    eps,
+    # Meta-parameters
+    FP8_MAX: tl.constexpr,
+    WRITE_Y8: tl.constexpr,
+    WRITE_Y8T: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(axis=0)
+    # int64: M * C exceeds 2**31 at 65536 tokens × 32768 (and the transposed offsets C * M)
+    offs_m = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    in_m = offs_m < M
+    rows = offs_m[:, None] * C
+    cols = tl.arange(0, BLOCK_C).to(tl.int64)
+
+    # Pass 1: the mean. Summed per element across chunks, then across the row: the partial
+    # sums stay small, and the order is fixed by the tile, not by the schedule.
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + cols
+        mask = in_m[:, None] & (offs_c[None, :] < C)
+        acc += tl.load(f_ptr + rows + offs_c[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(acc, axis=1) / C
+
+    # Pass 2: the centred variance, from the row block's f again (in L2 by now).
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + cols
+        mask = in_m[:, None] & (offs_c[None, :] < C)
+        f = tl.load(f_ptr + rows + offs_c[None, :], mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, f - mean[:, None], 0.0)
+        acc += d * d
+    rstd = 1.0 / tl.sqrt_rn(tl.sum(acc, axis=1) / C + eps)
+    tl.store(mean_ptr + offs_m, mean, mask=in_m)
+    tl.store(rstd_ptr + offs_m, rstd, mask=in_m)
+
+    # Pass 3: normalise, add the residual, write y and its FP8 copies.
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + cols
+        in_c = offs_c < C
+        mask = in_m[:, None] & in_c[None, :]
+        offs = rows + offs_c[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        f = tl.load(f_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(gain_ptr + offs_c, mask=in_c, other=0.0).to(tl.float32)
+        normed = (f - mean[:, None]) * rstd[:, None] * g[None, :]
+        y = (skip * x + branch * normed).to(y_ptr.dtype.element_ty)
+        tl.store(y_ptr + offs, y, mask=mask)
+        if WRITE_Y8 or WRITE_Y8T:
+            # The cast of the stored y (its bf16 rounding for a bf16 x), as a separate pass
+            # over y would see it.
+            y8 = _saturate(y.to(tl.float32), FP8_MAX).to(tl.float8e4nv)
+            codes = y8.to(tl.uint8, bitcast=True)  # (BLOCK_M, BLOCK_C)
+            if WRITE_Y8:
+                tl.store(y8_ptr + offs, codes, mask=mask)
+            if WRITE_Y8T:
+                # The transposed copy is the row-major tile's own bytes moved, not a second
+                # conversion: with triton 3.6 on an H100, cast_transpose's transposed store of
+                # a tile computed from fp32 inputs wrote wrong elements (see its workaround),
+                # and y here is computed from an fp32 x. Transposing the 1-byte codes makes
+                # the transposed copy a pure data movement of what the row-major store wrote,
+                # so "y8t == y8.T bit for bit" (the GPU test, at every shape and tile) checks
+                # exactly that movement; the fallback, should it fail, is cast_transpose's
+                # bf16 path on y8.
+                mask_t = in_c[:, None] & in_m[None, :]
+                tl.store(
+                    y8t_ptr + offs_c[:, None] * M + offs_m[None, :], tl.trans(codes), mask=mask_t
+                )
+
+
+def norm_config(C: int) -> dict[str, int]:
+    """The fixed tile for rows of width ``C``: BLOCK_M, BLOCK_C and num_warps.
+
+    * BLOCK_M = 32 rows up to C = 2048, 16 above: the transposed store writes BLOCK_M
+      contiguous bytes per column (32: one full 32-byte sector), and the grid, M / BLOCK_M
+      programs, fills the 132 SMs of an H100 from M = 4096 tokens; above C = 2048 fewer rows
+      keep the row block's f (BLOCK_M × C × 2 bytes, 128-256 KiB) small enough that the
+      blocks in flight together fit L2 (50 MB) between the three passes.
+    * BLOCK_C: 8192 elements a tile (256 × 32 or 512 × 16; the whole row where C is
+      smaller), 32 per thread of 8 warps: wide loads and stores, no register spills.
+    * Under the interpreter a small fixed tile, so that tests cross chunk and row-block
+      boundaries at small shapes.
+
+    Unmeasured: `benchmarks/bench_norm.py` times these against a few alternatives.
+    """
+    if INTERPRET:
+        return {"BLOCK_M": 16, "BLOCK_C": 32, "num_warps": 1}
+    block_m = 32 if C <= 2048 else 16
+    return {
+        "BLOCK_M": block_m,
+        "BLOCK_C": min(triton.next_power_of_2(C), 8192 // block_m),
+        "num_warps": 8,
+    }
+
+
+def res_post_norm(
+    x: torch.Tensor,
+    f: torch.Tensor,
+    gain: torch.Tensor,
+    *,
+    skip: float,
+    branch: float,
+    eps: float = 1e-5,
+    rows: bool = True,
+    cols: bool = True,
+    config: dict[str, Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """``y = skip * x + branch * LayerNorm(f) * gain`` and its e4m3 copies, in one pass.
+
+    ``x`` and ``f`` are 2-D (M, C) and contiguous, ``gain`` (C,). Returns ``(y, y8, y8t,
+    mean, rstd)``: y (M, C) in x's dtype; y8 (M, C) and y8t (C, M) the saturating e4m3 casts
+    of y, contiguous (None where ``rows`` or ``cols`` is False); mean and rstd (M,) fp32, the
+    per-row statistics of f the backward needs. ``config`` (BLOCK_M, BLOCK_C, num_warps)
+    replaces `norm_config`'s choice (the benchmark's alternatives, the GPU tests).
+    """
+    check_device(x, f, gain)
+    if x.ndim != 2 or f.shape != x.shape or gain.shape != (x.shape[1],):
+        raise ValueError(
+            f"res_post_norm takes x, f (M, C) and gain (C,), got {tuple(x.shape)}, "
+            f"{tuple(f.shape)} and {tuple(gain.shape)}"
+        )
+    if not (x.is_contiguous() and f.is_contiguous() and gain.is_contiguous()):
+        raise ValueError("res_post_norm takes contiguous x, f and gain")
+    M, C = x.shape
+    if C == 0:
+        raise ValueError("res_post_norm: a LayerNorm over zero features")
+    y = torch.empty_like(x)
+    y8 = torch.empty((M, C), device=x.device, dtype=E4M3) if rows else None
+    y8t = torch.empty((C, M), device=x.device, dtype=E4M3) if cols else None
+    mean = torch.empty(M, device=x.device, dtype=torch.float32)
+    rstd = torch.empty(M, device=x.device, dtype=torch.float32)
+    if M == 0:
+        return y, y8, y8t, mean, rstd
+    # The kernel stores bytes (see its transposed store); an unused output's pointer is any
+    # valid one, never written.
+    codes = [t.view(torch.uint8) for t in (y8, y8t) if t is not None] or [y.view(torch.uint8)]
+    y8_arg = y8.view(torch.uint8) if y8 is not None else codes[0]
+    y8t_arg = y8t.view(torch.uint8) if y8t is not None else codes[0]
+    meta = dict(config) if config is not None else norm_config(C)
+    grid = (triton.cdiv(M, meta["BLOCK_M"]),)
+    _res_post_norm_kernel[grid](
+        x,
+        f,
+        gain,
+        y,
+        y8_arg,
+        y8t_arg,
+        mean,
+        rstd,
+        M,
+        C,
+        skip,
+        branch,
+        eps,
+        FP8_MAX=fp8_max(E4M3),
+        WRITE_Y8=rows,
+        WRITE_Y8T=cols,
+        **meta,
+    )
+    return y, y8, y8t, mean, rstd
+
+
+def res_post_norm_reference(
+    x: torch.Tensor,
+    f: torch.Tensor,
+    gain: torch.Tensor,
+    *,
+    skip: float,
+    branch: float,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The numerical reference, plain torch in fp32: ``(y, y8, y8t)`` as `res_post_norm_fp8`.
+
+    Differentiable in x, f and gain (autograd through torch's own layer_norm): the gradients'
+    reference too. y8 and y8t are the saturating casts (`kernels.saturating_cast`) of y as
+    stored in x's dtype.
+    """
+    with torch.autocast(x.device.type, enabled=False):  # fp32 math whatever the caller's
+        normed = F.layer_norm(f.float(), (f.shape[-1],), gain.float(), None, eps)
+        y = (skip * x.float() + branch * normed).to(x.dtype)
+    y8 = saturating_cast(y.detach(), E4M3)
+    return y, y8, y8.t().contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# The custom op (what torch.compile sees) and the autograd Function
+# ---------------------------------------------------------------------------------------------
+
+
+def _with_both_copies(
+    x: torch.Tensor, f: torch.Tensor, gain: torch.Tensor, skip: float, branch: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    y, y8, y8t, mean, rstd = res_post_norm(x, f, gain, skip=skip, branch=branch, eps=eps)
+    assert y8 is not None and y8t is not None
+    return y, y8, y8t, mean, rstd
+
+
+@torch.library.custom_op("sweeper::res_post_norm", mutates_args=())
+def res_post_norm_op(
+    x: torch.Tensor, f: torch.Tensor, gain: torch.Tensor, skip: float, branch: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`res_post_norm` with both FP8 copies: ``(y, y8, y8t, mean, rstd)``."""
+    return _with_both_copies(x, f, gain, skip, branch, eps)
+
+
+@res_post_norm_op.register_fake
+def _(
+    x: torch.Tensor, f: torch.Tensor, gain: torch.Tensor, skip: float, branch: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    m, c = x.shape
+    stats = x.new_empty((m,), dtype=torch.float32)
+    return (
+        torch.empty_like(x),
+        x.new_empty((m, c), dtype=E4M3),
+        x.new_empty((c, m), dtype=E4M3),
+        stats,
+        torch.empty_like(stats),
+    )
+
+
+def _forward(
+    x: torch.Tensor, f: torch.Tensor, gain: torch.Tensor, skip: float, branch: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Under torch.compile the custom op; eager calls skip its dispatch (as kernels.ops does).
+    if torch.compiler.is_compiling():
+        return res_post_norm_op(x, f, gain, skip, branch, eps)
+    return _with_both_copies(x, f, gain, skip, branch, eps)
+
+
+class ResPostNorm(torch.autograd.Function):
+    """``(y, y8, y8t)`` of `res_post_norm`, differentiable through y only.
+
+    Saved: f (its own dtype, bf16: half the bytes of the fp32 copy autocast's layer_norm
+    saves), gain, and the kernel's mean and rstd. Backward: ``dx = skip * dy``; the norm's
+    output gradient is ``branch * dy``, and df, dgain come from
+    ``aten.native_layer_norm_backward`` on fp32 operands. That is torch's own LayerNorm
+    backward, the one autograd runs for the unfused path (under autocast, on fp32 too): the
+    same numerics as the reference's gradients, one fused CUDA kernel for df plus dgain's
+    column reduction, and an op inductor decomposes and fuses under torch.compile (the
+    conversions of f and dy to fp32 with it). The cast copies of y are not differentiable.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        f: torch.Tensor,
+        gain: torch.Tensor,
+        skip: float,
+        branch: float,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y, y8, y8t, mean, rstd = _forward(x, f, gain, skip, branch, eps)
+        ctx.save_for_backward(f, gain, mean, rstd)
+        ctx.skip, ctx.branch, ctx.x_dtype = skip, branch, x.dtype
+        ctx.mark_non_differentiable(y8, y8t)
+        ctx.set_materialize_grads(False)  # no zero tensors for y8, y8t (or an unused y)
+        return y, y8, y8t
+
+    @staticmethod
+    def backward(
+        ctx: Any, dy: torch.Tensor | None, _dy8: Any, _dy8t: Any
+    ) -> tuple[torch.Tensor | None, ...]:
+        f, gain, mean, rstd = ctx.saved_tensors
+        need_x, need_f, need_gain = ctx.needs_input_grad[:3]
+        dx = df = dgain = None
+        if dy is None:
+            return dx, df, dgain, None, None, None
+        if need_x:
+            dx = (dy * ctx.skip).to(ctx.x_dtype)
+        if need_f or need_gain:
+            m, c = f.shape
+            df, dgain, _ = torch.ops.aten.native_layer_norm_backward(
+                dy.float() * ctx.branch,
+                f.float(),
+                [c],
+                mean.view(m, 1),
+                rstd.view(m, 1),
+                gain.float(),
+                None,
+                [need_f, need_gain, False],
+            )
+            df = df.to(f.dtype) if need_f else None
+            dgain = dgain.to(gain.dtype) if need_gain else None
+        return dx, df, dgain, None, None, None
+
+
+def res_post_norm_fp8(
+    x: torch.Tensor,
+    f: torch.Tensor,
+    gain: torch.Tensor,
+    *,
+    skip: float,
+    branch: float,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y, e4m3(y), e4m3(y).T)`` of ``y = skip * x + branch * LayerNorm(f) * gain``,
+    differentiable in x, f and gain through y (`ResPostNorm`); x, f (M, C), gain (C,)."""
+    if torch.is_grad_enabled() and (x.requires_grad or f.requires_grad or gain.requires_grad):
+        out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = ResPostNorm.apply(
+            x, f, gain, skip, branch, eps
+        )
+        return out
+    y, y8, y8t, _, _ = _forward(x, f, gain, skip, branch, eps)
+    return y, y8, y8t

@@ -1,0 +1,249 @@
+"""`kernels.triton_norm` on CPU, under Triton's interpreter (``TRITON_INTERPRET=1``).
+
+Not collected by pytest's default pattern: `test_norm_interpreter.py` runs this file in a
+subprocess with the variable set (it must be set before Triton is first imported).
+
+The interpreter's own errors (see `interpreter_checks.py`), and how these checks stay exact:
+* fp32 -> e4m3 rounds ties away from zero and mis-rounds when the rounding carries into the
+  next binade (1.94 becomes 1.0, not 2.0). The FP8 copies are checked two ways, both bit
+  for bit: on inputs built so that y lands on e4m3 values (eps = 0, rows of f that
+  normalise to exactly ±1, integer x and gain, saturating extremes), against torch's
+  ``saturating_cast``; and on random inputs against the interpreter's own cast of the y the
+  kernel returned (`kernels.triton_casts.saturating_cast`), which checks that the copies are
+  the cast of the stored y, whatever the interpreter's rounding. Against torch's rounding on
+  random inputs they are compared bit for bit on the GPU (`test_norm_triton_gpu.py`).
+* fp32 -> bf16 truncates: a bf16 y is checked within one bf16 unit (2^-7 relative) of the
+  fp32 result, and bf16 gradients within 2^-8 relative Frobenius error.
+* NaN becomes a number in the FP8 cast: NaN propagation is checked on the GPU.
+The interpreter's tile is BLOCK_M = 16, BLOCK_C = 32 (`norm_config`): the shapes below cross
+row-block and chunk boundaries (M, C not multiples) and include a row narrower than a chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("run by test_norm_interpreter.py with TRITON_INTERPRET=1", allow_module_level=True)
+
+from kernels import E4M3, saturating_cast, triton_casts
+from kernels.triton_norm import (
+    norm_config,
+    res_post_norm,
+    res_post_norm_fp8,
+    res_post_norm_op,
+    res_post_norm_reference,
+)
+
+SKIP, BRANCH = math.sqrt(1 - 0.3), math.sqrt(0.3)
+SHAPES = [(37, 80), (5, 20)]  # partial row block and chunk; C smaller than a chunk
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.uint8)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def inputs(m: int, c: int, x_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """A residual stream near unit variance, a sub-layer output off zero mean, a gain near 1."""
+    x = torch.randn(m, c).to(x_dtype)
+    f = (torch.randn(m, c) * 3 + 1.5).to(torch.bfloat16)
+    gain = 1 + 0.2 * torch.randn(c)
+    return x, f, gain
+
+
+def test_the_interpreter_tile_is_the_one_these_shapes_are_chosen_for() -> None:
+    assert norm_config(80) == {"BLOCK_M": 16, "BLOCK_C": 32, "num_warps": 1}
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_y_and_statistics_match_the_reference(x_dtype: torch.dtype, shape: tuple[int, int]) -> None:
+    x, f, gain = inputs(*shape, x_dtype)
+    y, y8, y8t, mean, rstd = res_post_norm(x, f, gain, skip=SKIP, branch=BRANCH)
+    assert y.dtype == x_dtype and y.shape == x.shape
+    assert mean.shape == rstd.shape == (shape[0],) and mean.dtype == torch.float32
+    # the reference's y before its rounding to x's dtype
+    y32, _, _ = res_post_norm_reference(x.float(), f, gain, skip=SKIP, branch=BRANCH)
+    if x_dtype == torch.float32:
+        torch.testing.assert_close(y, y32, rtol=1e-5, atol=1e-6)
+    else:  # the interpreter truncates to bf16: within one bf16 unit
+        torch.testing.assert_close(y.float(), y32, rtol=2.0**-7, atol=1e-6)
+    _, mean_ref, rstd_ref = torch.ops.aten.native_layer_norm(
+        f.float(), [shape[1]], None, None, 1e-5
+    )
+    torch.testing.assert_close(mean, mean_ref.view(-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rstd, rstd_ref.view(-1), rtol=1e-5, atol=0.0)
+    # The copies are the cast of the stored y (the interpreter's cast: see the docstring).
+    assert y8 is not None and y8t is not None
+    assert y8.dtype == y8t.dtype == E4M3 and y8t.shape == (shape[1], shape[0])
+    assert torch.equal(bits(y8), bits(triton_casts.saturating_cast(y, E4M3)))
+    assert torch.equal(bits(y8t), bits(y8).t())
+
+
+def on_the_e4m3_grid(m: int, c: int, x_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Inputs whose y is exact in e4m3 (with eps = 0, skip = branch = 1/2), and that y.
+
+    Each row of f is ``b ± 2`` with as many + as -: mean b and rstd 1/2 exactly, so
+    LayerNorm(f) = ±1 and y = (x ± gain) / 2, halves of integers in [-16, 16], all e4m3
+    values; four x far past 448 (their y saturates, whatever its rounding to x's dtype).
+    """
+    assert c % 2 == 0
+    signs = torch.tensor([1.0, -1.0]).repeat(m, c // 2)
+    signs = torch.gather(signs, 1, torch.argsort(torch.rand(m, c), dim=1))
+    b = torch.randint(-3, 4, (m, 1)).float()
+    f = (b + 2 * signs).to(torch.bfloat16)
+    x = torch.randint(-8, 9, (m, c)).float()
+    gain = torch.randint(-8, 9, (c,)).float()
+    x.view(-1)[:4] = torch.tensor([1e4, -1e4, 1e6, -1e6])
+    x = x.to(x_dtype)
+    return x, f, gain, (x.float() + gain * signs) / 2
+
+
+# eps = 0: the last row block's rows past M (all zeros, masked out of every store) have rstd
+# 1/0, and numpy says so.
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fp8_copies_are_torchs_cast_where_the_interpreter_is_exact(
+    x_dtype: torch.dtype, shape: tuple[int, int]
+) -> None:
+    x, f, gain, y_exact = on_the_e4m3_grid(*shape, x_dtype)
+    y, y8, y8t, _, rstd = res_post_norm(x, f, gain, skip=0.5, branch=0.5, eps=0.0)
+    assert torch.equal(rstd, torch.full_like(rstd, 0.5))
+    small = y_exact.abs() <= 16  # all but the four saturating ones: exact in x's dtype
+    assert torch.equal(y.float()[small], y_exact[small]) and (~small).sum() == 4
+    ref = saturating_cast(y_exact, E4M3)
+    assert ref.float().abs().max() == 448.0  # the saturating elements are there
+    assert y8 is not None and y8t is not None
+    assert torch.equal(bits(y8), bits(ref))
+    assert torch.equal(bits(y8t), bits(ref).t())
+    assert torch.equal(y8.float().view(-1)[:4], torch.tensor([448.0, -448.0, 448.0, -448.0]))
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_rows_and_cols_choose_the_copies(x_dtype: torch.dtype) -> None:
+    x, f, gain = inputs(37, 80, x_dtype)
+    y, y8, y8t, mean, rstd = res_post_norm(x, f, gain, skip=SKIP, branch=BRANCH)
+    assert y8 is not None and y8t is not None
+    for rows, cols in [(True, False), (False, True), (False, False)]:
+        out = res_post_norm(x, f, gain, skip=SKIP, branch=BRANCH, rows=rows, cols=cols)
+        assert torch.equal(out[0], y) and torch.equal(out[3], mean) and torch.equal(out[4], rstd)
+        assert (out[1] is None) != rows and (out[2] is None) != cols
+        if out[1] is not None:
+            assert torch.equal(bits(out[1]), bits(y8))
+        if out[2] is not None:
+            assert torch.equal(bits(out[2]), bits(y8t))
+
+
+def test_arguments_are_checked() -> None:
+    x, f, gain = inputs(8, 16, torch.float32)
+    with pytest.raises(ValueError, match="gain"):
+        res_post_norm(x, f, gain[:8], skip=SKIP, branch=BRANCH)
+    with pytest.raises(ValueError, match="contiguous"):
+        res_post_norm(x.t(), f.t(), torch.ones(8), skip=SKIP, branch=BRANCH)
+    empty = res_post_norm(x[:0], f[:0], gain, skip=SKIP, branch=BRANCH)
+    assert empty[0].shape == (0, 16) and empty[2] is not None and empty[2].shape == (16, 0)
+
+
+def grads(
+    fn: object, x0: torch.Tensor, f0: torch.Tensor, g0: torch.Tensor, dy: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    x, f, g = (t.clone().requires_grad_() for t in (x0, f0, g0))
+    y, y8, y8t = fn(x, f, g, skip=SKIP, branch=BRANCH, eps=1e-5)  # type: ignore[operator]
+    assert not y8.requires_grad and not y8t.requires_grad
+    y.backward(dy)
+    assert x.grad is not None and f.grad is not None and g.grad is not None
+    return y.detach(), x.grad, f.grad, g.grad
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_gradients_match_autograd_through_the_reference(x_dtype: torch.dtype) -> None:
+    x, f, gain = inputs(37, 80, x_dtype)
+    dy = torch.randn(37, 80).to(x_dtype)
+    _, dx, df, dgain = grads(res_post_norm_fp8, x, f, gain, dy)
+    _, dx_ref, df_ref, dgain_ref = grads(res_post_norm_reference, x, f, gain, dy)
+    assert (dx.dtype, df.dtype, dgain.dtype) == (x_dtype, torch.bfloat16, torch.float32)
+    # fp32 results: rtol 1e-4; bf16 ones (df always, dx for a bf16 x): their rounding, 2^-8.
+    assert rel(dgain, dgain_ref) < 1e-4
+    assert rel(dx, dx_ref) < (1e-4 if x_dtype == torch.float32 else 2.0**-8)
+    assert rel(df, df_ref) < 2.0**-8
+    # dx is skip * dy, nothing of the norm in it
+    assert torch.equal(dx, (dy * SKIP).to(x_dtype))
+
+
+def test_gradients_of_a_subset_of_the_inputs() -> None:
+    x0, f0, gain = inputs(37, 80, torch.float32)
+    dy = torch.randn(37, 80)
+    x, f = x0.clone().requires_grad_(), f0.clone().requires_grad_()
+    y, _, _ = res_post_norm_fp8(x, f, gain, skip=SKIP, branch=BRANCH)
+    y.backward(dy)
+    x_ref, f_ref = x0.clone().requires_grad_(), f0.clone().requires_grad_()
+    y_ref, _, _ = res_post_norm_reference(x_ref, f_ref, gain, skip=SKIP, branch=BRANCH)
+    y_ref.backward(dy)
+    assert x.grad is not None and f.grad is not None and f_ref.grad is not None
+    assert torch.equal(x.grad, dy * SKIP)
+    assert rel(f.grad, f_ref.grad) < 2.0**-8
+    f2 = f0.clone().requires_grad_()  # x and gain frozen: df only
+    y2, _, _ = res_post_norm_fp8(x0, f2, gain, skip=SKIP, branch=BRANCH)
+    y2.backward(dy)
+    assert f2.grad is not None and torch.equal(f2.grad, f.grad)
+
+
+def test_without_grad_the_kernel_alone() -> None:
+    x, f, gain = inputs(37, 80, torch.float32)
+    y, y8, y8t, _, _ = res_post_norm(x, f, gain, skip=SKIP, branch=BRANCH)
+    assert y8 is not None and y8t is not None
+    with torch.no_grad():
+        out = res_post_norm_fp8(x.requires_grad_(), f, gain, skip=SKIP, branch=BRANCH)
+    assert not out[0].requires_grad
+    assert torch.equal(out[0], y) and torch.equal(bits(out[1]), bits(y8))
+    assert torch.equal(bits(out[2]), bits(y8t))
+
+
+def test_compiles_through_the_custom_op() -> None:
+    """dynamo traces the Function around the custom op (its fake) without a graph break;
+    aot_eager then runs it as eager would, backward included."""
+    x0, f0, g0 = inputs(37, 80, torch.float32)
+
+    def sub_layer_end(
+        x: torch.Tensor, f: torch.Tensor, g: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        y, y8, y8t = res_post_norm_fp8(x, f * 2, g, skip=SKIP, branch=BRANCH)
+        return y * 3, y8, y8t
+
+    results = []
+    for fn in (sub_layer_end, torch.compile(sub_layer_end, backend="aot_eager", fullgraph=True)):
+        x, f, g = (t.clone().requires_grad_() for t in (x0, f0, g0))
+        y, y8, y8t = fn(x, f, g)
+        y.sum().backward()
+        results.append((y, bits(y8), bits(y8t), x.grad, f.grad, g.grad))
+    for eager, compiled in zip(*results, strict=True):
+        assert compiled is not None and eager is not None and torch.equal(compiled, eager)
+
+
+def test_custom_op_passes_opcheck() -> None:
+    x, f, gain = inputs(37, 80, torch.float32)
+    torch.library.opcheck(
+        res_post_norm_op,
+        (x, f, gain, SKIP, BRANCH, 1e-5),
+        test_utils=(
+            "test_schema",
+            "test_faketensor",
+            "test_autograd_registration",
+            "test_aot_dispatch_dynamic",
+        ),
+    )
