@@ -23,9 +23,9 @@ It is not yet used by the model (`models/` keeps its path) until the GPU benchma
 Numerics (those of `res_post_norm_reference`, plain torch in fp32):
 
 * mean and variance in fp32, the variance centred (a second pass over f, not E[f²] - E[f]²,
-  which cancels for rows far from zero mean); ``rstd = 1 / sqrt_rn(var + eps)``, correctly
-  rounded where torch's CUDA kernel uses the approximate rsqrt: the two differ by an fp32
-  ulp or two, inside the tests' 1e-5.
+  which cancels for rows far from zero mean); ``rstd = 1 / sqrt(var + eps)`` with correctly
+  rounded square root and divisions, where torch's CUDA kernel uses the approximate rsqrt:
+  the two differ by an fp32 ulp or two, inside the tests' 1e-5.
 * ``y = skip * x + branch * ((f - mean) * rstd * gain)`` in fp32, stored in x's dtype.
 * The FP8 copies are the saturating cast of *the stored y* (for a bf16 x its bf16 rounding,
   as a separate cast of y would see it): ``e4m3(clamp(y, ±448))``, NaN stays NaN.
@@ -94,7 +94,9 @@ def _res_post_norm_kernel(
         offs_c = c0 + cols
         mask = in_m[:, None] & (offs_c[None, :] < C)
         acc += tl.load(f_ptr + rows + offs_c[None, :], mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(acc, axis=1) / C
+    # Correctly rounded divisions (a plain fp32 "/" is div.full, 2 ulp): per row, free.
+    n = C.to(tl.float32)
+    mean = tl.div_rn(tl.sum(acc, axis=1), n)
 
     # Pass 2: the centred variance, from the row block's f again (in L2 by now).
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
@@ -104,7 +106,7 @@ def _res_post_norm_kernel(
         f = tl.load(f_ptr + rows + offs_c[None, :], mask=mask, other=0.0).to(tl.float32)
         d = tl.where(mask, f - mean[:, None], 0.0)
         acc += d * d
-    rstd = 1.0 / tl.sqrt_rn(tl.sum(acc, axis=1) / C + eps)
+    rstd = tl.div_rn(1.0, tl.sqrt_rn(tl.div_rn(tl.sum(acc, axis=1), n) + eps))
     tl.store(mean_ptr + offs_m, mean, mask=in_m)
     tl.store(rstd_ptr + offs_m, rstd, mask=in_m)
 
@@ -207,9 +209,9 @@ def res_post_norm(
         return y, y8, y8t, mean, rstd
     # The kernel stores bytes (see its transposed store); an unused output's pointer is any
     # valid one, never written.
-    codes = [t.view(torch.uint8) for t in (y8, y8t) if t is not None] or [y.view(torch.uint8)]
-    y8_arg = y8.view(torch.uint8) if y8 is not None else codes[0]
-    y8t_arg = y8t.view(torch.uint8) if y8t is not None else codes[0]
+    unused = next((t for t in (y8, y8t) if t is not None), y).view(torch.uint8)
+    y8_arg = y8.view(torch.uint8) if y8 is not None else unused
+    y8t_arg = y8t.view(torch.uint8) if y8t is not None else unused
     meta = dict(config) if config is not None else norm_config(C)
     grid = (triton.cdiv(M, meta["BLOCK_M"]),)
     _res_post_norm_kernel[grid](

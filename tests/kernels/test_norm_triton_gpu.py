@@ -1,0 +1,240 @@
+"""`kernels.triton_norm` on a GPU, against the reference (`res_post_norm_reference`).
+
+Stated tolerances:
+* y8 and y8t: bit for bit ``saturating_cast(y)`` of the kernel's own y, and y8t bit for bit
+  y8 transposed (NaN where y is NaN, ±448 where it overflows), at every realistic shape,
+  for fp32 and bf16 x, with `norm_config`'s tile and the benchmark's alternatives. The
+  transposed copy is the check the triton 3.6 bug calls for (`cast_transpose`'s
+  transposed store from fp32 inputs wrote wrong elements on an H100).
+* y against the reference's fp32 y: rtol 1e-5, atol 1e-5 for an fp32 x (summation order,
+  FMA contraction, torch's approximate rsqrt against our correctly rounded one); for a bf16
+  x one bf16 rounding on top (rtol 2^-8).
+* mean and rstd against torch's native_layer_norm: rtol 1e-5.
+* gradients against autograd through the reference: fp32 ones (dgain, dx for an fp32 x)
+  1e-4 relative Frobenius error, bf16 ones (df, dx for a bf16 x) 2^-8 (one rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip(
+        "needs a CUDA GPU (the CPU runs this kernel in test_norm_interpreter.py)",
+        allow_module_level=True,
+    )
+
+from fp8_helpers import rel_err
+
+from benchmarks.bench_norm import candidate_configs
+from kernels import E4M3, saturating_cast
+from kernels.triton_norm import (
+    norm_config,
+    res_post_norm,
+    res_post_norm_fp8,
+    res_post_norm_reference,
+)
+
+DEVICE = "cuda"
+SKIP, BRANCH = math.sqrt(1 - 0.3), math.sqrt(0.3)
+X_DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def inputs(m: int, c: int, x_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """A residual stream near unit variance with a few values past e4m3's range (and ±inf,
+    which saturate too), a bf16 sub-layer output off zero mean, a gain near 1."""
+    x = torch.randn(m, c, device=DEVICE)
+    x.view(-1)[:6] = torch.tensor([1e4, -1e4, 600.0, -700.0, math.inf, -math.inf])
+    f = (torch.randn(m, c, device=DEVICE) * 3 + 1.5).to(torch.bfloat16)
+    gain = 1 + 0.2 * torch.randn(c, device=DEVICE)
+    return x.to(x_dtype), f, gain
+
+
+def check_copies(y: torch.Tensor, y8: torch.Tensor | None, y8t: torch.Tensor | None) -> None:
+    """y8 = saturating_cast(y) and y8t = y8.T, bit for bit, NaN where y is NaN."""
+    assert y8 is not None and y8t is not None
+    ref = saturating_cast(y, E4M3)
+    nan = y.isnan()
+    assert torch.equal(y8.float().isnan(), nan) and torch.equal(y8t.float().isnan(), nan.t())
+    ref_bits = ref.view(torch.uint8).masked_fill(nan, 0)
+    assert torch.equal(y8.view(torch.uint8).masked_fill(nan, 0), ref_bits)
+    assert torch.equal(y8t.view(torch.uint8).masked_fill(nan.t(), 0), ref_bits.t())
+
+
+def check_y_and_statistics(
+    x: torch.Tensor, f: torch.Tensor, gain: torch.Tensor, out: tuple[torch.Tensor | None, ...]
+) -> None:
+    y, _, _, mean, rstd = out
+    assert y is not None and mean is not None and rstd is not None
+    y32, _, _ = res_post_norm_reference(x.float(), f, gain, skip=SKIP, branch=BRANCH)
+    if x.dtype == torch.float32:
+        torch.testing.assert_close(y, y32, rtol=1e-5, atol=1e-5)
+    else:
+        torch.testing.assert_close(y.float(), y32, rtol=2.0**-8, atol=1e-5)
+    _, mean_ref, rstd_ref = torch.ops.aten.native_layer_norm(
+        f.float(), [f.shape[1]], None, None, 1e-5
+    )
+    torch.testing.assert_close(mean, mean_ref.view(-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rstd, rstd_ref.view(-1), rtol=1e-5, atol=0.0)
+
+
+@pytest.mark.parametrize("x_dtype", X_DTYPES)
+@pytest.mark.parametrize("c", [256, 1024, 4096, 8192])
+@pytest.mark.parametrize("m", [4096, 65536])
+def test_fused_kernel_at_realistic_shapes(m: int, c: int, x_dtype: torch.dtype) -> None:
+    x, f, gain = inputs(m, c, x_dtype)
+    out = res_post_norm(x, f, gain, skip=SKIP, branch=BRANCH)
+    check_copies(out[0], out[1], out[2])
+    assert out[1] is not None and out[1].float().abs().max() == 448.0  # saturated
+    check_y_and_statistics(x, f, gain, out)
+
+
+@pytest.mark.parametrize("x_dtype", X_DTYPES)
+@pytest.mark.parametrize("shape", [(4096, 1000), (4099, 8200)])
+def test_every_candidate_tile_is_exact(shape: tuple[int, int], x_dtype: torch.dtype) -> None:
+    """The tiles the benchmark times (`norm_config`'s among them), at shapes with partial row
+    blocks and chunks: a tile that a measurement may pick must be as exact as the default."""
+    x, f, gain = inputs(*shape, x_dtype)
+    configs = candidate_configs(shape[1])
+    assert norm_config(shape[1]) in configs
+    for config in configs:
+        out = res_post_norm(x, f, gain, skip=SKIP, branch=BRANCH, config=config)
+        check_copies(out[0], out[1], out[2])
+        check_y_and_statistics(x, f, gain, out)
+
+
+def test_nan_propagates() -> None:
+    x, f, gain = inputs(4096, 1024, torch.float32)
+    x[3, 5] = math.nan
+    f[7, 9] = math.nan  # the whole row's mean: row 7 is NaN
+    y, y8, y8t, mean, _ = res_post_norm(x, f, gain, skip=SKIP, branch=BRANCH)
+    expected = torch.zeros_like(y, dtype=torch.bool)
+    expected[3, 5] = True
+    expected[7, :] = True
+    assert torch.equal(y.isnan(), expected) and mean[7].isnan() and not mean[3].isnan()
+    check_copies(y, y8, y8t)
+
+
+def test_offsets_past_two_to_the_31() -> None:
+    """M * C past 2**31 elements (and the transposed copy's C * M): int64 offsets throughout.
+    Only the last rows (a partial row block) and the transposed copy's last columns are
+    compared."""
+    m, c = 65601, 32768
+    need = m * c * (2 + 2 + 2 + 1 + 1)  # bf16 x, f, y; y8, y8t
+    if torch.cuda.mem_get_info()[0] < need * 1.3:
+        pytest.skip(f"needs {need / 2**30:.0f} GiB of free GPU memory")
+    x = torch.randn(m, c, device=DEVICE, dtype=torch.bfloat16)
+    f = torch.randn(m, c, device=DEVICE, dtype=torch.bfloat16)
+    gain = torch.ones(c, device=DEVICE)
+    y, y8, y8t, _, _ = res_post_norm(x, f, gain, skip=SKIP, branch=BRANCH)
+    assert y8 is not None and y8t is not None
+    tail = slice(m - 100, m)
+    y_ref, _, _ = res_post_norm_reference(
+        x[tail].contiguous(), f[tail].contiguous(), gain, skip=SKIP, branch=BRANCH
+    )
+    torch.testing.assert_close(y[tail].float(), y_ref.float(), rtol=2.0**-7, atol=1e-5)
+    check_copies(y[tail], y8[tail], y8t[:, tail])
+
+
+def grads(
+    fn: Callable[..., tuple[torch.Tensor, ...]],
+    x0: torch.Tensor,
+    f0: torch.Tensor,
+    g0: torch.Tensor,
+    dy: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    x, f, g = (t.clone().requires_grad_() for t in (x0, f0, g0))
+    y, y8, y8t = fn(x, f, g, skip=SKIP, branch=BRANCH, eps=1e-5)
+    assert not y8.requires_grad and not y8t.requires_grad
+    y.backward(dy)
+    assert x.grad is not None and f.grad is not None and g.grad is not None
+    return x.grad, f.grad, g.grad
+
+
+@pytest.mark.parametrize("x_dtype", X_DTYPES)
+@pytest.mark.parametrize(("m", "c"), [(4096, 1024), (16384, 4096)])
+def test_gradients_match_autograd_through_the_reference(
+    m: int, c: int, x_dtype: torch.dtype
+) -> None:
+    x = torch.randn(m, c, device=DEVICE).to(x_dtype)  # no saturating values: they would
+    f = (torch.randn(m, c, device=DEVICE) * 3 + 1.5).to(torch.bfloat16)  # not change grads
+    gain = 1 + 0.2 * torch.randn(c, device=DEVICE)
+    dy = torch.randn(m, c, device=DEVICE).to(x_dtype)
+    dx, df, dgain = grads(res_post_norm_fp8, x, f, gain, dy)
+    dx_ref, df_ref, dgain_ref = grads(res_post_norm_reference, x, f, gain, dy)
+    assert (dx.dtype, df.dtype, dgain.dtype) == (x_dtype, torch.bfloat16, torch.float32)
+    assert rel_err(dgain, dgain_ref) < 1e-4
+    assert rel_err(dx, dx_ref) < (1e-4 if x_dtype == torch.float32 else 2.0**-8)
+    assert rel_err(df, df_ref) < 2.0**-8
+
+
+def test_compiled_matches_eager() -> None:
+    """Under torch.compile (inductor) the kernel runs as the custom op, the backward's
+    native_layer_norm_backward as inductor compiles it."""
+    x0, f0, g0 = inputs(4096, 1024, torch.float32)
+    dy = torch.randn(4096, 1024, device=DEVICE)
+
+    def sub_layer_end(
+        x: torch.Tensor, f: torch.Tensor, g: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        return res_post_norm_fp8(x, f, g, skip=SKIP, branch=BRANCH)
+
+    results = []
+    for fn in (sub_layer_end, torch.compile(sub_layer_end, fullgraph=True)):
+        x, f, g = (t.clone().requires_grad_() for t in (x0, f0, g0))
+        y, y8, y8t = fn(x, f, g)
+        y.backward(dy)
+        assert x.grad is not None and f.grad is not None and g.grad is not None
+        results.append((y, y8.view(torch.uint8), y8t.view(torch.uint8), x.grad, f.grad, g.grad))
+    (y, y8, y8t, dx, df, dg), (y_c, y8_c, y8t_c, dx_c, df_c, dg_c) = results
+    assert torch.equal(y_c, y) and torch.equal(y8_c, y8) and torch.equal(y8t_c, y8t)
+    assert torch.equal(dx_c, dx)
+    # inductor's own LayerNorm backward: another summation order, bf16 df
+    assert rel_err(df_c, df) < 2.0**-8 and rel_err(dg_c, dg) < 1e-4
+
+
+def test_forward_and_backward_capture_in_a_cuda_graph() -> None:
+    """Captured once, replayed on new inputs copied into the captured ones: the same results
+    as eager calls on those inputs (the same kernels in the same order)."""
+    m, c = 4096, 1024
+    x, f, gain = (t.requires_grad_() for t in inputs(m, c, torch.float32))
+    dy = torch.randn(m, c, device=DEVICE)
+
+    def step() -> tuple[torch.Tensor, ...]:
+        x.grad = f.grad = gain.grad = None
+        y, y8, y8t = res_post_norm_fp8(x, f, gain, skip=SKIP, branch=BRANCH)
+        y.backward(dy)
+        assert x.grad is not None and f.grad is not None and gain.grad is not None
+        return y, y8, y8t, x.grad, f.grad, gain.grad
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile the kernels before capture
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+
+    x1, f1, g1 = inputs(m, c, torch.float32)
+    dy1 = torch.randn(m, c, device=DEVICE)
+    with torch.no_grad():
+        for dst, src in ((x, x1), (f, f1), (gain, g1), (dy, dy1)):
+            dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    replayed = [t.clone() for t in captured]
+    expected = step()
+    for got, want in zip(replayed[:5], expected[:5], strict=True):
+        assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+    assert rel_err(replayed[5], expected[5]) < 1e-6  # dgain: a reduction, maybe reordered
