@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU side of the kernels' work, for one call of the device machine (see docs/KERNELS.md).
-#   bash benchmarks/run_gpu.sh STAGE...   stages: env tests gemm sweep mlp parity graphs profile
-#                                          steady startup warm-up proxy-sweep train-throughput
+#   bash benchmarks/run_gpu.sh STAGE...   stages: env tests gemm sweep mlp norm parity graphs
+#                                          profile steady startup warm-up proxy-sweep
+#                                          train-throughput
 # LIMIT_<stage>=seconds stops a stage early (the device call has a hard limit); its JSON,
 # written as it goes, is still copied.
 # Wheels in .whl/ (pydantic for the models' config, torchao for the MLP baseline) are
@@ -32,6 +33,7 @@ for stage in "$@"; do
         gemm) t gemm python3 -m benchmarks.bench_gemm --backward 2>&1 | tee "$OUT/gemm.log" ;;
         sweep) t sweep python3 -m benchmarks.bench_gemm --sweep --out gemm_sweep 2>&1 | tee "$OUT/sweep.log" ;;
         mlp) t mlp python3 -m benchmarks.bench_mlp ${MLP_ARGS:-} 2>&1 | tee "$OUT/mlp.log" ;;
+        norm) t norm python3 -m benchmarks.bench_norm ${NORM_ARGS:-} 2>&1 | tee "$OUT/norm.log" ;;
         parity) t parity python3 -m benchmarks.fp8_training_parity --data .devdata/shakespeare.txt \
                     2>&1 | tee "$OUT/parity.log" ;;
         graphs) t graphs python3 -m pytest -q --tb=short -p no:logging tests/test_cuda_graphs_gpu.py \
