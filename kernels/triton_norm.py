@@ -81,7 +81,7 @@ def _res_post_norm_kernel(
     BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(axis=0)
-    # int64: M * C exceeds 2**31 at 65536 tokens × 32768 (and the transposed offsets C * M)
+    # int64: M * C reaches 2**31 at 65536 tokens × 32768 (and so do the transposed C * M)
     offs_m = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     in_m = offs_m < M
     rows = offs_m[:, None] * C
