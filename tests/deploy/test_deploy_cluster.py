@@ -141,23 +141,25 @@ def test_sweep_runs_on_both_nodes_and_survives_losing_one(
             driver_alive()
             if not any(t.status.finished and t.node_id == node.node_id for t in trials()):
                 return False
+            there = on_node1()  # read before the curves, which then hold each of its trials
             curves = db.get_curves(database, sweep_id=sweep_id)
-            steps = [max((p.step for p in curves[t.id]), default=0) for t in on_node1()]
+            steps = [max((p.step for p in curves[t.id]), default=0) for t in there]
             return len(steps) == 1 and 0 < steps[0] <= STEPS // 2
 
         def state() -> str:
+            listed = trials()
             curves = db.get_curves(database, sweep_id=sweep_id)
             rows = [
                 f"{t.key} {t.status} node={t.node_id} steps={[p.step for p in curves[t.id]]}"
-                for t in trials()
+                for t in listed
             ]
             nodes = f"head={head.node_id} node1={node.node_id}"
             return "\n".join([nodes, *rows, driver_log(tmp_path / "state")])
 
         wait_for(mid_trial_on_node1, "a trial mid-way on node1, after one ended there", state=state)
         (lost,) = on_node1()
-        curves = db.get_curves(database, sweep_id=sweep_id)
         running = [t for t in trials() if t.status is db.TrialStatus.RUNNING]
+        curves = db.get_curves(database, sweep_id=sweep_id)
         before_kill = {t.key: {(p.step, p.time_s) for p in curves[t.id]} for t in running}
         node.kill()
         killed_at = time.monotonic()
