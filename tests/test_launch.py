@@ -1,4 +1,9 @@
-"""Transfer from a real sweep and the full-size launch on Ray Train (2 CPU workers, gloo)."""
+"""Transfer from a real sweep and the full-size launch on Ray Train (2 CPU workers, gloo).
+
+The module's sweep and runs join one real Ray cluster (`ray start`, 2 CPUs), as drivers join
+a deployment's: each driver would otherwise start a local cluster and stop it again, ~11 s
+of every run. A local cluster's drivers are the README job's (tests/test_demo.py).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -20,14 +26,22 @@ from sweeper.launch import RESTORED_CURVE, RunRecorder
 from sweeper.launch_request import LaunchRequest
 from sweeper.settings import DB_URL_VAR, Settings
 from tests.conftest import drivers_of
+from tests.deploy.conftest import RayCluster, ray_cluster
 from tests.test_sweep_engine import make_spec, run_to_end, wait_for
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory, shakespeare):
-    """A finished tiny µS sweep (2 widths × 4 LRs) in its own SQLite file."""
+def cluster() -> Iterator[RayCluster]:
+    with ray_cluster(workers=0, cpus=2) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, shakespeare, cluster):
+    """A finished tiny µS sweep (2 widths × 4 LRs) in its own SQLite file, and the
+    environment of its drivers: that file, and the module's cluster."""
     tmp = tmp_path_factory.mktemp("launch")
-    env = {
+    env = cluster.client_env | {
         DB_URL_VAR: f"sqlite:///{tmp / 'sweeper.db'}",
         "XDG_STATE_HOME": str(tmp / "state"),
         "SWEEPER_RAY_STORAGE": str(tmp / "ray_results"),
@@ -86,14 +100,10 @@ def test_transfer_cli_applies_the_width_rules(swept):
         assert bad.returncode == 2 and "--to-tokens" in bad.stderr, bad.stderr
 
 
-def _train_workers(database_url: str) -> list[psutil.Process]:
-    """The Ray Train workers of this database's run drivers: their Ray cluster's processes
-    descend from the driver that started it (another test's runs are left alone)."""
+def _train_workers(cluster: RayCluster) -> list[psutil.Process]:
+    """The Ray Train workers on the module's cluster (its one run at a time)."""
     return [
-        p
-        for driver in drivers_of(database_url)
-        for p in driver.children(recursive=True)
-        if any("RayTrainWorker" in part for part in _cmdline(p))
+        p for p in cluster.head.processes() if any("RayTrainWorker" in part for part in _cmdline(p))
     ]
 
 
@@ -125,7 +135,7 @@ def test_a_resumed_run_stores_the_points_its_checkpoint_holds_and_the_driver_nev
     assert db.get_run(database, run_id=run_id).resumed_from_step == 20
 
 
-def test_launch_two_workers_resumes_after_a_worker_dies(swept):
+def test_launch_two_workers_resumes_after_a_worker_dies(swept, cluster):
     database, sweep_id, env = swept
     request = LaunchRequest(sweep_id=sweep_id, to_width=64, steps=150, workers=2, precision="fp32")
     with pytest.MonkeyPatch.context() as mp:
@@ -136,7 +146,7 @@ def test_launch_two_workers_resumes_after_a_worker_dies(swept):
     wait_for(
         lambda: db.get_run(database, run_id=run.id).checkpoint_path is not None, "a checkpoint"
     )
-    workers = _train_workers(database.url)
+    workers = _train_workers(cluster)
     assert len(workers) == 2
     workers[0].send_signal(signal.SIGKILL)
     wait_for(lambda: db.get_run(database, run_id=run.id).status.finished, "the run to end")
@@ -177,13 +187,17 @@ def test_a_run_whose_driver_dies_resumes_from_its_checkpoint(swept, monkeypatch)
     assert again.returncode == 1 and "nothing to resume" in again.stderr
 
 
-def test_a_run_waiting_for_its_workers_resources_waits_and_cancels_promptly(swept, monkeypatch):
+def test_a_run_waiting_for_its_workers_resources_waits_and_cancels_promptly(
+    swept, cluster, monkeypatch
+):
     """A feasible run on a busy cluster waits for its workers (Ray Train alone gives up after
     60 s and counts that as a failure), and a cancel stops its driver although no worker
     ever reports: within the grace of one stale driver (here 15 heartbeats of 0.5 s)."""
     database, sweep_id, env = swept
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    for key in cluster.client_env:  # the busy cluster is one of its own, started here
+        monkeypatch.delenv(key)
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         held = ray.util.placement_group([{"CPU": 1}])  # the cluster's one CPU

@@ -160,7 +160,7 @@ class RayCluster:
             time.sleep(1)
 
 
-def _start_node(root: Path, name: str, token: str, args: list[str]) -> RayNode:
+def _start_node(root: Path, name: str, token: str, cpus: int, args: list[str]) -> RayNode:
     temp_dir = root / name
     temp_dir.mkdir()
     log_path = root / f"{name}.log"
@@ -179,7 +179,7 @@ def _start_node(root: Path, name: str, token: str, args: list[str]) -> RayNode:
         shutil.which("ray") or "ray",
         "start",
         "--block",
-        "--num-cpus=1",
+        f"--num-cpus={cpus}",
         "--num-gpus=0",
         "--node-ip-address=127.0.0.1",
         f"--temp-dir={temp_dir}",
@@ -201,8 +201,8 @@ def _start_node(root: Path, name: str, token: str, args: list[str]) -> RayNode:
 
 
 @contextlib.contextmanager
-def ray_cluster(workers: int = 1) -> Iterator[RayCluster]:
-    """A head and ``workers`` more nodes, 1 CPU each, all on this machine."""
+def ray_cluster(workers: int = 1, *, cpus: int = 1) -> Iterator[RayCluster]:
+    """A head and ``workers`` more nodes, ``cpus`` CPUs each, all on this machine."""
     if shutil.which("ray") is None:
         pytest.skip("the `ray` command is not on PATH (pip install 'ray[tune]')")
     from ray._private.utils import get_ray_client_dependency_error
@@ -213,13 +213,13 @@ def ray_cluster(workers: int = 1) -> Iterator[RayCluster]:
     head_args = ["--head", f"--port={gcs_port}", "--include-dashboard=false"]
     if get_ray_client_dependency_error() is None:  # else no client server starts
         head_args.append(f"--ray-client-server-port={free_port()}")
-    head = _start_node(root, "head", token, head_args)
+    head = _start_node(root, "head", token, cpus, head_args)
     cluster = RayCluster(address=f"127.0.0.1:{gcs_port}", token=token, head=head)
     try:
         cluster.wait_until_up()  # a node joining an address nobody answers yet gives up
         for n in range(1, workers + 1):
             args = [f"--address={cluster.address}"]
-            cluster.workers.append(_start_node(root, f"node{n}", token, args))
+            cluster.workers.append(_start_node(root, f"node{n}", token, cpus, args))
         cluster.wait_until_up()
         yield cluster
     finally:
