@@ -50,6 +50,17 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ray_train_polls_often() -> Iterator[None]:
+    """Ray Train's controller takes a worker's report when it polls the workers, every 2 s by
+    default, and the worker waits for that (its queue holds one report): the tiny runs here,
+    which report every fraction of a second, would train at one report per 2 s. The drivers
+    that tests start inherit this environment."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+        yield
+
+
 @pytest.fixture(scope="session")
 def shakespeare() -> str:
     return str(SHAKESPEARE)

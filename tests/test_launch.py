@@ -29,6 +29,19 @@ from tests.conftest import drivers_of
 from tests.deploy.conftest import RayCluster, ray_cluster
 from tests.test_sweep_engine import make_spec, run_to_end, wait_for
 
+# The steps of a run that a test interrupts once it has a checkpoint, long enough that the
+# interruption lands mid-run. A run reports every 10 steps, each report waiting for Ray
+# Train's poll (every 0.2 s: tests/conftest.py), so 400 steps last 10 s or more, time for a
+# kill; 1000 last 25 s or more, time for a cancel from the CLI (a process that takes ~5 s to
+# start, far more under load).
+KILLED_STEPS = 400
+CANCELLED_STEPS = 1000
+
+
+def every_point(steps: int) -> list[int]:
+    """The steps of a whole run's points (the tiny sweep's eval_interval)."""
+    return list(range(10, steps + 1, 10))
+
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RayCluster]:
@@ -137,7 +150,9 @@ def test_a_resumed_run_stores_the_points_its_checkpoint_holds_and_the_driver_nev
 
 def test_launch_two_workers_resumes_after_a_worker_dies(swept, cluster):
     database, sweep_id, env = swept
-    request = LaunchRequest(sweep_id=sweep_id, to_width=64, steps=150, workers=2, precision="fp32")
+    request = LaunchRequest(
+        sweep_id=sweep_id, to_width=64, steps=KILLED_STEPS, workers=2, precision="fp32"
+    )
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
@@ -154,7 +169,7 @@ def test_launch_two_workers_resumes_after_a_worker_dies(swept, cluster):
     assert finished.status is db.JobStatus.COMPLETED, finished.error
     assert finished.restarts == 1 and finished.resumed_from_step >= 10
     curve = db.get_run_curve(database, run_id=run.id)
-    assert [p.step for p in curve] == list(range(10, 151, 10))  # whole, and stored once
+    assert [p.step for p in curve] == every_point(KILLED_STEPS)  # whole, and stored once
     assert curve[-1].eval_loss < curve[0].eval_loss
     listed = json.loads(cli(env, "run", "list", "--json").stdout)
     assert [r["id"] for r in listed["items"]] == [run.id]
@@ -166,7 +181,7 @@ def test_a_run_whose_driver_dies_resumes_from_its_checkpoint(swept, monkeypatch)
     database, sweep_id, env = swept
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    request = LaunchRequest(sweep_id=sweep_id, to_width=64, steps=100, precision="fp32")
+    request = LaunchRequest(sweep_id=sweep_id, to_width=64, steps=KILLED_STEPS, precision="fp32")
     run = service.launch_run(database, request)
     wait_for(
         lambda: db.get_run(database, run_id=run.id).checkpoint_path is not None, "a checkpoint"
@@ -182,7 +197,7 @@ def test_a_run_whose_driver_dies_resumes_from_its_checkpoint(swept, monkeypatch)
     assert finished.status is db.JobStatus.COMPLETED, finished.error
     assert finished.restarts == 1 and finished.resumed_from_step >= 10
     curve = db.get_run_curve(database, run_id=run.id)
-    assert [p.step for p in curve] == list(range(10, 101, 10))  # whole, and stored once
+    assert [p.step for p in curve] == every_point(KILLED_STEPS)  # whole, and stored once
     again = cli(env, "run", "resume", str(run.id))
     assert again.returncode == 1 and "nothing to resume" in again.stderr
 
@@ -223,7 +238,8 @@ def test_a_run_waiting_for_its_workers_resources_waits_and_cancels_promptly(
 
 def test_cancel_then_resume_with_the_cli_continues_from_the_checkpoint(swept):
     database, sweep_id, env = swept
-    started = cli(env, "launch", "--to-width", "64", "--steps", "100", "--precision", "fp32")
+    steps = str(CANCELLED_STEPS)
+    started = cli(env, "launch", "--to-width", "64", "--steps", steps, "--precision", "fp32")
     assert started.returncode == 0, started.stderr
     run_id = int(started.stdout)
     assert db.get_run(database, run_id=run_id).sweep_id == sweep_id  # the latest completed
@@ -239,7 +255,7 @@ def test_cancel_then_resume_with_the_cli_continues_from_the_checkpoint(swept):
     assert run["status"] == "completed" and run["restarts"] == 1
     assert 10 <= run["resumed_from_step"] <= stopped_at
     metrics = json.loads(cli(env, "run", "metrics", str(run_id), "--json").stdout)
-    assert metrics["step"] == list(range(10, 101, 10))
+    assert metrics["step"] == every_point(CANCELLED_STEPS)
 
 
 def test_fsdp_and_ddp_train_the_same_model(swept):
