@@ -1,4 +1,5 @@
-"""A µS block's Res-Post-LN, its residual and the next layer's FP8 operands, in one kernel.
+"""A µS block's Res-Post-LN, its residual and the next layer's FP8 operands, in one kernel;
+its gradients in another.
 
 Each µS sub-layer ends with (``models.gpt.Block``)::
 
@@ -37,6 +38,24 @@ so that memory sees f once: 12 bytes an element for an fp32 x, 8 for bf16. The t
 fixed table (`norm_config`), not tuned: a tuner would add its timing to a cold trial's
 warm-up, and the kernel is memory-bound, so a tile only has to keep the accesses wide and
 the grid full.
+
+The backward (``_res_post_norm_backward_kernel``), per row, with n = (f - mean) * rstd from
+the forward's statistics and g = branch * dy * gain, all in fp32:
+
+* ``dx = skip * dy``, stored in x's dtype;
+* ``df = rstd * (g - mean_C(g) - n * mean_C(g * n))``, stored in f's dtype;
+* ``dgain = sum over rows of branch * dy * n``: each program writes its row block's partial
+  sum, one fp32 row of a (cdiv(M, BLOCK_M), C) buffer, which torch then sums: a fixed
+  order, no atomics, the same result on every run.
+
+It takes the forward's tiles and walks C twice: pass 1 writes dx and the dgain partials and
+sums g and g * n per row, pass 2 recomputes n and g and writes df. The row block's dy and f
+are meant to stay in L2 for pass 2, so that memory sees dy and f once and dx and df once: 12
+bytes an element for an fp32 x, 8 for bf16. That block (BLOCK_M × C × 6 bytes for an fp32
+dy) is three times the forward's; whether L2 holds it at the wider C is unmeasured. It
+replaced ``aten.native_layer_norm_backward`` on fp32 copies of dy and f, ~80% of the fused
+op's forward + backward time on an H100. Written and checked under Triton's interpreter;
+not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -157,6 +176,8 @@ def norm_config(C: int) -> dict[str, int]:
     * Under the interpreter a small fixed tile, so that tests cross chunk and row-block
       boundaries at small shapes.
 
+    The backward kernel takes the same tiles (see its pass 1 for why they fit).
+
     Unmeasured: `benchmarks/bench_norm.py` times these against a few alternatives.
     """
     if INTERPRET:
@@ -236,6 +257,152 @@ def res_post_norm(
     return y, y8, y8t, mean, rstd
 
 
+@triton.jit
+def _res_post_norm_backward_kernel(
+    # Pointers: inputs dy, f (M, C), gain (C,) and the forward's mean, rstd (M,) fp32, all
+    # contiguous; outputs dx (M, C) in x's dtype, df (M, C) in f's, and dgain's partial sums,
+    # one fp32 row of C per program (cdiv(M, BLOCK_M), C)
+    dy_ptr,
+    f_ptr,
+    gain_ptr,
+    mean_ptr,
+    rstd_ptr,
+    dx_ptr,
+    df_ptr,
+    dgain_partial_ptr,
+    # Sizes
+    M,
+    C,
+    # The residual's weights
+    skip,
+    branch,
+    # Meta-parameters: which gradients to write
+    WRITE_DX: tl.constexpr,
+    WRITE_DF: tl.constexpr,
+    WRITE_DGAIN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(axis=0)
+    offs_m = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    in_m = offs_m < M
+    rows = offs_m[:, None] * C
+    cols = tl.arange(0, BLOCK_C).to(tl.int64)
+    # Rows past M load mean = rstd = 0 and dy = 0: their n and g are 0, in every sum.
+    mean = tl.load(mean_ptr + offs_m, mask=in_m, other=0.0)[:, None]
+    rstd = tl.load(rstd_ptr + offs_m, mask=in_m, other=0.0)[:, None]
+
+    # Pass 1: dx, dgain's partial sums over this block's rows, and df's two row sums. The row
+    # sums are reduced chunk by chunk into (BLOCK_M,) accumulators, not kept per element as
+    # the forward's are: two tile-sized accumulators next to dy, f, n and g would double the
+    # tile's registers, and this way norm_config's tiles fit as they do the forward. The order
+    # is still fixed by the tile.
+    sum_g = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    sum_gn = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + cols
+        in_c = offs_c < C
+        mask = in_m[:, None] & in_c[None, :]
+        offs = rows + offs_c[None, :]
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if WRITE_DX:
+            tl.store(dx_ptr + offs, (skip * dy).to(dx_ptr.dtype.element_ty), mask=mask)
+        if WRITE_DF or WRITE_DGAIN:
+            f = tl.load(f_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            n = (f - mean) * rstd
+            dnormed = branch * dy  # the gradient of LayerNorm(f) * gain
+            if WRITE_DGAIN:
+                partial = tl.sum(dnormed * n, axis=0)  # (BLOCK_C,)
+                tl.store(dgain_partial_ptr + pid.to(tl.int64) * C + offs_c, partial, mask=in_c)
+            if WRITE_DF:
+                gain = tl.load(gain_ptr + offs_c, mask=in_c, other=0.0).to(tl.float32)
+                g = dnormed * gain[None, :]  # the gradient of n
+                sum_g += tl.sum(g, axis=1)
+                sum_gn += tl.sum(g * n, axis=1)
+
+    # Pass 2: df = rstd * (g - mean(g) - n * mean(g * n)), from dy and f again (in L2 by now).
+    if WRITE_DF:
+        width = C.to(tl.float32)
+        mean_g = tl.div_rn(sum_g, width)[:, None]
+        mean_gn = tl.div_rn(sum_gn, width)[:, None]
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + cols
+            in_c = offs_c < C
+            mask = in_m[:, None] & in_c[None, :]
+            offs = rows + offs_c[None, :]
+            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            f = tl.load(f_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            gain = tl.load(gain_ptr + offs_c, mask=in_c, other=0.0).to(tl.float32)
+            n = (f - mean) * rstd
+            g = branch * dy * gain[None, :]
+            df = rstd * (g - mean_g - n * mean_gn)
+            tl.store(df_ptr + offs, df.to(df_ptr.dtype.element_ty), mask=mask)
+
+
+def res_post_norm_backward(
+    dy: torch.Tensor,
+    f: torch.Tensor,
+    gain: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    *,
+    skip: float,
+    branch: float,
+    x_dtype: torch.dtype,
+    need_x: bool = True,
+    need_f: bool = True,
+    need_gain: bool = True,
+    config: dict[str, Any] | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The gradients ``(dx, df, dgain)`` of `res_post_norm`'s y, given dy, in one kernel.
+
+    ``dy`` and ``f`` (M, C), ``gain`` (C,), and ``mean``, ``rstd`` (M,) the forward's
+    statistics of f, all contiguous. dx (M, C) in ``x_dtype``, df (M, C) in f's dtype, dgain
+    (C,) in gain's; a gradient whose ``need_*`` is False is neither computed nor written
+    (None). dgain is the sum of the programs' partial sums, one row each, in torch: a fixed
+    order, no atomics. ``config`` replaces `norm_config`'s tile, as in `res_post_norm`.
+    """
+    check_device(dy, f, gain, mean, rstd)
+    M, C = f.shape
+    if dy.shape != f.shape or gain.shape != (C,) or mean.shape != (M,) or rstd.shape != (M,):
+        raise ValueError(
+            f"res_post_norm_backward takes dy, f (M, C), gain (C,), mean and rstd (M,), got "
+            f"{tuple(dy.shape)}, {tuple(f.shape)}, {tuple(gain.shape)}, {tuple(mean.shape)} "
+            f"and {tuple(rstd.shape)}"
+        )
+    if not all(t.is_contiguous() for t in (dy, f, gain, mean, rstd)):
+        raise ValueError("res_post_norm_backward takes contiguous dy, f, gain, mean and rstd")
+    meta = dict(config) if config is not None else norm_config(C)
+    blocks = triton.cdiv(M, meta["BLOCK_M"])
+    dx = torch.empty((M, C), device=f.device, dtype=x_dtype) if need_x else None
+    df = torch.empty_like(f) if need_f else None
+    dgain_partial = (
+        torch.empty((blocks, C), device=f.device, dtype=torch.float32) if need_gain else None
+    )
+    if M > 0 and (need_x or need_f or need_gain):
+        # An output not written gets any valid pointer (as in res_post_norm).
+        _res_post_norm_backward_kernel[(blocks,)](
+            dy,
+            f,
+            gain,
+            mean,
+            rstd,
+            dx if dx is not None else dy,
+            df if df is not None else dy,
+            dgain_partial if dgain_partial is not None else dy,
+            M,
+            C,
+            skip,
+            branch,
+            WRITE_DX=need_x,
+            WRITE_DF=need_f,
+            WRITE_DGAIN=need_gain,
+            **meta,
+        )
+    dgain = dgain_partial.sum(0).to(gain.dtype) if dgain_partial is not None else None
+    return dx, df, dgain
+
+
 def res_post_norm_reference(
     x: torch.Tensor,
     f: torch.Tensor,
@@ -303,17 +470,102 @@ def _forward(
     return _with_both_copies(x, f, gain, skip, branch, eps)
 
 
+@torch.library.custom_op("sweeper::res_post_norm_backward", mutates_args=())
+def res_post_norm_backward_op(
+    dy: torch.Tensor,
+    f: torch.Tensor,
+    gain: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    skip: float,
+    branch: float,
+    x_dtype: torch.dtype,
+    need_x: bool,
+    need_f: bool,
+    need_gain: bool,
+) -> list[torch.Tensor]:
+    """`res_post_norm_backward`: the gradients asked for, in the order dx, df, dgain (a
+    custom op cannot return None)."""
+    grads = res_post_norm_backward(
+        dy,
+        f,
+        gain,
+        mean,
+        rstd,
+        skip=skip,
+        branch=branch,
+        x_dtype=x_dtype,
+        need_x=need_x,
+        need_f=need_f,
+        need_gain=need_gain,
+    )
+    return [g for g in grads if g is not None]
+
+
+@res_post_norm_backward_op.register_fake
+def _(
+    dy: torch.Tensor,
+    f: torch.Tensor,
+    gain: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    skip: float,
+    branch: float,
+    x_dtype: torch.dtype,
+    need_x: bool,
+    need_f: bool,
+    need_gain: bool,
+) -> list[torch.Tensor]:
+    grads = [
+        f.new_empty(f.shape, dtype=x_dtype) if need_x else None,
+        torch.empty_like(f) if need_f else None,
+        torch.empty_like(gain) if need_gain else None,
+    ]
+    return [g for g in grads if g is not None]
+
+
+def _backward(
+    dy: torch.Tensor,
+    f: torch.Tensor,
+    gain: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    skip: float,
+    branch: float,
+    x_dtype: torch.dtype,
+    needs: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    # As _forward: the custom op under torch.compile, the wrapper itself in eager mode.
+    if torch.compiler.is_compiling():
+        grads = iter(
+            res_post_norm_backward_op(dy, f, gain, mean, rstd, skip, branch, x_dtype, *needs)
+        )
+        dx, df, dgain = (next(grads) if need else None for need in needs)
+        return dx, df, dgain
+    need_x, need_f, need_gain = needs
+    return res_post_norm_backward(
+        dy,
+        f,
+        gain,
+        mean,
+        rstd,
+        skip=skip,
+        branch=branch,
+        x_dtype=x_dtype,
+        need_x=need_x,
+        need_f=need_f,
+        need_gain=need_gain,
+    )
+
+
 class ResPostNorm(torch.autograd.Function):
     """``(y, y8, y8t)`` of `res_post_norm`, differentiable through y only.
 
     Saved: f (its own dtype, bf16: half the bytes of the fp32 copy autocast's layer_norm
-    saves), gain, and the kernel's mean and rstd. Backward: ``dx = skip * dy``; the norm's
-    output gradient is ``branch * dy``, and df, dgain come from
-    ``aten.native_layer_norm_backward`` on fp32 operands. That is torch's own LayerNorm
-    backward, the one autograd runs for the unfused path (under autocast, on fp32 too): the
-    same numerics as the reference's gradients, one fused CUDA kernel for df plus dgain's
-    column reduction, and an op inductor decomposes and fuses under torch.compile (the
-    conversions of f and dy to fp32 with it). The cast copies of y are not differentiable.
+    saves), gain, and the kernel's mean and rstd. Backward: `res_post_norm_backward`, one
+    kernel for dx, df and dgain's partial sums (only those of the inputs that need a
+    gradient), custom op `sweeper::res_post_norm_backward` under torch.compile. The cast
+    copies of y are not differentiable.
     """
 
     @staticmethod
@@ -337,27 +589,21 @@ class ResPostNorm(torch.autograd.Function):
     def backward(
         ctx: Any, dy: torch.Tensor | None, _dy8: Any, _dy8t: Any
     ) -> tuple[torch.Tensor | None, ...]:
-        f, gain, mean, rstd = ctx.saved_tensors
-        need_x, need_f, need_gain = ctx.needs_input_grad[:3]
-        dx = df = dgain = None
         if dy is None:
-            return dx, df, dgain, None, None, None
-        if need_x:
-            dx = (dy * ctx.skip).to(ctx.x_dtype)
-        if need_f or need_gain:
-            m, c = f.shape
-            df, dgain, _ = torch.ops.aten.native_layer_norm_backward(
-                dy.float() * ctx.branch,
-                f.float(),
-                [c],
-                mean.view(m, 1),
-                rstd.view(m, 1),
-                gain.float(),
-                None,
-                [need_f, need_gain, False],
-            )
-            df = df.to(f.dtype) if need_f else None
-            dgain = dgain.to(gain.dtype) if need_gain else None
+            return None, None, None, None, None, None
+        f, gain, mean, rstd = ctx.saved_tensors
+        # dy.contiguous(): y.sum().backward() hands in an expanded (stride 0) dy.
+        dx, df, dgain = _backward(
+            dy.contiguous(),
+            f,
+            gain,
+            mean,
+            rstd,
+            ctx.skip,
+            ctx.branch,
+            ctx.x_dtype,
+            tuple(ctx.needs_input_grad[:3]),
+        )
         return dx, df, dgain, None, None, None
 
 
