@@ -5,7 +5,8 @@ transposed (C, M), x fp32 (the trainer's residual stream under bf16 autocast; ``
 bf16`` for a bf16 one), f bf16, gain fp32. Variants, all measured in one run:
 
 * ``fused``: `kernels.triton_norm.res_post_norm` (forward) / `res_post_norm_fp8` (forward
-  and backward): one kernel for y, both FP8 copies and the row statistics.
+  and backward): one kernel for y, both FP8 copies and the row statistics, and one
+  (`res_post_norm_backward`) for dx, df and dgain.
 * ``eager``: the model's path today, in torch: ``skip * x + branch * layer_norm(f.float(),
   gain)`` (what autocast runs: layer_norm in fp32), then
   `kernels.triton_casts.cast_transpose(y)` (for an fp32 y its two-pass workaround).
@@ -17,7 +18,9 @@ launch overhead included; ``graph_ms`` the same call replayed from a CUDA graph 
 alone). ``gb_s`` is the least traffic the work must move divided by ``ms``: forward reads
 x, f and writes y, y8, y8t (``2 * x_bytes + f_bytes + 2`` bytes an element), backward reads
 dy, f and writes dx, df (``2 * x_bytes + 2 * f_bytes``); ratios are ``<variant> / fused``
-(above 1: the fused kernel is faster). ``tiles`` times the fused forward with
+(above 1: the fused kernel is faster). Phases: ``forward``, ``backward`` (alone: the
+graph of one forward, differentiated again each call with ``retain_graph``) and
+``forward_backward``. ``tiles`` times the fused forward with
 `candidate_configs` (`norm_config`'s fixed choice among them), to check that choice.
 
     python -m benchmarks.bench_norm [--tokens 16384 65536] [--widths 1024 2048 4096 8192]
@@ -27,6 +30,7 @@ dy, f and writes dx, df (``2 * x_bytes + 2 * f_bytes``); ratios are ``<variant> 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -44,6 +48,7 @@ from kernels import E4M3, E4M3_MAX
 TAU = 0.3  # any branch weight: the work does not depend on it
 SKIP, BRANCH, EPS = math.sqrt(1 - TAU), math.sqrt(TAU), 1e-5
 TINY = {"tokens": [64], "widths": [96]}
+PHASES = ("forward", "backward", "forward_backward")
 
 
 def candidate_configs(c: int) -> list[dict[str, int]]:
@@ -125,7 +130,7 @@ def measure(m: int, c: int, x_dtype: torch.dtype, device: str, compiler: str) ->
 
     compiled = torch.compile(torch_forward, backend=compiler)
     forwards = {"fused": fused_forward, "eager": eager_forward, "compiled": compiled}
-    row: dict[str, Any] = {"forward": {}, "forward_backward": {}, "tiles": {}}
+    row: dict[str, Any] = {**{phase: {} for phase in PHASES}, "tiles": {}}
     with torch.no_grad():
         for name, fn in forwards.items():
             row["forward"][name] = run_variant(lambda fn=fn: fn(x, f, gain), fwd_bytes, cuda)
@@ -157,11 +162,18 @@ def measure(m: int, c: int, x_dtype: torch.dtype, device: str, compiler: str) ->
             t.grad = None
         fn(*leaves)[0].backward(dy)
 
+    def backward_alone(fn: Callable[..., tuple[torch.Tensor, ...]]) -> Callable[[], Any]:
+        # One forward's graph (made on the first call, inside run_variant's guard),
+        # differentiated again at every call.
+        forward = functools.cache(lambda: fn(*leaves)[0])
+        return lambda: torch.autograd.grad(forward(), leaves, dy, retain_graph=True)
+
     for name, fn in forwards.items():
+        row["backward"][name] = run_variant(backward_alone(fn), bwd_bytes, cuda)
         row["forward_backward"][name] = run_variant(
             lambda fn=fn: step(fn), fwd_bytes + bwd_bytes, cuda
         )
-    for phase in ("forward", "forward_backward"):
+    for phase in PHASES:
         fused_ms = row[phase]["fused"].get("ms")
         row[phase]["ratio_to_fused"] = {
             name: round(v["ms"] / fused_ms, 3)
@@ -216,7 +228,7 @@ def main(argv: list[str] | None = None) -> Path:
             path = write_json(args.out.stem, payload, directory=args.out.parent)
     print(f"wrote {path}")
     for shape, row in results.items():
-        for phase in ("forward", "forward_backward"):
+        for phase in PHASES:
             ms = {n: v["ms"] for n, v in row[phase].items() if isinstance(v, dict) and "ms" in v}
             print(f"{shape} {phase}: ms {ms}, ratio to fused {row[phase]['ratio_to_fused']}")
     return path

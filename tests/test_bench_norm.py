@@ -34,7 +34,7 @@ def test_tiny_run_measures_every_variant(tmp_path: Path) -> None:
     assert payload["x_dtype"] == "fp32" and "torch" in payload["environment"]
     (row,) = payload["results"].values()
     variants = {"fused", "eager", "compiled"}
-    for phase in ("forward", "forward_backward"):
+    for phase in ("forward", "backward", "forward_backward"):
         assert set(row[phase]["ratio_to_fused"]) == variants, row[phase]
         for name in variants:
             ms, gb_s = row[phase][name]["ms"], row[phase][name]["gb_s"]
