@@ -281,7 +281,10 @@ def test_the_results_come_from_the_database(experiment):
     for key in ("complete", "stages", "sides", "comparisons", "goals"):
         assert computed[key] == written[key], key
     assert written["complete"] is True
-    assert [i["exit"] for i in written["time"]["invocations"]] == [3, 0, 0]
+    # one budget stop or more (a loaded machine: see the fixture), then the finishing and the
+    # idle invocation
+    exits = [i["exit"] for i in written["time"]["invocations"]]
+    assert exits[-2:] == [0, 0] and set(exits[:-2]) == {3}, exits
     assert written["time"]["wall_s"] == pytest.approx(
         sum(i["wall_s"] for i in written["time"]["invocations"])
     )
