@@ -43,7 +43,7 @@ from tests.conftest import REPO, drivers_of
 TINY = REPO / "examples" / "proof_tiny.yaml"
 PROOF = REPO / "examples" / "proof.yaml"
 BUDGET_S = 45  # the proxies take longer: the first invocation stops among them
-BUDGET_TRIES = 4  # budget-stopped invocations before one has a finished trial to keep
+BUDGET_TRIES = 3  # budget-stopped invocations (45, 90, 180 s) until one finished a trial
 
 
 def test_the_gpu_spec_is_the_issue_s_experiment(shakespeare):
@@ -184,9 +184,10 @@ def experiment(tmp_path_factory, shakespeare) -> Iterator[Experiment]:
     database = db.connect(f"sqlite:///{db_path}")
     try:
         # On a loaded machine (CI's two cores, both busy) a budget may end before any trial
-        # finished: the next invocation resumes it under the same budget, as a user would.
-        for _ in range(BUDGET_TRIES):
-            stopped = invoke("--budget-s", str(BUDGET_S))
+        # finished: the next invocation resumes it, as a user would, with twice the budget
+        # (a cancelled trial starts again, so an equal budget could again finish nothing).
+        for attempt in range(BUDGET_TRIES):
+            stopped = invoke("--budget-s", str(BUDGET_S * 2**attempt))
             after_stop = {
                 f"{s.name} {t.key}": t
                 for s in db.list_sweeps(database).items
