@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.kernels.test_fp8_interpreter import REPO, _interpreter_runs_fp8
+from tests.kernels.test_fp8_interpreter import _interpreter_runs_fp8, run_interpreted
 
 
 def test_tiny_run_measures_every_variant(tmp_path: Path) -> None:
@@ -21,14 +18,7 @@ def test_tiny_run_measures_every_variant(tmp_path: Path) -> None:
     if reason is not None:
         pytest.skip(reason)
     out = tmp_path / "bench_norm.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_norm", "--tiny", "--out", str(out)],
-        cwd=REPO,
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_interpreted("-m", "benchmarks.bench_norm", "--tiny", "--out", str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     payload = json.loads(out.read_text())
     assert payload["x_dtype"] == "fp32" and "torch" in payload["environment"]

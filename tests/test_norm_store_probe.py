@@ -6,14 +6,11 @@ there (the interpreter has no GPU's fault to find; the GPU run is
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from benchmarks.norm_store_probe import VARIANTS, variant_source
-from tests.kernels.test_fp8_interpreter import REPO, _interpreter_runs_fp8
+from tests.kernels.test_fp8_interpreter import _interpreter_runs_fp8, run_interpreted
 
 
 def test_every_variant_replaces_the_stores_and_nothing_else() -> None:
@@ -28,14 +25,7 @@ def test_tiny_run_checks_every_variant() -> None:
     reason = _interpreter_runs_fp8()
     if reason is not None:
         pytest.skip(reason)
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.norm_store_probe", "--tiny"],
-        cwd=REPO,
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_interpreted("-m", "benchmarks.norm_store_probe", "--tiny")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [row["variant"] for row in rows] == VARIANTS

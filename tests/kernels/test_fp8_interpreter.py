@@ -53,6 +53,19 @@ def _interpreter_runs_fp8() -> str | None:
     return None
 
 
+def run_interpreted(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python *args`` from the repository root under Triton's interpreter (the variable set
+    before Triton is imported: a subprocess), its output captured."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_triton_kernels_under_the_interpreter() -> None:
     reason = _interpreter_runs_fp8()
     if reason is not None:
