@@ -9,7 +9,7 @@ activations' chain, on a side stream. `kernels.triton_adam` is the fused AdamW s
 compressed moments (`models.compressed_adam`). `kernels.formats` names the two FP8 dtypes.
 """
 
-from kernels.formats import E4M3, E4M3_MAX, E5M2, E5M2_MAX
+from kernels.formats import E4M3, E4M3_MAX, E5M2, E5M2_MAX, E4M3Copies
 from kernels.fp8 import (
     BACKENDS,
     HAS_TRITON,
@@ -32,6 +32,7 @@ __all__ = [
     "E5M2_MAX",
     "HAS_TRITON",
     "Backend",
+    "E4M3Copies",
     "fp8_backend",
     "fp8_linear",
     "fp8_linear_reference",

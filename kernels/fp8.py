@@ -38,7 +38,7 @@ from typing import Any, Literal, cast
 
 import torch
 
-from kernels.formats import E4M3, E5M2
+from kernels.formats import E4M3, E5M2, E4M3Copies
 
 # Triton is absent on some CPU-only installs; the emulation needs none of it. Where Triton is
 # installed, an error importing the kernels must surface, not silently fall back.
@@ -98,10 +98,14 @@ class _FP8LinearEmulated(torch.autograd.Function):
         scale: float,
         grad_scale: float,
         activation: Activation,
+        x8_rows: torch.Tensor | None,
     ) -> torch.Tensor:
         # The activation's fp32 output goes straight to e4m3, with no rounding to x's dtype
         # in between (as the fused Triton kernel does).
-        x8 = saturating_cast(gelu(x) if activation == "gelu" else x, E4M3)  # (..., K)
+        if x8_rows is not None:
+            x8 = x8_rows.view(x.shape)
+        else:
+            x8 = saturating_cast(gelu(x) if activation == "gelu" else x, E4M3)  # (..., K)
         w8 = saturating_cast(weight, E4M3)  # (N, K)
         ctx.save_for_backward(x8, w8, x if activation == "gelu" else None)
         ctx.scale, ctx.grad_scale = scale, grad_scale
@@ -125,7 +129,7 @@ class _FP8LinearEmulated(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             g2d, x2d = g8.reshape(-1, g8.shape[-1]), x8.reshape(-1, x8.shape[-1])
             grad_w = (_matmul_fp32(g2d.t(), x2d) * unscale).to(ctx.w_dtype)  # (N, K)
-        return grad_x, grad_w, None, None, None
+        return grad_x, grad_w, None, None, None, None
 
 
 def fp8_linear_reference(
@@ -135,16 +139,28 @@ def fp8_linear_reference(
     scale: float,
     grad_scale: float,
     activation: Activation = None,
+    x8: E4M3Copies | None = None,
 ) -> torch.Tensor:
     """The emulated FP8 linear layer (plain torch, any device); see `fp8_linear`."""
-    _check_activation(activation)
-    out: torch.Tensor = _FP8LinearEmulated.apply(x, weight, scale, grad_scale, activation)
+    _check_inputs(x, activation, x8)
+    rows = x8.rows if x8 is not None else None
+    out: torch.Tensor = _FP8LinearEmulated.apply(x, weight, scale, grad_scale, activation, rows)
     return out
 
 
-def _check_activation(activation: str | None) -> None:
+def _check_inputs(x: torch.Tensor, activation: str | None, x8: E4M3Copies | None) -> None:
     if activation not in (None, "gelu"):
         raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
+    if x8 is None:
+        return
+    if activation is not None:
+        raise ValueError("x8 holds the casts of x itself: it takes no activation")
+    m, k = x.numel() // x.shape[-1], x.shape[-1]
+    if x8.rows.shape != (m, k) or x8.cols.shape != (k, m):
+        raise ValueError(
+            f"x8 must be x's casts, ({m}, {k}) and ({k}, {m}), got {tuple(x8.rows.shape)} "
+            f"and {tuple(x8.cols.shape)}"
+        )
 
 
 Backend = Literal["auto", "triton", "emulate"]
@@ -220,6 +236,7 @@ def fp8_linear(
     scale: float,
     grad_scale: float,
     activation: Activation = None,
+    x8: E4M3Copies | None = None,
 ) -> torch.Tensor:
     """FP8 linear layer without bias: ``(x @ weight.T) * scale`` in e4m3/e5m2, output bf16.
 
@@ -236,12 +253,14 @@ def fp8_linear(
             the input's FP8 cast and its gradient into the input-gradient GEMM (an MLP's
             down projection takes the up projection's output this way); the gradient
             returned is with respect to ``x``.
+        x8: x's e4m3 casts, made ahead (`E4M3Copies`), used in place of casting x; x still
+            gives the shape and receives the input gradient.
     """
     if uses_triton(x):
-        _check_activation(activation)
+        _check_inputs(x, activation, x8)
         return fp8_linear_triton(
-            x, weight, scale=scale, grad_scale=grad_scale, activation=activation
+            x, weight, scale=scale, grad_scale=grad_scale, activation=activation, x8=x8
         )
     return fp8_linear_reference(
-        x, weight, scale=scale, grad_scale=grad_scale, activation=activation
+        x, weight, scale=scale, grad_scale=grad_scale, activation=activation, x8=x8
     )

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from kernels import overlap, triton_casts, triton_gemm
-from kernels.formats import E4M3, E5M2
+from kernels.formats import E4M3, E5M2, E4M3Copies
 
 # The tuners whose choices a run of this layer makes (the GEMM library choice aside: its
 # timing runs the TMA kernel's own tuning, which would then count twice).
@@ -162,12 +162,21 @@ class FP8LinearTriton(torch.autograd.Function):
     that the backward GEMMs need (x for the weight gradient, w for the input gradient), in
     the same pass over x and w. They are what is saved: one byte per element. With
     ``act="gelu"`` the GELU runs inside that cast (its bf16 output never exists) and its
-    gradient inside the input-gradient GEMM's epilogue; x itself is then saved too.
+    gradient inside the input-gradient GEMM's epilogue; x itself is then saved too. Given
+    ``x8_rows`` and ``x8_cols`` (x's casts, made by the kernel that wrote x: `E4M3Copies`),
+    x is not cast again.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, scale: float, grad_scale: float, act: str
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        scale: float,
+        grad_scale: float,
+        act: str,
+        x8_rows: torch.Tensor | None,
+        x8_cols: torch.Tensor | None,
     ) -> torch.Tensor:
         need_dgrad, need_wgrad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         x2d = x.reshape(-1, x.shape[-1])  # (M, K)
@@ -178,7 +187,9 @@ class FP8LinearTriton(torch.autograd.Function):
                 w8, w8t = _cast_transpose(weight, E4M3, 1.0)  # (N, K), (K, N)
             else:
                 w8 = _cast(weight, E4M3, 1.0)
-        if need_wgrad:
+        if x8_rows is not None and x8_cols is not None:
+            x8, x8t = x8_rows, x8_cols
+        elif need_wgrad:
             x8, x8t = _cast_transpose(x2d, E4M3, 1.0, act)  # (M, K), (K, M)
         else:
             x8 = _cast(x2d, E4M3, 1.0, act)
@@ -220,7 +231,7 @@ class FP8LinearTriton(torch.autograd.Function):
             # (M, K); with a GELU, GELU'(x) multiplies in the epilogue
             grad_x = _matmul(g8, w8t, unscale, ctx.x_dtype, PRECISE_ACC["dgrad"], x2d)
             grad_x = grad_x.reshape(ctx.x_shape)
-        return grad_x, grad_w, None, None, None
+        return grad_x, grad_w, None, None, None, None, None
 
 
 def fp8_linear_triton(
@@ -230,19 +241,21 @@ def fp8_linear_triton(
     scale: float,
     grad_scale: float,
     activation: str | None = None,
+    x8: E4M3Copies | None = None,
 ) -> torch.Tensor:
     """The Triton FP8 linear layer; `kernels.fp8_linear` dispatches here on CUDA."""
     act = activation or ""
+    rows, cols = x8 if x8 is not None else (None, None)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        out: torch.Tensor = FP8LinearTriton.apply(x, weight, scale, grad_scale, act)
+        out: torch.Tensor = FP8LinearTriton.apply(x, weight, scale, grad_scale, act, rows, cols)
         return out
     # No graph to record (evaluation): no transposed copies, nothing saved.
     side = overlap.side_stream(x.device)
     with overlap.beside(side):
         w8 = _cast(weight, E4M3, 1.0)
-    x8 = _cast(x.reshape(-1, x.shape[-1]), E4M3, 1.0, act)
+    x8_rows = rows if rows is not None else _cast(x.reshape(-1, x.shape[-1]), E4M3, 1.0, act)
     overlap.join(side, w8)
-    y = _matmul(x8, w8, scale, torch.bfloat16, PRECISE_ACC["forward"])
+    y = _matmul(x8_rows, w8, scale, torch.bfloat16, PRECISE_ACC["forward"])
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 

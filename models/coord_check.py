@@ -49,7 +49,7 @@ def layer_rms(model: GPT, x: torch.Tensor, config: TrainConfig) -> LayerRMS:
     for i, block in enumerate(model.blocks):
         block_hooks.append(
             block.register_forward_hook(
-                lambda _m, _in, out, i=i: rms.__setitem__(f"blocks.{i}.out", _rms(out))
+                lambda _m, _in, out, i=i: rms.__setitem__(f"blocks.{i}.out", _rms(out[0]))
             )
         )
     try:

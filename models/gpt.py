@@ -9,6 +9,10 @@ to it.
     x <- sqrt(1 - tau) * x + sqrt(tau) * LN(mlp(x))
 With unit-variance x and LN(f(x)) uncorrelated, the stream keeps unit variance at any depth,
 so every hidden matmul sees unit-scale inputs: that is what lets FP8 run without scales.
+
+On the Triton FP8 path each of those lines is one kernel (`kernels.triton_norm`) that also
+writes the e4m3 casts of the new x, which the next sub-layer's first FP8 layers (qkv; the
+MLP's up and gate) take as they are (`E4M3Copies`) instead of casting x again.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import fp8_linear
+from kernels import HAS_TRITON, E4M3Copies, fp8_linear, uses_triton
 from models.config import ModelConfig
 from models.width_rules import ParamGroup, glu_multiplier, init_std, multiplier
+
+if HAS_TRITON:  # CPU-only installs may lack Triton; the emulated path needs none of it
+    from kernels.triton_norm import res_post_norm_fp8
 
 # Smooth-SwiGLU rescales a channel of the down projection's input only once its largest
 # value passed this: about 4x the largest of a few million unit-Gaussian values, and 1/28 of
@@ -53,10 +60,13 @@ class ScaledLinear(nn.Module):
         """The input and weight this layer multiplies: what its FP8 casts see."""
         return x, self.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
+        """``x8``: x's e4m3 casts where its producer made them (FP8 only; see `fp8_linear`)."""
         x, weight = self.fp8_operands(x)
         if self.fp8_grad_scale is not None:
-            return fp8_linear(x, weight, scale=self.multiplier, grad_scale=self.fp8_grad_scale)
+            return fp8_linear(
+                x, weight, scale=self.multiplier, grad_scale=self.fp8_grad_scale, x8=x8
+            )
         return F.linear(x, weight) * self.multiplier
 
 
@@ -81,7 +91,9 @@ class SmoothedLinear(ScaledLinear):
         scale = self.channel_scale.clone()  # type: ignore[operator]
         return x / scale.to(x.dtype), self.weight * scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
+        if x8 is not None:  # the casts of x, where this layer casts x / s
+            raise ValueError("SmoothedLinear scales its input before the cast: it takes no x8")
         y = super().forward(x)
         if torch.is_grad_enabled():  # training steps; evaluation batches leave the scales
             with torch.no_grad():
@@ -128,9 +140,9 @@ class CausalSelfAttention(nn.Module):
             persistent=False,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = self.qkv(x, x8).split(C, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # type: ignore[index]
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)  # (B, H, T, hd)
@@ -147,8 +159,8 @@ class MLP(nn.Module):
         self.up = ScaledLinear(config.width, hidden, "hidden", config)
         self.down = ScaledLinear(hidden, config.width, "hidden", config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.up(x)))
+    def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x, x8)))
 
 
 class SwiGLU(nn.Module):
@@ -165,8 +177,9 @@ class SwiGLU(nn.Module):
         self.down = down(hidden, d, "hidden", config)
         self.product_multiplier = glu_multiplier(parametrization=config.parametrization)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        product = F.silu(self.gate(x)) * self.up(x) * self.product_multiplier  # (B, T, hidden)
+    def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
+        gated = F.silu(self.gate(x, x8)) * self.up(x, x8)  # (B, T, hidden)
+        product = gated * self.product_multiplier
         return self.down(product)
 
 
@@ -183,12 +196,38 @@ class Block(nn.Module):
         self.norm_attn, self.norm_mlp = _layer_norm(config.width), _layer_norm(config.width)
         self.skip, self.branch = math.sqrt(1 - config.branch_tau), math.sqrt(config.branch_tau)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, x8: E4M3Copies | None = None, *, cast_output: bool = True
+    ) -> tuple[torch.Tensor, E4M3Copies | None]:
+        """The block's output and, where it made them, their e4m3 casts for the next block.
+
+        ``x8``: x's casts, from the block before; ``cast_output``: whether an FP8 layer reads
+        the output (not the last block's: the readout is bf16).
+        """
         if self.post_norm:  # µS: Res-Post-LN with variance-preserving skips
-            x = self.skip * x + self.branch * self.norm_attn(self.attn(x))
-            return self.skip * x + self.branch * self.norm_mlp(self.mlp(x))
+            x, x8 = self._residual(x, self.attn(x, x8), self.norm_attn, cast=True)
+            return self._residual(x, self.mlp(x, x8), self.norm_mlp, cast=cast_output)
         x = x + self.attn(self.norm_attn(x))  # SP: pre-LN
-        return x + self.mlp(self.norm_mlp(x))
+        return x + self.mlp(self.norm_mlp(x)), None
+
+    def _residual(
+        self, x: torch.Tensor, f: torch.Tensor, norm: nn.LayerNorm, *, cast: bool
+    ) -> tuple[torch.Tensor, E4M3Copies | None]:
+        """``skip * x + branch * norm(f)``, with its e4m3 casts in the same kernel where FP8
+        layers on the Triton kernels read it (else they cast it themselves, to the same
+        bytes: both saturate the stored value)."""
+        if not (cast and self.attn.qkv.fp8_grad_scale is not None and uses_triton(x)):
+            return self.skip * x + self.branch * norm(f), None
+        B, T, C = x.shape
+        y, rows, cols = res_post_norm_fp8(
+            x.reshape(B * T, C),
+            f.reshape(B * T, C),
+            norm.weight,
+            skip=self.skip,
+            branch=self.branch,
+            eps=norm.eps,
+        )
+        return y.view(B, T, C), E4M3Copies(rows, cols)
 
 
 class GPT(nn.Module):
@@ -206,8 +245,9 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids (B, T)."""
         x = self.embedding(idx)  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
+        x8 = None  # the embedding's output has no casts: the first block's layers cast it
+        for i, block in enumerate(self.blocks):
+            x, x8 = block(x, x8, cast_output=i < len(self.blocks) - 1)
         return self.readout(self.norm_final(x))  # (B, T, vocab)
 
     def parameter_groups(self) -> Iterator[tuple[ParamGroup, int, torch.Tensor]]:

@@ -35,7 +35,7 @@ from torch._dynamo.testing import AotEagerAndRecordGraphs
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by test_norm_interpreter.py with TRITON_INTERPRET=1", allow_module_level=True)
 
-from kernels import E4M3, saturating_cast, triton_casts
+from kernels import E4M3, saturating_cast, triton_casts, using_fp8_backend
 from kernels.triton_norm import (
     norm_config,
     res_post_norm,
@@ -373,3 +373,25 @@ def test_backward_custom_op_passes_opcheck(needs: tuple[bool, bool, bool]) -> No
             "test_aot_dispatch_dynamic",
         ),
     )
+
+
+def test_the_block_hands_the_next_layers_the_casts_of_its_output() -> None:
+    """A µS FP8 block on the Triton path returns, with its output, the casts its next FP8
+    layers would make themselves: the layer's own cast kernel of that output, bit for bit
+    (whatever the interpreter's rounding), and its transpose. The last block, whose output
+    only the bf16 readout reads, makes none."""
+    from models.config import ModelConfig
+    from models.gpt import GPT, use_fp8
+
+    model = GPT(ModelConfig(width=32, depth=2, head_dim=16, seq_len=16))
+    use_fp8(model, grad_scale=64.0)
+    x = torch.randn(2, 16, 32, requires_grad=True)
+    with using_fp8_backend("triton"), torch.autocast("cpu", dtype=torch.bfloat16):
+        y, x8 = model.blocks[0](x)
+        _, none = model.blocks[1](y, x8, cast_output=False)
+    assert x8 is not None and none is None
+    own = triton_casts.saturating_cast(y.detach().flatten(0, 1), E4M3, 1.0)
+    assert torch.equal(bits(x8.rows), bits(own))
+    assert torch.equal(bits(x8.cols), bits(own).t())
+    y.sum().backward()  # the input gradient flows through the fused kernel's backward
+    assert x.grad is not None and bool(x.grad.isfinite().all())
