@@ -198,3 +198,29 @@ def test_activation_must_be_known() -> None:
             grad_scale=1.0,
             activation="relu",  # type: ignore[arg-type]
         )
+
+
+def test_casts_made_ahead_are_used_and_checked() -> None:
+    """``x8``, x's casts from its producer, stand in for the layer's own cast of x: same
+    output and weight gradient for the right casts, another output for other bytes (so they
+    are read, not recomputed); x still takes the input gradient. Casts of another shape, or
+    with an activation, are an error."""
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    w = torch.randn(32, 64, requires_grad=True)
+    rows = saturating_cast(x.detach().flatten(0, 1), E4M3)
+    x8 = kernels.E4M3Copies(rows, rows.t().contiguous())
+    own = fp8_linear_reference(x, w, scale=0.125, grad_scale=1.0)
+    own.float().sum().backward()
+    grads = x.grad, w.grad
+    x.grad = w.grad = None
+    given = fp8_linear_reference(x, w, scale=0.125, grad_scale=1.0, x8=x8)
+    given.float().sum().backward()
+    assert torch.equal(given, own)
+    assert torch.equal(x.grad, grads[0]) and torch.equal(w.grad, grads[1])  # type: ignore[arg-type]
+    halved = saturating_cast(rows.float() / 2, E4M3)
+    other = fp8_linear_reference(x, w, scale=0.125, grad_scale=1.0, x8=x8._replace(rows=halved))
+    assert not torch.equal(other, own)
+    with pytest.raises(ValueError, match="x8 must be"):
+        fp8_linear_reference(x, w, scale=1.0, grad_scale=1.0, x8=kernels.E4M3Copies(rows, rows))
+    with pytest.raises(ValueError, match="no activation"):
+        fp8_linear_reference(x, w, scale=1.0, grad_scale=1.0, x8=x8, activation="gelu")
