@@ -18,8 +18,8 @@ experiment) reached only ~55% of the bandwidth, held back by its transposed stor
 ``_res_post_norm_kernel`` reads x, f and gain once from memory and writes y, e4m3(y)
 row-major, e4m3(y) transposed and each row's mean and rstd (what the backward needs).
 
-It is not yet used by the model (`models/` keeps its path) until the GPU benchmark
-(`benchmarks/bench_norm.py`) has measured it.
+`models.gpt.Block` runs it on the Triton FP8 path and hands y8, y8t to the next layers
+(`kernels.E4M3Copies`, `fp8_linear(x8=)`); `benchmarks/bench_norm.py` measures it alone.
 
 Numerics (those of `res_post_norm_reference`, plain torch in fp32):
 
