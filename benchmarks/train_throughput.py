@@ -69,7 +69,7 @@ from torch import nn
 from benchmarks.bench_mlp import StaticScaledMM
 from benchmarks.common import RESULTS, environment, kernel_profile, write_json
 from benchmarks.proxy_speed import Log
-from kernels import fp8_linear
+from kernels import E4M3Copies, fp8_linear
 from models import GPT, ModelConfig, TrainConfig
 from models.gpt import MLP, ScaledLinear, hidden_linears
 from models.optim import build_optimizer
@@ -171,11 +171,14 @@ class _TakenOver(ScaledLinear):
         self.weight = layer.weight
         self.fp8_grad_scale = layer.fp8_grad_scale
 
+    def takes_e4m3_copies(self, x: torch.Tensor) -> bool:
+        return False  # it casts (or not) in its own way: the blocks make no casts for it
+
 
 class ScaledMMLinear(_TakenOver):
     """``x Wᵀ * multiplier`` through ``torch._scaled_mm`` with static scales."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
         x, weight = self.fp8_operands(x)
         y: torch.Tensor = StaticScaledMM.apply(x, weight, self.multiplier, self.fp8_grad_scale)
         return y
@@ -191,7 +194,7 @@ class NNLinear(_TakenOver):
             self.linear = nn.Linear(self.fan_in, self.weight.shape[0], bias=False)
         self.linear.weight = self.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
         return self.linear(x) * self.multiplier
 
 
@@ -204,11 +207,11 @@ class GeluInCastMLP(nn.Module):
         super().__init__()
         self.up, self.down = mlp.up, mlp.down  # the same modules: the same parameters
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
         down = self.down
         assert down.fp8_grad_scale is not None, "an FP8 model (precision='fp8')"
         return fp8_linear(
-            self.up(x),
+            self.up(x, x8),
             down.weight,
             scale=down.multiplier,
             grad_scale=down.fp8_grad_scale,

@@ -60,6 +60,11 @@ class ScaledLinear(nn.Module):
         """The input and weight this layer multiplies: what its FP8 casts see."""
         return x, self.weight
 
+    def takes_e4m3_copies(self, x: torch.Tensor) -> bool:
+        """Whether `forward` takes x's e4m3 casts made by x's producer: FP8 on the Triton
+        kernels (the emulation casts for itself)."""
+        return self.fp8_grad_scale is not None and uses_triton(x)
+
     def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
         """``x8``: x's e4m3 casts where its producer made them (FP8 only; see `fp8_linear`)."""
         x, weight = self.fp8_operands(x)
@@ -216,7 +221,7 @@ class Block(nn.Module):
         """``skip * x + branch * norm(f)``, with its e4m3 casts in the same kernel where FP8
         layers on the Triton kernels read it (else they cast it themselves, to the same
         bytes: both saturate the stored value)."""
-        if not (cast and self.attn.qkv.fp8_grad_scale is not None and uses_triton(x)):
+        if not (cast and self.attn.qkv.takes_e4m3_copies(x)):
             return self.skip * x + self.branch * norm(f), None
         B, T, C = x.shape
         y, rows, cols = res_post_norm_fp8(
