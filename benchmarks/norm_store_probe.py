@@ -2,23 +2,24 @@
 
 The first GPU run of `kernels.triton_norm` (H100, torch 2.11, triton 3.6) found its transposed
 e4m3 copy y8t wrong in ~25% of the elements whenever the same program also stored the
-row-major copy y8, and right whenever it stored y8t alone: with `tl.trans` of the codes, of
-the fp32 y, or with no `tl.trans` at all (the codes stored at transposed addresses). So the
-fault is the pair of stores in one loop body, not the transpose
-(`results/norm_store_probe_h100_first.json`, the first probe's output).
+row-major copy y8 from the same registers, and right whenever it stored y8t alone: with
+`tl.trans` of the codes, of the fp32 y, or with no `tl.trans` at all (the codes stored at
+transposed addresses) (`results/norm_store_probe_h100_first.json`). This probe's run on the
+same machine (`results/norm_store_probe_h100.json`) found the form the kernel now has right
+at every shape at the same speed, and every form that stores y8t from the registers wrong.
 
-This probe builds variants of the kernel from its own source, each replacing the block of
+The probe builds variants of the kernel from its own source, each replacing the block of
 pass 3 that writes the copies, and reports for each: the elements of y8 that differ from the
 project's cast kernel applied to the kernel's y (`kernels.triton_casts.saturating_cast`: bit
 for bit torch's on a GPU, the interpreter's own rounding on a CPU), the elements of y8t that
 differ from y8ᵀ, for an fp32 and a bf16 x, and the forward's time at the benchmark's shape:
 
-* ``current``: the kernel as it is;
-* ``transposed_first``: y8t stored before y8;
-* ``barrier_between``: a CTA barrier between the two stores;
-* ``reload_after_barrier``: y8 stored, a barrier, y8's tile loaded back (L2) and stored
-  transposed: the transposed store's operand comes from memory, not from the y8 store's
-  registers;
+* ``current``: the kernel as it is: y8 stored, a CTA barrier, y8's tile loaded back (from
+  L2) and stored transposed;
+* ``from_registers``: y8 stored, then the same codes, still in registers, stored transposed
+  (the kernel's first form; wrong on triton 3.6 for an fp32 x);
+* ``transposed_first``: the same with y8t stored before y8;
+* ``barrier_between``: the same with a CTA barrier between the two stores;
 * ``fourth_pass``: pass 3 stores y and y8 only; after a barrier a fourth loop over the row
   block loads y8's tiles back and stores them transposed;
 * ``two_launches``: the kernel twice, rows only then columns only (y computed twice): the
@@ -48,26 +49,20 @@ SKIP, BRANCH = math.sqrt(0.7), math.sqrt(0.3)
 SOURCE = Path(__file__).resolve().parents[1] / "kernels" / "triton_norm.py"
 # The block of pass 3 that writes the copies: from the row-major store to the end of the
 # transposed one (the kernel's last statement).
-STORES_START = "            if WRITE_Y8:\n"
+STORES_START = "            tl.store(y8_ptr + offs, codes, mask=mask)\n"
 STORES_END = "mask=mask_t\n                )\n"
 
-# Statements of pass 3's loop body (12 spaces: inside ``if WRITE_Y8 or WRITE_Y8T:``).
-ROWS = "            tl.store(y8_ptr + offs, codes, mask=mask)\n"
+# Statements of pass 3's loop body (12 spaces: inside ``if CAST:``; the probe asks for both).
+ROWS = STORES_START
 COLS = (
     "            mask_t = in_c[:, None] & in_m[None, :]\n"
     "            tl.store(y8t_ptr + offs_c[:, None] * M + offs_m[None, :], tl.trans(codes),"
     " mask=mask_t)\n"
 )
-RELOADED_COLS = (
-    "            back = tl.load(y8_ptr + offs, mask=mask, other=0)\n"
-    "            mask_t = in_c[:, None] & in_m[None, :]\n"
-    "            tl.store(y8t_ptr + offs_c[:, None] * M + offs_m[None, :], tl.trans(back),"
-    " mask=mask_t)\n"
-)
 BARRIER = "            tl.debug_barrier()\n"
 FOURTH_PASS = """
     # Pass 4 (probe): y8's tiles back from memory, stored transposed.
-    if WRITE_Y8T:
+    if TRANSPOSE:
         tl.debug_barrier()
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + cols
@@ -78,9 +73,9 @@ FOURTH_PASS = """
             tl.store(y8t_ptr + offs_c[:, None] * M + offs_m[None, :], tl.trans(back), mask=mask_t)
 """
 STORES = {  # variant -> (the stores' block in pass 3, what follows pass 3)
+    "from_registers": (ROWS + COLS, ""),
     "transposed_first": (COLS + ROWS, ""),
     "barrier_between": (ROWS + BARRIER + COLS, ""),
-    "reload_after_barrier": (ROWS + BARRIER + RELOADED_COLS, ""),
     "fourth_pass": (ROWS, FOURTH_PASS),
 }
 VARIANTS = ["current", *STORES, "two_launches"]

@@ -54,8 +54,8 @@ are meant to stay in L2 for pass 2, so that memory sees dy and f once and dx and
 bytes an element for an fp32 x, 8 for bf16. That block (BLOCK_M × C × 6 bytes for an fp32
 dy) is three times the forward's; whether L2 holds it at the wider C is unmeasured. It
 replaced ``aten.native_layer_norm_backward`` on fp32 copies of dy and f, ~80% of the fused
-op's forward + backward time on an H100. Written and checked under Triton's interpreter;
-not yet run on a GPU.
+op's forward + backward time on an H100. Exact against its formulas on an H100 (triton 3.6)
+and under Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def _res_post_norm_kernel(
     eps,
     # Meta-parameters
     FP8_MAX: tl.constexpr,
-    WRITE_Y8: tl.constexpr,
-    WRITE_Y8T: tl.constexpr,
+    CAST: tl.constexpr,  # write y8
+    TRANSPOSE: tl.constexpr,  # and y8t, made from y8
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -141,25 +141,25 @@ def _res_post_norm_kernel(
         normed = (f - mean[:, None]) * rstd[:, None] * g[None, :]
         y = (skip * x + branch * normed).to(y_ptr.dtype.element_ty)
         tl.store(y_ptr + offs, y, mask=mask)
-        if WRITE_Y8 or WRITE_Y8T:
+        if CAST:
             # The cast of the stored y (its bf16 rounding for a bf16 x), as a separate pass
             # over y would see it.
             y8 = _saturate(y.to(tl.float32), FP8_MAX).to(tl.float8e4nv)
             codes = y8.to(tl.uint8, bitcast=True)  # (BLOCK_M, BLOCK_C)
-            if WRITE_Y8:
-                tl.store(y8_ptr + offs, codes, mask=mask)
-            if WRITE_Y8T:
-                # The transposed copy is the row-major tile's own bytes moved, not a second
-                # conversion: with triton 3.6 on an H100, cast_transpose's transposed store of
-                # a tile computed from fp32 inputs wrote wrong elements (see its workaround),
-                # and y here is computed from an fp32 x. Transposing the 1-byte codes makes
-                # the transposed copy a pure data movement of what the row-major store wrote,
-                # so "y8t == y8.T bit for bit" (the GPU test, at every shape and tile) checks
-                # exactly that movement; the fallback, should it fail, is cast_transpose's
-                # bf16 path on y8.
+            tl.store(y8_ptr + offs, codes, mask=mask)
+            if TRANSPOSE:
+                # The transposed copy is y8's tile read back (from L2) after a CTA barrier,
+                # not the codes in registers: with triton 3.6 on an H100, a transposed store
+                # of a tile computed from an fp32 x wrote ~25% wrong elements whenever the
+                # loop body also stored y8 from the same registers (stored first or second,
+                # with a barrier between or not, tl.trans of the codes or of y, or at
+                # transposed addresses; right when stored alone). Read back, it is right at
+                # every shape, at the same speed (benchmarks/norm_store_probe.py).
+                tl.debug_barrier()  # y8's stores by every thread of the program are visible
+                back = tl.load(y8_ptr + offs, mask=mask, other=0)
                 mask_t = in_c[:, None] & in_m[None, :]
                 tl.store(
-                    y8t_ptr + offs_c[:, None] * M + offs_m[None, :], tl.trans(codes), mask=mask_t
+                    y8t_ptr + offs_c[:, None] * M + offs_m[None, :], tl.trans(back), mask=mask_t
                 )
 
 
@@ -222,17 +222,17 @@ def res_post_norm(
     if C == 0:
         raise ValueError("res_post_norm: a LayerNorm over zero features")
     y = torch.empty_like(x)
-    y8 = torch.empty((M, C), device=x.device, dtype=E4M3) if rows else None
+    # y8t is made from y8 (see the kernel's pass 3): y8 is written wherever y8t is asked for
+    y8 = torch.empty((M, C), device=x.device, dtype=E4M3) if rows or cols else None
     y8t = torch.empty((C, M), device=x.device, dtype=E4M3) if cols else None
     mean = torch.empty(M, device=x.device, dtype=torch.float32)
     rstd = torch.empty(M, device=x.device, dtype=torch.float32)
     if M == 0:
-        return y, y8, y8t, mean, rstd
+        return y, y8 if rows else None, y8t, mean, rstd
     # The kernel stores bytes (see its transposed store); an unused output's pointer is any
     # valid one, never written.
-    unused = next((t for t in (y8, y8t) if t is not None), y).view(torch.uint8)
-    y8_arg = y8.view(torch.uint8) if y8 is not None else unused
-    y8t_arg = y8t.view(torch.uint8) if y8t is not None else unused
+    y8_arg = (y8 if y8 is not None else y).view(torch.uint8)
+    y8t_arg = (y8t if y8t is not None else y8_arg).view(torch.uint8)
     meta = dict(config) if config is not None else norm_config(C)
     grid = (triton.cdiv(M, meta["BLOCK_M"]),)
     _res_post_norm_kernel[grid](
@@ -250,11 +250,11 @@ def res_post_norm(
         branch,
         eps,
         FP8_MAX=fp8_max(E4M3),
-        WRITE_Y8=rows,
-        WRITE_Y8T=cols,
+        CAST=rows or cols,
+        TRANSPOSE=cols,
         **meta,
     )
-    return y, y8, y8t, mean, rstd
+    return y, y8 if rows else None, y8t, mean, rstd
 
 
 @triton.jit

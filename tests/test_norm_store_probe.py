@@ -16,7 +16,7 @@ from tests.kernels.test_fp8_interpreter import _interpreter_runs_fp8, run_interp
 def test_every_variant_replaces_the_stores_and_nothing_else() -> None:
     for name in VARIANTS[1:-1]:  # "current" and "two_launches" are the kernel as it is
         source = variant_source(name)
-        assert "tl.trans(codes), mask=mask_t\n                )" not in source, name
+        assert "tl.trans(back), mask=mask_t\n                )" not in source, name
         assert "def res_post_norm(" in source and "# Pass 3" in source, name
     assert "tl.debug_barrier()" in variant_source("fourth_pass")
 
