@@ -9,12 +9,15 @@ Frobenius error near sqrt(0.036^2 + 0.036^2) = 0.051 (forward) and sqrt(0.072^2 
 
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import torch
 import torch.nn.functional as F
 
 from kernels import using_fp8_backend
 from models.config import ModelConfig
-from models.gpt import GPT, use_fp8
+from models.gpt import GPT, ScaledLinear, use_fp8
 
 FWD_VS_BF16 = 0.065
 GRAD_X_VS_BF16 = 0.105
@@ -39,31 +42,32 @@ def bf16_linear_grads(
     return y, xb.grad, wb.grad
 
 
-def gpt_on_both_backends(
-    device: str, *, width: int, mlp: str, tokens: tuple[int, int]
-) -> tuple[dict[str, float], GPT]:
-    """A µS FP8 GPT's logits and gradients on the Triton path against the emulation.
+def gpt_logits_and_grads(
+    device: str, *, width: int, mlp: str, tokens: tuple[int, int], backend: str, fused: bool
+) -> dict[str, torch.Tensor]:
+    """A µS FP8 GPT's logits and gradients (``logits``, ``grad.<parameter>``), under the
+    trainer's bf16 autocast: the same model and batch on every call.
 
-    The Triton path runs each Res-Post-LN as `kernels.triton_norm`'s kernel and hands its
-    e4m3 casts to the next layers (`models.gpt.Block`); the emulation casts in each layer.
-    Returns the relative errors by name (``logits``, ``grad.<parameter>``) and the Triton
-    path's model, under the trainer's bf16 autocast.
+    ``backend``: the FP8 backend (``"triton"`` or ``"emulate"``). ``fused``: on the Triton
+    path, each Res-Post-LN is `kernels.triton_norm`'s kernel, whose e4m3 casts the next
+    layers take (`models.gpt.Block`); False makes every layer cast its own input instead.
     """
     batch, seq_len = tokens
     config = ModelConfig(width=width, depth=2, head_dim=16, seq_len=seq_len, mlp=mlp)
+    torch.manual_seed(0)
     idx = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)
-    runs: list[tuple[torch.Tensor, GPT]] = []
-    for backend in ("triton", "emulate"):
-        torch.manual_seed(0)
-        model = GPT(config).to(device)
-        use_fp8(model, grad_scale=float(batch * seq_len) * width**0.5)
-        with using_fp8_backend(backend), torch.autocast(device, dtype=torch.bfloat16):
-            logits = model(idx)
-            F.cross_entropy(logits.flatten(0, 1).float(), idx.flatten()).backward()
-        runs.append((logits.detach(), model))
-    (logits, fused), (logits_ref, emulated) = runs
-    errors = {"logits": rel_err(logits, logits_ref)}
-    for (name, p), p_ref in zip(fused.named_parameters(), emulated.parameters(), strict=True):
-        assert p.grad is not None and p_ref.grad is not None, name
-        errors[f"grad.{name}"] = rel_err(p.grad, p_ref.grad)
-    return errors, fused
+    model = GPT(config).to(device)
+    use_fp8(model, grad_scale=float(batch * seq_len) * width**0.5)
+    unfused = mock.patch.object(ScaledLinear, "takes_e4m3_copies", lambda self, x: False)
+    with (
+        contextlib.nullcontext() if fused else unfused,
+        using_fp8_backend(backend),
+        torch.autocast(device, dtype=torch.bfloat16),
+    ):
+        logits = model(idx)
+        F.cross_entropy(logits.flatten(0, 1).float(), idx.flatten()).backward()
+    out = {"logits": logits.detach()}
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        out[f"grad.{name}"] = p.grad
+    return out

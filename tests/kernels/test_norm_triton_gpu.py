@@ -34,7 +34,7 @@ if not torch.cuda.is_available():
         allow_module_level=True,
     )
 
-from fp8_helpers import gpt_on_both_backends, rel_err
+from fp8_helpers import gpt_logits_and_grads, rel_err
 
 from benchmarks.bench_norm import candidate_configs
 from kernels import E4M3, saturating_cast
@@ -49,7 +49,8 @@ from kernels.triton_norm import (
 DEVICE = "cuda"
 SKIP, BRANCH = math.sqrt(1 - 0.3), math.sqrt(0.3)
 X_DTYPES = [torch.float32, torch.bfloat16]
-GPT_VS_EMULATION = 2.0**-5  # provisional: the first GPU run's figures set it
+GPT_LOGITS_VS_EMULATION = 2.0**-3
+GPT_GRADS_VS_EMULATION = 2.0**-2
 
 
 @pytest.fixture(autouse=True)
@@ -323,12 +324,31 @@ def test_backward_offsets_past_two_to_the_31() -> None:
 
 
 @pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
-def test_the_gpt_on_the_fused_path_matches_the_emulation(mlp: str) -> None:
+def test_the_gpt_on_the_fused_path_is_as_close_to_the_emulation_as_the_unfused(mlp: str) -> None:
     """The whole µS FP8 GPT on the Triton path, its Res-Post-LNs fused and their casts handed
-    to the next layers, against the emulation (each layer casting its own input): logits
-    and every gradient within GPT_VS_EMULATION relative Frobenius error. The two differ in
-    the GEMMs' fp32 summation order and the norms' arithmetic, which can flip the rounding
-    of a bf16 output or an FP8 cast downstream."""
-    errors, _ = gpt_on_both_backends(DEVICE, width=128, mlp=mlp, tokens=(4, 128))
-    print(mlp, {name: f"{err:.2e}" for name, err in errors.items()})
-    assert max(errors.values()) < GPT_VS_EMULATION, errors
+    to the next layers, against the emulation, and the same Triton path with each layer
+    casting its own input: logits and every gradient. Any two FP8 implementations differ
+    by more than their arithmetic's rounding: a different fp32 summation order flips the
+    rounding of some bf16 outputs, each flip moving a value across an e4m3 or e5m2 boundary
+    by a whole step (e5m2: 12.5-25%) and on through the next layers. So the test is
+    relative: the fused path stays as close to the reference as the unfused one."""
+    runs = {
+        name: gpt_logits_and_grads(
+            DEVICE, width=128, mlp=mlp, tokens=(4, 128), backend=backend, fused=fused
+        )
+        for name, backend, fused in [
+            ("fused", "triton", True),
+            ("unfused", "triton", False),
+            ("emulated", "emulate", False),
+        ]
+    }
+    errors = {
+        name: {k: rel_err(v, runs["emulated"][k]) for k, v in runs[name].items()}
+        for name in ("fused", "unfused")
+    }
+    print(mlp, {name: f"{max(e.values()):.3f}" for name, e in errors.items()})
+    assert max(errors["fused"].values()) < 1.5 * max(errors["unfused"].values()), errors
+    # and both are far from a wrong gradient (a wrong transposed copy: ~0.7): the first run
+    # measured the fused path at 0.040 / 0.056 (logits) and 0.12 / 0.14 (gradients) (H100)
+    assert errors["fused"]["logits"] < GPT_LOGITS_VS_EMULATION, errors
+    assert max(errors["fused"].values()) < GPT_GRADS_VS_EMULATION, errors
