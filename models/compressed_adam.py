@@ -36,14 +36,16 @@ like the parameters.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from kernels import E4M3, E5M2, HAS_TRITON, saturating_cast, uses_triton
 
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 if HAS_TRITON:
     from kernels.triton_adam import adamw_step
     from kernels.triton_launch import INTERPRET
@@ -144,9 +146,17 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, like: torch.Tensor) ->
     return (codes.float() * scales).flatten()[: like.numel()].view(like.shape)
 
 
+def _is_dtensor(t: torch.Tensor) -> TypeGuard[DTensor]:
+    """Whether ``t`` is a DTensor (FSDP2's parameters and gradients). There is none before
+    something imported torch.distributed.tensor, which this module leaves to FSDP2: importing
+    it costs every process that imports `models` (the CLI, drivers, trial workers) ~0.7 s."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(t, dtensor.DTensor)
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor's shard on this rank (FSDP2's parameters and gradients), else ``t``."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    """A DTensor's shard on this rank, else ``t``."""
+    return t.to_local() if _is_dtensor(t) else t
 
 
 class CompressedAdamW(torch.optim.Optimizer):
@@ -371,8 +381,8 @@ class CompressedAdamW(torch.optim.Optimizer):
                 continue
             entry = {"step": packed["state"][index]["step"]}
             for name, value in decompressed[param].items():
-                if isinstance(param, DTensor):
-                    value = DTensor.from_local(
+                if _is_dtensor(param):
+                    value = type(param).from_local(
                         value,
                         param.device_mesh,
                         param.placements,

@@ -17,11 +17,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_state_dict,
-    set_state_dict,
-)
 
 from db import MetricPoint
 from kernels import using_fp8_backend
@@ -132,6 +127,10 @@ def _training_state(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Full (unsharded) model and optimizer state, whatever the wrapping (DDP, FSDP2)."""
+    # Imported here, not with the module: every process that imports `models` (the CLI,
+    # drivers, trial workers) would pay for torch.distributed.checkpoint, and few save.
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
     model_state, optim_state = get_state_dict(
         model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -226,6 +225,8 @@ def _train(
     initial_loss = math.inf  # the untrained model's loss: the yardstick of an explosion
     step, steady_steps, steady_time = 0, 0, 0.0
     if checkpointing is not None and checkpointing.restored is not None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
         state = checkpointing.restored
         set_state_dict(
             model,
