@@ -28,11 +28,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
-import psycopg
 import pytest
 import torch
 from sqlalchemy import make_url
@@ -40,6 +39,9 @@ from sqlalchemy import make_url
 import db
 from models import ModelConfig, TrainConfig, preset
 from sweeper.settings import DB_URL_VAR as ENV_VAR
+
+if TYPE_CHECKING:  # the driver is imported where a test uses PostgreSQL: GPU machines lack it
+    import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "tests" / "data" / "shakespeare.txt"
@@ -251,6 +253,8 @@ class PostgresServer:
     socket_dir: Path
 
     def _admin(self) -> psycopg.Connection:
+        import psycopg
+
         return psycopg.connect(
             host=str(self.socket_dir), user="postgres", dbname="postgres", autocommit=True
         )
