@@ -44,18 +44,19 @@ the forward's statistics and g = branch * dy * gain, all in fp32:
 
 * ``dx = skip * dy``, stored in x's dtype;
 * ``df = rstd * (g - mean_C(g) - n * mean_C(g * n))``, stored in f's dtype;
-* ``dgain = sum over rows of branch * dy * n``: each program writes its row block's partial
-  sum, one fp32 row of a (cdiv(M, BLOCK_M), C) buffer, which torch then sums: a fixed
-  order, no atomics, the same result on every run.
+* ``dgain = sum over rows of branch * dy * n``: each program writes the partial sum over
+  its rows, one fp32 row of a (programs, C) buffer, which torch then sums: a fixed order, no
+  atomics, the same result on every run.
 
-It takes the forward's tiles and walks C twice: pass 1 writes dx and the dgain partials and
-sums g and g * n per row, pass 2 recomputes n and g and writes df. The row block's dy and f
-are meant to stay in L2 for pass 2, so that memory sees dy and f once and dx and df once: 12
-bytes an element for an fp32 x, 8 for bf16. That block (BLOCK_M × C × 6 bytes for an fp32
-dy) is three times the forward's; whether L2 holds it at the wider C is unmeasured. It
-replaced ``aten.native_layer_norm_backward`` on fp32 copies of dy and f, ~80% of the fused
-op's forward + backward time on an H100. Exact against its formulas on an H100 (triton 3.6)
-and under Triton's interpreter.
+Each program walks a contiguous run of row blocks, each block's rows whole in registers
+(`norm_backward_config`), so that memory sees dy and f once and dx and df once: 12 bytes an
+element for an fp32 x, 8 for bf16, and C is at most `MAX_WIDTH`. The first form took the
+forward's tiles and walked C twice, reading dy and f again for df, its row blocks (three
+times the forward's bytes) too large for L2 to keep between the passes: on an H100 at
+16384 x 4096 it moved 1.4 TB/s (0.583 ms) where inductor's backward moves 2.6; this form
+2.4 (0.329 ms; `benchmarks/results/bench_norm_h100_two_pass_backward.json`, then
+`bench_norm_h100.json`). Exact against its formulas on an H100 (triton 3.6) and under
+Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -176,8 +177,6 @@ def norm_config(C: int) -> dict[str, int]:
     * Under the interpreter a small fixed tile, so that tests cross chunk and row-block
       boundaries at small shapes.
 
-    The backward kernel takes the same tiles (see its pass 1 for why they fit).
-
     Unmeasured: `benchmarks/bench_norm.py` times these against a few alternatives.
     """
     if INTERPRET:
@@ -261,7 +260,7 @@ def res_post_norm(
 def _res_post_norm_backward_kernel(
     # Pointers: inputs dy, f (M, C), gain (C,) and the forward's mean, rstd (M,) fp32, all
     # contiguous; outputs dx (M, C) in x's dtype, df (M, C) in f's, and dgain's partial sums,
-    # one fp32 row of C per program (cdiv(M, BLOCK_M), C)
+    # one fp32 row of C per program (programs, C)
     dy_ptr,
     f_ptr,
     gain_ptr,
@@ -270,9 +269,10 @@ def _res_post_norm_backward_kernel(
     dx_ptr,
     df_ptr,
     dgain_partial_ptr,
-    # Sizes
+    # Sizes, and the row blocks each program walks
     M,
     C,
+    blocks_per_program,
     # The residual's weights
     skip,
     branch,
@@ -281,62 +281,81 @@ def _res_post_norm_backward_kernel(
     WRITE_DF: tl.constexpr,
     WRITE_DGAIN: tl.constexpr,
     BLOCK_M: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # >= C: whole rows
 ):
     pid = tl.program_id(axis=0)
-    offs_m = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    in_m = offs_m < M
-    rows = offs_m[:, None] * C
     cols = tl.arange(0, BLOCK_C).to(tl.int64)
-    # Rows past M load mean = rstd = 0 and dy = 0: their n and g are 0, in every sum.
-    mean = tl.load(mean_ptr + offs_m, mask=in_m, other=0.0)[:, None]
-    rstd = tl.load(rstd_ptr + offs_m, mask=in_m, other=0.0)[:, None]
-
-    # Pass 1: dx, dgain's partial sums over this block's rows, and df's two row sums. The row
-    # sums are reduced chunk by chunk into (BLOCK_M,) accumulators, not kept per element as
-    # the forward's are: two tile-sized accumulators next to dy, f, n and g would double the
-    # tile's registers, and this way norm_config's tiles fit as they do the forward. The order
-    # is still fixed by the tile.
-    sum_g = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    sum_gn = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + cols
-        in_c = offs_c < C
+    in_c = cols < C
+    width = C.to(tl.float32)
+    if WRITE_DF:
+        gain = tl.load(gain_ptr + cols, mask=in_c, other=0.0).to(tl.float32)[None, :]
+    # dgain's sum over this program's rows, per element of the tile: reduced over the tile's
+    # rows once, at the end; the order is fixed by the tile and the program's rows.
+    dgain = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    first = pid.to(tl.int64) * blocks_per_program * BLOCK_M
+    for b in range(blocks_per_program):
+        # int64: M * C reaches 2**31 at 65536 tokens × 32768
+        offs_m = first + b * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        in_m = offs_m < M
         mask = in_m[:, None] & in_c[None, :]
-        offs = rows + offs_c[None, :]
+        offs = offs_m[:, None] * C + cols[None, :]
+        # Rows past M load dy = 0 and mean = rstd = 0: their n and g are 0, in every sum.
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         if WRITE_DX:
             tl.store(dx_ptr + offs, (skip * dy).to(dx_ptr.dtype.element_ty), mask=mask)
         if WRITE_DF or WRITE_DGAIN:
             f = tl.load(f_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            mean = tl.load(mean_ptr + offs_m, mask=in_m, other=0.0)[:, None]
+            rstd = tl.load(rstd_ptr + offs_m, mask=in_m, other=0.0)[:, None]
             n = (f - mean) * rstd
             dnormed = branch * dy  # the gradient of LayerNorm(f) * gain
             if WRITE_DGAIN:
-                partial = tl.sum(dnormed * n, axis=0)  # (BLOCK_C,)
-                tl.store(dgain_partial_ptr + pid.to(tl.int64) * C + offs_c, partial, mask=in_c)
+                dgain += dnormed * n
             if WRITE_DF:
-                gain = tl.load(gain_ptr + offs_c, mask=in_c, other=0.0).to(tl.float32)
-                g = dnormed * gain[None, :]  # the gradient of n
-                sum_g += tl.sum(g, axis=1)
-                sum_gn += tl.sum(g * n, axis=1)
+                g = dnormed * gain  # the gradient of n
+                # Correctly rounded divisions, as the forward's
+                mean_g = tl.div_rn(tl.sum(g, axis=1), width)[:, None]
+                mean_gn = tl.div_rn(tl.sum(g * n, axis=1), width)[:, None]
+                df = rstd * (g - mean_g - n * mean_gn)
+                tl.store(df_ptr + offs, df.to(df_ptr.dtype.element_ty), mask=mask)
+    if WRITE_DGAIN:
+        tl.store(dgain_partial_ptr + pid.to(tl.int64) * C + cols, tl.sum(dgain, axis=0), mask=in_c)
 
-    # Pass 2: df = rstd * (g - mean(g) - n * mean(g * n)), from dy and f again (in L2 by now).
-    if WRITE_DF:
-        width = C.to(tl.float32)
-        mean_g = tl.div_rn(sum_g, width)[:, None]
-        mean_gn = tl.div_rn(sum_gn, width)[:, None]
-        for c0 in range(0, C, BLOCK_C):
-            offs_c = c0 + cols
-            in_c = offs_c < C
-            mask = in_m[:, None] & in_c[None, :]
-            offs = rows + offs_c[None, :]
-            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            f = tl.load(f_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            gain = tl.load(gain_ptr + offs_c, mask=in_c, other=0.0).to(tl.float32)
-            n = (f - mean) * rstd
-            g = branch * dy * gain[None, :]
-            df = rstd * (g - mean_g - n * mean_gn)
-            tl.store(df_ptr + offs, df.to(df_ptr.dtype.element_ty), mask=mask)
+
+# The widest rows the fused op takes: its backward holds whole rows in registers, up to 32
+# elements a thread at 16 warps (wider, `models.gpt.Block` takes the unfused path).
+MAX_WIDTH = 16384
+# The backward's grid, at most: enough programs to fill any GPU several times over, few
+# enough that dgain's partial sums (one fp32 row of C each) cost memory little beside dy.
+BACKWARD_PROGRAMS = 1024
+
+
+def norm_backward_config(M: int, C: int) -> dict[str, int]:
+    """The backward's tile and grid for (M, C): BLOCK_M rows of BLOCK_C >= C elements a
+    step, ``blocks_per_program`` steps a program, and num_warps.
+
+    Each program holds whole rows in registers and reads dy and f once: a row is C elements
+    and a step's tile about 4096 (BLOCK_M = 4096 / BLOCK_C rows at narrow widths, where one
+    row would leave most threads idle), 16 a thread at 8 warps; wider rows take more warps.
+    The grid is at most `BACKWARD_PROGRAMS`, by M alone, so that dgain's summation order (and
+    its bits) does not depend on the GPU. Under the interpreter small tiles and few blocks a
+    program, so that tests cross tile and program boundaries at small shapes.
+    """
+    if C > MAX_WIDTH:
+        raise ValueError(f"res_post_norm_backward holds whole rows: C <= {MAX_WIDTH}, got {C}")
+    block_c = triton.next_power_of_2(C)
+    if INTERPRET:
+        block_m = 2 if block_c <= 32 else 1
+        return {"BLOCK_M": block_m, "BLOCK_C": block_c, "num_warps": 1,
+                "blocks_per_program": 3}  # fmt: skip
+    block_m = max(1, 4096 // block_c)
+    blocks = triton.cdiv(M, block_m)
+    return {
+        "BLOCK_M": block_m,
+        "BLOCK_C": block_c,
+        "num_warps": min(16, max(4, block_m * block_c // 512)),
+        "blocks_per_program": max(1, triton.cdiv(blocks, BACKWARD_PROGRAMS)),
+    }
 
 
 def res_post_norm_backward(
@@ -357,10 +376,11 @@ def res_post_norm_backward(
     """The gradients ``(dx, df, dgain)`` of `res_post_norm`'s y, given dy, in one kernel.
 
     ``dy`` and ``f`` (M, C), ``gain`` (C,), and ``mean``, ``rstd`` (M,) the forward's
-    statistics of f, all contiguous. dx (M, C) in ``x_dtype``, df (M, C) in f's dtype, dgain
-    (C,) in gain's; a gradient whose ``need_*`` is False is neither computed nor written
-    (None). dgain is the sum of the programs' partial sums, one row each, in torch: a fixed
-    order, no atomics. ``config`` replaces `norm_config`'s tile, as in `res_post_norm`.
+    statistics of f, all contiguous; C at most `MAX_WIDTH`. dx (M, C) in ``x_dtype``,
+    df (M, C) in f's dtype, dgain (C,) in gain's; a gradient whose ``need_*`` is False is
+    neither computed nor written (None). dgain is the sum of the programs' partial sums, one
+    row each, in torch: a fixed order, no atomics. ``config`` replaces
+    `norm_backward_config`'s choice (the GPU tests' alternatives).
     """
     check_device(dy, f, gain, mean, rstd)
     M, C = f.shape
@@ -372,16 +392,19 @@ def res_post_norm_backward(
         )
     if not all(t.is_contiguous() for t in (dy, f, gain, mean, rstd)):
         raise ValueError("res_post_norm_backward takes contiguous dy, f, gain, mean and rstd")
-    meta = dict(config) if config is not None else norm_config(C)
-    blocks = triton.cdiv(M, meta["BLOCK_M"])
+    meta = dict(config) if config is not None else norm_backward_config(M, C)
+    if meta["BLOCK_C"] < C:
+        raise ValueError(f"res_post_norm_backward: BLOCK_C {meta['BLOCK_C']} < C = {C}")
+    per_program = meta.pop("blocks_per_program")
+    programs = triton.cdiv(triton.cdiv(M, meta["BLOCK_M"]), per_program)
     dx = torch.empty((M, C), device=f.device, dtype=x_dtype) if need_x else None
     df = torch.empty_like(f) if need_f else None
     dgain_partial = (
-        torch.empty((blocks, C), device=f.device, dtype=torch.float32) if need_gain else None
+        torch.empty((programs, C), device=f.device, dtype=torch.float32) if need_gain else None
     )
     if M > 0 and (need_x or need_f or need_gain):
         # An output not written gets any valid pointer (as in res_post_norm).
-        _res_post_norm_backward_kernel[(blocks,)](
+        _res_post_norm_backward_kernel[(programs,)](
             dy,
             f,
             gain,
@@ -392,6 +415,7 @@ def res_post_norm_backward(
             dgain_partial if dgain_partial is not None else dy,
             M,
             C,
+            per_program,
             skip,
             branch,
             WRITE_DX=need_x,

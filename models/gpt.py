@@ -29,7 +29,7 @@ from models.config import ModelConfig
 from models.width_rules import ParamGroup, glu_multiplier, init_std, multiplier
 
 if HAS_TRITON:  # CPU-only installs may lack Triton; the emulated path needs none of it
-    from kernels.triton_norm import res_post_norm_fp8
+    from kernels.triton_norm import MAX_WIDTH, res_post_norm_fp8
 
 # Smooth-SwiGLU rescales a channel of the down projection's input only once its largest
 # value passed this: about 4x the largest of a few million unit-Gaussian values, and 1/28 of
@@ -221,9 +221,9 @@ class Block(nn.Module):
         """``skip * x + branch * norm(f)``, with its e4m3 casts in the same kernel where FP8
         layers on the Triton kernels read it (else they cast it themselves, to the same
         bytes: both saturate the stored value)."""
-        if not (cast and self.attn.qkv.takes_e4m3_copies(x)):
-            return self.skip * x + self.branch * norm(f), None
         B, T, C = x.shape
+        if not (cast and self.attn.qkv.takes_e4m3_copies(x) and C <= MAX_WIDTH):
+            return self.skip * x + self.branch * norm(f), None
         y, rows, cols = res_post_norm_fp8(
             x.reshape(B * T, C),
             f.reshape(B * T, C),

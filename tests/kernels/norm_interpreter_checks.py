@@ -19,7 +19,9 @@ The interpreter's own errors (see `interpreter_checks.py`), and how these checks
   (1e-5) on an fp32 f, whose df is fp32.
 * NaN becomes a number in the FP8 cast: NaN propagation is checked on the GPU.
 The interpreter's tile is BLOCK_M = 16, BLOCK_C = 32 (`norm_config`): the shapes below cross
-row-block and chunk boundaries (M, C not multiples) and include a row narrower than a chunk.
+row-block and chunk boundaries (M, C not multiples) and include a row narrower than a chunk;
+the backward's (`norm_backward_config`) walks 3 blocks of 1 or 2 rows a program: they cross
+program boundaries and end in a partial program.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 from kernels import E4M3, saturating_cast, triton_casts, using_fp8_backend
 from kernels.triton_norm import (
+    MAX_WIDTH,
     norm_config,
     res_post_norm,
     res_post_norm_backward,
@@ -353,6 +356,9 @@ def test_backward_arguments_are_checked() -> None:
         backward(x, f, gain, mean, rstd[:4])
     with pytest.raises(ValueError, match="contiguous"):
         backward(torch.randn(16, 8).t(), f, gain, mean, rstd)
+    wide = torch.zeros(1, MAX_WIDTH + 1)
+    with pytest.raises(ValueError, match="whole rows"):
+        backward(wide, wide, wide[0], mean[:1], rstd[:1])
     dx, df, dgain = backward(x[:0], f[:0], gain, mean[:0], rstd[:0])
     assert dx is not None and dx.shape == (0, 16) and df is not None and df.shape == (0, 16)
     assert dgain is not None and torch.equal(dgain, torch.zeros(16))

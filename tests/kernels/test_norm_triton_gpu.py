@@ -39,6 +39,8 @@ from fp8_helpers import gpt_logits_and_grads, rel_err
 from benchmarks.bench_norm import candidate_configs
 from kernels import E4M3, saturating_cast
 from kernels.triton_norm import (
+    MAX_WIDTH,
+    norm_backward_config,
     norm_config,
     res_post_norm,
     res_post_norm_backward,
@@ -293,19 +295,38 @@ def test_backward_kernel_at_realistic_shapes(
     check_backward(m, c, x_dtype, f_dtype)
 
 
+def backward_alternatives(m: int, c: int) -> list[dict[str, int]]:
+    """`norm_backward_config`'s choice and others around it: rows a step, steps a program
+    (one, a prime, every block in one program) and warps."""
+    chosen = norm_backward_config(m, c)
+    blocks = math.ceil(m / chosen["BLOCK_M"])
+    alternatives = [
+        {**chosen, "BLOCK_M": max(1, chosen["BLOCK_M"] // 2)},
+        {**chosen, "BLOCK_M": chosen["BLOCK_M"] * 2},
+        {**chosen, "blocks_per_program": 1},
+        {**chosen, "blocks_per_program": 7},
+        {**chosen, "blocks_per_program": blocks},
+        {**chosen, "num_warps": 4},
+        {**chosen, "num_warps": 16},
+    ]
+    return [chosen, *alternatives]
+
+
 @pytest.mark.parametrize("x_dtype", X_DTYPES)
-@pytest.mark.parametrize("shape", [(4096, 1000), (4099, 8200)])
-def test_backward_with_every_candidate_tile(shape: tuple[int, int], x_dtype: torch.dtype) -> None:
-    """The backward takes the forward's tiles: each, with partial row blocks and chunks."""
-    for config in candidate_configs(shape[1]):
+@pytest.mark.parametrize("shape", [(4096, 1000), (4099, 8200), (1027, 16384)])
+def test_backward_with_every_alternative_tile(shape: tuple[int, int], x_dtype: torch.dtype) -> None:
+    """Partial row blocks, partial programs, rows narrower than the tile, the widest rows."""
+    for config in backward_alternatives(*shape):
         check_backward(*shape, x_dtype, torch.bfloat16, config)
 
 
 def test_backward_offsets_past_two_to_the_31() -> None:
-    """M * C past 2**31 elements: dx and df of the last rows (a partial row block) against
-    the formulas. (dgain's partial sums, (M / BLOCK_M, C), stay far below 2**31: not asked
-    for, which saves their memory; mean and rstd need not be f's own for the formulas.)"""
-    m, c = 65601, 32768
+    """M * C past 2**31 elements at the widest rows: dx and df of the last rows (a partial
+    program) against the formulas. (dgain's partial sums, (programs, C), stay far below
+    2**31: not asked for, which saves their memory; mean and rstd need not be f's own for the
+    formulas.)"""
+    c = MAX_WIDTH
+    m = 2**31 // c + 129
     need = m * c * (2 + 2 + 2 + 2)  # bf16 dy, f, dx, df
     if torch.cuda.mem_get_info()[0] < need * 1.3:
         pytest.skip(f"needs {need / 2**30:.0f} GiB of free GPU memory")
