@@ -12,8 +12,6 @@ does). Variants, all measured in one run:
   the whole block under ``torch.compile`` so inductor fuses casts and transposes.
 * ``ours_eager`` / ``ours_compiled``: `kernels.fp8_linear` (Triton), GELU in torch; compiled,
   inductor fuses GELU and its backward around our opaque kernels.
-* ``ours_fused_gelu_*``: the down projection as ``fp8_linear(h, w2, activation="gelu")``:
-  GELU inside the e4m3 cast-transpose, GELU' inside the input-gradient GEMM's epilogue.
 
 Time (``ms``) is the median of CUDA-event timings of eager calls (triton's do_bench), launch
 overhead included; ``graph_ms`` replays the same step from a CUDA graph (GPU time alone).
@@ -87,11 +85,9 @@ class StaticScaledMM(torch.autograd.Function):
 class FP8MLP(nn.Module):
     """The µS MLP with an FP8 linear function ``linear(x, w, scale=, grad_scale=)``."""
 
-    def __init__(
-        self, k: int, linear: Callable[..., torch.Tensor], dtype: torch.dtype, fused: bool = False
-    ):
+    def __init__(self, k: int, linear: Callable[..., torch.Tensor], dtype: torch.dtype):
         super().__init__()
-        self.linear, self.fused = linear, fused
+        self.linear = linear
         self.w1 = nn.Parameter(torch.randn(4 * k, k, device="cuda", dtype=dtype))
         self.w2 = nn.Parameter(torch.randn(k, 4 * k, device="cuda", dtype=dtype))
         self.grad_scale = float(M)
@@ -100,10 +96,6 @@ class FP8MLP(nn.Module):
         k = self.w1.shape[1]
         h = self.linear(x, self.w1, scale=k**-0.5, grad_scale=self.grad_scale)  # (M, 4K)
         scale2 = (4 * k) ** -0.5
-        if self.fused:  # GELU inside the FP8 cast, its gradient inside the dgrad epilogue
-            return self.linear(
-                h, self.w2, scale=scale2, grad_scale=self.grad_scale, activation="gelu"
-            )
         return self.linear(F.gelu(h), self.w2, scale=scale2, grad_scale=self.grad_scale)
 
 
@@ -135,10 +127,6 @@ def variants(k: int) -> dict[str, Callable[[], nn.Module]]:
         "ours_compiled": lambda: torch.compile(FP8MLP(k, kernels.fp8_linear, torch.bfloat16)),
         "ours_fp32_master_compiled": lambda: torch.compile(
             FP8MLP(k, kernels.fp8_linear, torch.float32)
-        ),
-        "ours_fused_gelu_eager": lambda: FP8MLP(k, kernels.fp8_linear, torch.bfloat16, True),
-        "ours_fused_gelu_compiled": lambda: torch.compile(
-            FP8MLP(k, kernels.fp8_linear, torch.bfloat16, True)
         ),
     }
 

@@ -13,8 +13,6 @@ the GELU MLP; every variant at a width on the same model, measured side by side 
   torchao's ``convert_to_float8_training`` (dynamic scales) with that recipe, compiled.
 * ``scaled-mm-compiled``: static µS scales through ``torch._scaled_mm`` with fast accumulation
   (`benchmarks.bench_mlp.StaticScaledMM`: e4m3 operands, e5m2 gradients), compiled.
-* ``fp8-compiled-gelu-in-cast``: ``fp8-compiled`` with each MLP's GELU inside the down
-  projection's e4m3 cast (`GeluInCastMLP`): measures whether the model should use that path.
 
 Embedding and readout stay bf16 in all of them. Every variant's optimizer is
 `models.optim.build_optimizer` over `GPT.parameter_groups`, checked to hold every parameter of
@@ -69,9 +67,9 @@ from torch import nn
 from benchmarks.bench_mlp import StaticScaledMM
 from benchmarks.common import RESULTS, environment, kernel_profile, write_json
 from benchmarks.proxy_speed import Log
-from kernels import E4M3Copies, fp8_linear
+from kernels import E4M3Copies
 from models import GPT, ModelConfig, TrainConfig
-from models.gpt import MLP, ScaledLinear, hidden_linears
+from models.gpt import ScaledLinear, hidden_linears
 from models.optim import build_optimizer
 from models.steps import steps_for
 from models.train import build_model, resolve_device
@@ -91,7 +89,7 @@ PEAK_TFLOPS: dict[str, dict[MatmulDtype, float]] = {
     "NVIDIA H200": {"bf16": 989.0, "fp8": 1979.0},
 }
 
-Swap = Literal["torchao-tensorwise", "torchao-rowwise", "scaled-mm", "gelu-in-cast"]
+Swap = Literal["torchao-tensorwise", "torchao-rowwise", "scaled-mm"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +119,6 @@ VARIANTS = {
     "torchao-tensorwise": Variant("bf16", compile=True, swap="torchao-tensorwise"),
     "torchao-rowwise": Variant("bf16", compile=True, swap="torchao-rowwise"),
     "scaled-mm-compiled": Variant("fp8", compile=True, swap="scaled-mm"),
-    "fp8-compiled-gelu-in-cast": Variant("fp8", compile=True, swap="gelu-in-cast"),
 }
 # What the issue compares; bf16-eager is there for the CPU test and on request.
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "bf16-eager"]
@@ -198,27 +195,6 @@ class NNLinear(_TakenOver):
         return self.linear(x) * self.multiplier
 
 
-class GeluInCastMLP(nn.Module):
-    """The GELU MLP with its GELU inside the down projection's e4m3 cast and GELU' inside its
-    input-gradient GEMM (`fp8_linear(..., activation="gelu")`): the bf16 GELU output and the
-    GELU's own backward pass never exist. Issue 16's candidate for the model's MLP."""
-
-    def __init__(self, mlp: MLP):
-        super().__init__()
-        self.up, self.down = mlp.up, mlp.down  # the same modules: the same parameters
-
-    def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
-        down = self.down
-        assert down.fp8_grad_scale is not None, "an FP8 model (precision='fp8')"
-        return fp8_linear(
-            self.up(x, x8),
-            down.weight,
-            scale=down.multiplier,
-            grad_scale=down.fp8_grad_scale,
-            activation="gelu",
-        )
-
-
 def replace_hidden_linears(model: GPT, layer_class: type[_TakenOver]) -> None:
     for name, layer in list(hidden_linears(model)):
         parent, _, child = name.rpartition(".")
@@ -226,11 +202,6 @@ def replace_hidden_linears(model: GPT, layer_class: type[_TakenOver]) -> None:
 
 
 def apply_swap(model: GPT, swap: Swap, device: torch.device) -> None:
-    if swap == "gelu-in-cast":
-        for block in model.blocks:
-            assert isinstance(block.mlp, MLP), "the GELU MLP (ModelConfig.mlp='gelu')"
-            block.mlp = GeluInCastMLP(block.mlp)
-        return
     if swap == "scaled-mm":
         replace_hidden_linears(model, ScaledMMLinear)
         return

@@ -67,28 +67,8 @@ def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a.float() @ b.float()
 
 
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    """Exact GELU, x * Phi(x), in fp32: the activation `fp8_linear` can apply to its input.
-
-    Phi is `torch.special.ndtr`, not ``0.5 * (1 + erf(x / sqrt(2)))``: on some CPUs torch's
-    vectorised erf is accurate only to ~1e-5 absolute, which the ``1 + erf`` cancellation turns
-    into a 10% error in the negative tail; ndtr takes erfc there.
-    """
-    x = x.float()
-    return x * torch.special.ndtr(x)
-
-
-def gelu_grad(x: torch.Tensor) -> torch.Tensor:
-    """d GELU / dx in fp32: Phi(x) + x phi(x)."""
-    x = x.float()
-    return torch.special.ndtr(x) + x * torch.exp(-0.5 * x * x) * 0.3989422804014327
-
-
-Activation = Literal["gelu"] | None
-
-
 class _FP8LinearEmulated(torch.autograd.Function):
-    """``y = (e4m3(act(x)) @ e4m3(w).T) * scale`` with e5m2 gradients, computed in fp32."""
+    """``y = (e4m3(x) @ e4m3(w).T) * scale`` with e5m2 gradients, computed in fp32."""
 
     @staticmethod
     def forward(
@@ -97,17 +77,11 @@ class _FP8LinearEmulated(torch.autograd.Function):
         weight: torch.Tensor,
         scale: float,
         grad_scale: float,
-        activation: Activation,
         x8_rows: torch.Tensor | None,
     ) -> torch.Tensor:
-        # The activation's fp32 output goes straight to e4m3, with no rounding to x's dtype
-        # in between (as the fused Triton kernel does).
-        if x8_rows is not None:
-            x8 = x8_rows.view(x.shape)
-        else:
-            x8 = saturating_cast(gelu(x) if activation == "gelu" else x, E4M3)  # (..., K)
+        x8 = x8_rows.view(x.shape) if x8_rows is not None else saturating_cast(x, E4M3)
         w8 = saturating_cast(weight, E4M3)  # (N, K)
-        ctx.save_for_backward(x8, w8, x if activation == "gelu" else None)
+        ctx.save_for_backward(x8, w8)
         ctx.scale, ctx.grad_scale = scale, grad_scale
         ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
         y = _matmul_fp32(x8, w8.t()) * scale  # (..., N)
@@ -115,21 +89,18 @@ class _FP8LinearEmulated(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x8, w8, x_pre = ctx.saved_tensors
+        x8, w8 = ctx.saved_tensors
         # One static factor restores gradients to near unit scale before the e5m2 cast;
         # dividing it out again after the matmul keeps the math that of the true loss.
         g8 = saturating_cast(grad_y.float() * ctx.grad_scale, E5M2)  # (..., N)
         unscale = ctx.scale / ctx.grad_scale
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _matmul_fp32(g8, w8) * unscale  # (..., K), w.r.t. act(x)
-            if x_pre is not None:
-                grad_x = grad_x * gelu_grad(x_pre)
-            grad_x = grad_x.to(ctx.x_dtype)
+            grad_x = (_matmul_fp32(g8, w8) * unscale).to(ctx.x_dtype)  # (..., K)
         if ctx.needs_input_grad[1]:
             g2d, x2d = g8.reshape(-1, g8.shape[-1]), x8.reshape(-1, x8.shape[-1])
             grad_w = (_matmul_fp32(g2d.t(), x2d) * unscale).to(ctx.w_dtype)  # (N, K)
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None
 
 
 def fp8_linear_reference(
@@ -138,23 +109,18 @@ def fp8_linear_reference(
     *,
     scale: float,
     grad_scale: float,
-    activation: Activation = None,
     x8: E4M3Copies | None = None,
 ) -> torch.Tensor:
     """The emulated FP8 linear layer (plain torch, any device); see `fp8_linear`."""
-    _check_inputs(x, activation, x8)
+    _check_inputs(x, x8)
     rows = x8.rows if x8 is not None else None
-    out: torch.Tensor = _FP8LinearEmulated.apply(x, weight, scale, grad_scale, activation, rows)
+    out: torch.Tensor = _FP8LinearEmulated.apply(x, weight, scale, grad_scale, rows)
     return out
 
 
-def _check_inputs(x: torch.Tensor, activation: str | None, x8: E4M3Copies | None) -> None:
-    if activation not in (None, "gelu"):
-        raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
+def _check_inputs(x: torch.Tensor, x8: E4M3Copies | None) -> None:
     if x8 is None:
         return
-    if activation is not None:
-        raise ValueError("x8 holds the casts of x itself: it takes no activation")
     m, k = x.numel() // x.shape[-1], x.shape[-1]
     if x8.rows.shape != (m, k) or x8.cols.shape != (k, m):
         raise ValueError(
@@ -235,7 +201,6 @@ def fp8_linear(
     *,
     scale: float,
     grad_scale: float,
-    activation: Activation = None,
     x8: E4M3Copies | None = None,
 ) -> torch.Tensor:
     """FP8 linear layer without bias: ``(x @ weight.T) * scale`` in e4m3/e5m2, output bf16.
@@ -249,18 +214,10 @@ def fp8_linear(
         scale: the static output multiplier (µS: ``1/sqrt(K)``).
         grad_scale: the static factor applied to the output gradient before its e5m2 cast
             and removed after the backward matmuls.
-        activation: ``"gelu"`` computes ``fp8_linear(gelu(x), ...)`` with the GELU fused into
-            the input's FP8 cast and its gradient into the input-gradient GEMM (an MLP's
-            down projection takes the up projection's output this way); the gradient
-            returned is with respect to ``x``.
         x8: x's e4m3 casts, made ahead (`E4M3Copies`), used in place of casting x; x still
             gives the shape and receives the input gradient.
     """
     if uses_triton(x):
-        _check_inputs(x, activation, x8)
-        return fp8_linear_triton(
-            x, weight, scale=scale, grad_scale=grad_scale, activation=activation, x8=x8
-        )
-    return fp8_linear_reference(
-        x, weight, scale=scale, grad_scale=grad_scale, activation=activation, x8=x8
-    )
+        _check_inputs(x, x8)
+        return fp8_linear_triton(x, weight, scale=scale, grad_scale=grad_scale, x8=x8)
+    return fp8_linear_reference(x, weight, scale=scale, grad_scale=grad_scale, x8=x8)

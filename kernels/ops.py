@@ -39,30 +39,28 @@ PRECISE_ACC = {"forward": False, "dgrad": False, "wgrad": False}
 
 
 @torch.library.custom_op("sweeper::fp8_cast", mutates_args=())
-def fp8_cast(x: torch.Tensor, dtype: torch.dtype, scale: float, activation: str) -> torch.Tensor:
-    """Saturating cast ``fp8(clamp(act(x) * scale))``, same shape, contiguous."""
-    return triton_casts.saturating_cast(x, dtype, scale, activation=activation)
+def fp8_cast(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    """Saturating cast ``fp8(clamp(x * scale))``, same shape, contiguous."""
+    return triton_casts.saturating_cast(x, dtype, scale)
 
 
 @fp8_cast.register_fake
-def _(x: torch.Tensor, dtype: torch.dtype, scale: float, activation: str) -> torch.Tensor:
+def _(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
     return torch.empty(x.shape, device=x.device, dtype=dtype)
 
 
 @torch.library.custom_op("sweeper::fp8_cast_transpose", mutates_args=())
 def fp8_cast_transpose(
-    x: torch.Tensor, dtype: torch.dtype, scale: float, activation: str
+    x: torch.Tensor, dtype: torch.dtype, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Saturating cast of ``act(x)``, 2-D (M, N), as a row-major (M, N) and a (N, M) copy."""
-    y, yt = triton_casts.cast_transpose(x, dtype, scale, activation=activation)
+    """Saturating cast of a 2-D ``x`` (M, N) as a row-major (M, N) and a (N, M) copy."""
+    y, yt = triton_casts.cast_transpose(x, dtype, scale)
     assert y is not None and yt is not None
     return y, yt
 
 
 @fp8_cast_transpose.register_fake
-def _(
-    x: torch.Tensor, dtype: torch.dtype, scale: float, activation: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _(x: torch.Tensor, dtype: torch.dtype, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     m, n = x.shape
     return x.new_empty((m, n), dtype=dtype), x.new_empty((n, m), dtype=dtype)
 
@@ -88,12 +86,9 @@ def fp8_matmul(
     scale: float,
     out_dtype: torch.dtype,
     precise_acc: bool,
-    gelu_grad_of: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``(a @ b.T) * scale [* GELU'(gelu_grad_of)]`` of FP8 ``a`` (M, K), ``b`` (N, K)."""
-    return triton_gemm.fp8_matmul(
-        a, b, scale=scale, out_dtype=out_dtype, precise_acc=precise_acc, gelu_grad_of=gelu_grad_of
-    )
+    """``(a @ b.T) * scale`` of FP8 ``a`` (M, K), ``b`` (N, K)."""
+    return triton_gemm.fp8_matmul(a, b, scale=scale, out_dtype=out_dtype, precise_acc=precise_acc)
 
 
 @fp8_matmul.register_fake
@@ -103,7 +98,6 @@ def _(
     scale: float,
     out_dtype: torch.dtype,
     precise_acc: bool,
-    gelu_grad_of: torch.Tensor | None,
 ) -> torch.Tensor:
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
@@ -111,18 +105,18 @@ def _(
 # Under torch.compile the custom ops; in eager mode the wrappers themselves.
 
 
-def _cast(x: torch.Tensor, dtype: torch.dtype, scale: float, act: str = "") -> torch.Tensor:
+def _cast(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
     if torch.compiler.is_compiling():
-        return fp8_cast(x, dtype, scale, act)
-    return triton_casts.saturating_cast(x, dtype, scale, activation=act)
+        return fp8_cast(x, dtype, scale)
+    return triton_casts.saturating_cast(x, dtype, scale)
 
 
 def _cast_transpose(
-    x: torch.Tensor, dtype: torch.dtype, scale: float, act: str = ""
+    x: torch.Tensor, dtype: torch.dtype, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if torch.compiler.is_compiling():
-        return fp8_cast_transpose(x, dtype, scale, act)
-    y, yt = triton_casts.cast_transpose(x, dtype, scale, activation=act)
+        return fp8_cast_transpose(x, dtype, scale)
+    y, yt = triton_casts.cast_transpose(x, dtype, scale)
     assert y is not None and yt is not None
     return y, yt
 
@@ -136,18 +130,11 @@ def _transpose_cast(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.
 
 
 def _matmul(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    scale: float,
-    out_dtype: torch.dtype,
-    precise_acc: bool,
-    gelu_grad_of: torch.Tensor | None = None,
+    a: torch.Tensor, b: torch.Tensor, scale: float, out_dtype: torch.dtype, precise_acc: bool
 ) -> torch.Tensor:
     if torch.compiler.is_compiling():
-        return fp8_matmul(a, b, scale, out_dtype, precise_acc, gelu_grad_of)
-    return triton_gemm.fp8_matmul(
-        a, b, scale=scale, out_dtype=out_dtype, precise_acc=precise_acc, gelu_grad_of=gelu_grad_of
-    )
+        return fp8_matmul(a, b, scale, out_dtype, precise_acc)
+    return triton_gemm.fp8_matmul(a, b, scale=scale, out_dtype=out_dtype, precise_acc=precise_acc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,13 +143,11 @@ def _matmul(
 
 
 class FP8LinearTriton(torch.autograd.Function):
-    """``y = (e4m3(act(x)) @ e4m3(w).T) * scale`` in bf16, e5m2 gradients; see `kernels.fp8`.
+    """``y = (e4m3(x) @ e4m3(w).T) * scale`` in bf16, e5m2 gradients; see `kernels.fp8`.
 
     Forward writes, next to the row-major FP8 operands of its GEMM, the transposed copies
     that the backward GEMMs need (x for the weight gradient, w for the input gradient), in
-    the same pass over x and w. They are what is saved: one byte per element. With
-    ``act="gelu"`` the GELU runs inside that cast (its bf16 output never exists) and its
-    gradient inside the input-gradient GEMM's epilogue; x itself is then saved too. Given
+    the same pass over x and w. They are what is saved: one byte per element. Given
     ``x8_rows`` and ``x8_cols`` (x's casts, made by the kernel that wrote x: `E4M3Copies`),
     x is not cast again.
     """
@@ -174,7 +159,6 @@ class FP8LinearTriton(torch.autograd.Function):
         weight: torch.Tensor,
         scale: float,
         grad_scale: float,
-        act: str,
         x8_rows: torch.Tensor | None,
         x8_cols: torch.Tensor | None,
     ) -> torch.Tensor:
@@ -190,12 +174,12 @@ class FP8LinearTriton(torch.autograd.Function):
         if x8_rows is not None and x8_cols is not None:
             x8, x8t = x8_rows, x8_cols
         elif need_wgrad:
-            x8, x8t = _cast_transpose(x2d, E4M3, 1.0, act)  # (M, K), (K, M)
+            x8, x8t = _cast_transpose(x2d, E4M3, 1.0)  # (M, K), (K, M)
         else:
-            x8 = _cast(x2d, E4M3, 1.0, act)
+            x8 = _cast(x2d, E4M3, 1.0)
         overlap.join(side, *(t for t in (w8, w8t) if t is not None))
         y = _matmul(x8, w8, scale, torch.bfloat16, PRECISE_ACC["forward"])  # (M, N)
-        ctx.save_for_backward(x8t, w8t, x2d if act and need_dgrad else None)
+        ctx.save_for_backward(x8t, w8t)
         # The weight gradient may leave the current stream only where autograd will store
         # it as it is, without a kernel of its own (see kernels.overlap).
         ctx.wgrad_beside = need_wgrad and weight.grad is None
@@ -205,7 +189,7 @@ class FP8LinearTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x8t, w8t, x2d = ctx.saved_tensors
+        x8t, w8t = ctx.saved_tensors
         need_dgrad, need_wgrad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         g2d = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
         # The static grad_scale lifts the gradient out of e5m2's underflow before the cast;
@@ -228,10 +212,9 @@ class FP8LinearTriton(torch.autograd.Function):
             overlap.join_later(side, grad_w)
         if need_dgrad:
             assert g8 is not None
-            # (M, K); with a GELU, GELU'(x) multiplies in the epilogue
-            grad_x = _matmul(g8, w8t, unscale, ctx.x_dtype, PRECISE_ACC["dgrad"], x2d)
+            grad_x = _matmul(g8, w8t, unscale, ctx.x_dtype, PRECISE_ACC["dgrad"])  # (M, K)
             grad_x = grad_x.reshape(ctx.x_shape)
-        return grad_x, grad_w, None, None, None, None, None
+        return grad_x, grad_w, None, None, None, None
 
 
 def fp8_linear_triton(
@@ -240,20 +223,18 @@ def fp8_linear_triton(
     *,
     scale: float,
     grad_scale: float,
-    activation: str | None = None,
     x8: E4M3Copies | None = None,
 ) -> torch.Tensor:
     """The Triton FP8 linear layer; `kernels.fp8_linear` dispatches here on CUDA."""
-    act = activation or ""
     rows, cols = x8 if x8 is not None else (None, None)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        out: torch.Tensor = FP8LinearTriton.apply(x, weight, scale, grad_scale, act, rows, cols)
+        out: torch.Tensor = FP8LinearTriton.apply(x, weight, scale, grad_scale, rows, cols)
         return out
     # No graph to record (evaluation): no transposed copies, nothing saved.
     side = overlap.side_stream(x.device)
     with overlap.beside(side):
         w8 = _cast(weight, E4M3, 1.0)
-    x8_rows = rows if rows is not None else _cast(x.reshape(-1, x.shape[-1]), E4M3, 1.0, act)
+    x8_rows = rows if rows is not None else _cast(x.reshape(-1, x.shape[-1]), E4M3, 1.0)
     overlap.join(side, w8)
     y = _matmul(x8_rows, w8, scale, torch.bfloat16, PRECISE_ACC["forward"])
     return y.reshape(*x.shape[:-1], weight.shape[0])

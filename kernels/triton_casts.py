@@ -3,7 +3,6 @@
 Under µS no operand needs a dynamic scale, so a cast is one read and one write, no amax:
 
 * ``saturating_cast_kernel``: ``fp8(clamp(x * scale, ±max))`` over a flat tensor.
-  Optionally GELU first (an MLP's hidden activation, computed in fp32 and cast at once).
 * ``_cast_transpose_kernel``: the same cast over a 2-D tile, written row-major *and*
   transposed in one pass. Hopper's FP8 tensor cores take both operands K-major only, so each
   backward GEMM needs one operand transposed; producing it while the tile is in registers
@@ -21,8 +20,12 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.formats import E4M3, E5M2
 from kernels.triton_launch import INTERPRET, check_device, fp8_max, launch_tuned
 from kernels.tuning import Tuner
+
+# Triton's names of the FP8 formats, for the codes a kernel stores as bytes
+_TRITON_FP8 = {E4M3: tl.float8e4nv, E5M2: tl.float8e5}
 
 
 @triton.jit
@@ -30,21 +33,6 @@ def _saturate(x, FP8_MAX: tl.constexpr):
     # Clamp instead of trusting the conversion: a plain cast turns overflow into NaN (e4m3fn)
     # or inf (e5m2). NaN must stay NaN, as in torch's clamp, so propagate it explicitly.
     return tl.clamp(x, -FP8_MAX, FP8_MAX, propagate_nan=tl.PropagateNan.ALL)
-
-
-# Its derivative, for the backward, is `kernels.triton_gemm._gelu_grad` (a GEMM epilogue).
-@triton.jit
-def _gelu(x):
-    # Exact (erf) GELU, as torch's default: x * Phi(x).
-    return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
-
-
-@triton.jit
-def _activate(x, ACTIVATION: tl.constexpr):
-    if ACTIVATION == "gelu":
-        return _gelu(x)
-    else:
-        return x
 
 
 @triton.jit
@@ -56,15 +44,14 @@ def saturating_cast_kernel(
     n_elements,
     # Static multiplier applied in fp32 before the cast (the backward's gradient scale)
     scale,
-    # Meta-parameters. ACTIVATION ("" or "gelu") is applied in fp32 before the scale.
+    # Meta-parameters
     FP8_MAX: tl.constexpr,
-    ACTIVATION: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
     pid = tl.program_id(axis=0).to(tl.int64)  # int64: a (16384, 32768) tensor exceeds 2**31
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
-    x = _activate(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32), ACTIVATION)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     y = _saturate(x * scale, FP8_MAX)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -81,6 +68,7 @@ def _cast_transpose_configs() -> list[triton.Config]:
 @triton.jit
 def _cast_transpose_kernel(
     # Pointers: input (M, N) with any strides; FP8 outputs (M, N) and (N, M), contiguous
+    # (as their uint8 codes where READ_BACK)
     x_ptr,
     y_ptr,
     yt_ptr,
@@ -92,12 +80,12 @@ def _cast_transpose_kernel(
     stride_xn,
     # Static multiplier applied in fp32 before the cast
     scale,
-    # Meta-parameters. ACTIVATION ("" or "gelu") is applied in fp32 before the scale: the
-    # GELU output goes to FP8 without a round trip through memory in bf16.
+    # Meta-parameters
     FP8_MAX: tl.constexpr,
-    ACTIVATION: tl.constexpr,
     WRITE_Y: tl.constexpr,
     WRITE_YT: tl.constexpr,
+    READ_BACK: tl.constexpr,  # yt from y's stored tile, not from registers (fp32 inputs)
+    FP8_DTYPE: tl.constexpr,  # y's element type, for its codes where READ_BACK
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -109,41 +97,38 @@ def _cast_transpose_kernel(
     x = tl.load(
         x_ptr + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xn, mask=mask, other=0.0
     )
-    x = _activate(x.to(tl.float32), ACTIVATION)
-    y = _saturate(x * scale, FP8_MAX)  # (BM, BN), fp32, exact FP8 values
-    if WRITE_Y:
-        tl.store(
-            y_ptr + offs_m[:, None] * N + offs_n[None, :], y.to(yt_ptr.dtype.element_ty), mask=mask
-        )
-    if WRITE_YT:
-        # The transposed tile goes out through shared memory (Triton inserts the layout
-        # conversion), so both stores stay coalesced. Its mask is built from the offsets
-        # rather than transposed. (fp32 inputs take a detour: see cast_transpose.)
-        mask_t = (offs_n[:, None] < N) & (offs_m[None, :] < M)
-        yt = tl.trans(y).to(yt_ptr.dtype.element_ty)  # (BN, BM)
-        tl.store(yt_ptr + offs_n[:, None] * M + offs_m[None, :], yt, mask=mask_t)
+    y = _saturate(x.to(tl.float32) * scale, FP8_MAX)  # (BM, BN), fp32, exact FP8 values
+    y_offs = offs_m[:, None] * N + offs_n[None, :]
+    # The transposed tile's mask is built from the offsets rather than transposed.
+    mask_t = (offs_n[:, None] < N) & (offs_m[None, :] < M)
+    yt_offs = offs_n[:, None] * M + offs_m[None, :]
+    if READ_BACK:
+        # With triton 3.6 on an H100 the transposed store of a tile computed from an fp32
+        # input wrote wrong elements with every config (bf16 inputs: exact). As in
+        # `kernels.triton_norm`'s forward: y's codes are stored (y is scratch where only yt
+        # is asked for), and after a CTA barrier the tile is read back (L2) and stored
+        # transposed.
+        codes = y.to(FP8_DTYPE).to(tl.uint8, bitcast=True)
+        tl.store(y_ptr + y_offs, codes, mask=mask)
+        tl.debug_barrier()  # every thread's y stores are visible to the program
+        back = tl.load(y_ptr + y_offs, mask=mask, other=0)
+        tl.store(yt_ptr + yt_offs, tl.trans(back), mask=mask_t)
+    else:
+        if WRITE_Y:
+            tl.store(y_ptr + y_offs, y.to(yt_ptr.dtype.element_ty), mask=mask)
+        if WRITE_YT:
+            # The transposed tile goes out through shared memory (Triton inserts the layout
+            # conversion), so both stores stay coalesced.
+            yt = tl.trans(y).to(yt_ptr.dtype.element_ty)  # (BN, BM)
+            tl.store(yt_ptr + yt_offs, yt, mask=mask_t)
 
 
 CAST_TRANSPOSE = Tuner("cast_transpose", _cast_transpose_kernel, _cast_transpose_configs())
 
 
-ACTIVATIONS = ("", "gelu")
-
-
-def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-
-
-def saturating_cast(
-    x: torch.Tensor, dtype: torch.dtype, scale: float = 1.0, *, activation: str = ""
-) -> torch.Tensor:
-    """``fp8(clamp(act(x) * scale, ±max))`` of any float tensor, same shape, contiguous.
-
-    ``activation``: ``""`` (none) or ``"gelu"`` (exact GELU, computed in fp32).
-    """
+def saturating_cast(x: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """``fp8(clamp(x * scale, ±max))`` of any float tensor, same shape, contiguous."""
     check_device(x)
-    _check_activation(activation)
     limit = fp8_max(dtype)
     x = x.contiguous()
     y = torch.empty(x.shape, device=x.device, dtype=dtype)
@@ -158,7 +143,6 @@ def saturating_cast(
         n,
         scale,
         FP8_MAX=limit,
-        ACTIVATION=activation,
         BLOCK_SIZE=block,
         num_warps=1 if INTERPRET else 8,
     )
@@ -170,50 +154,49 @@ def cast_transpose(
     dtype: torch.dtype,
     scale: float = 1.0,
     *,
-    activation: str = "",
     rows: bool = True,
     cols: bool = True,
     config: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Saturating cast of ``act(x) * scale`` for a 2-D ``x`` (M, N), as ``(y, yt)`` in one pass.
+    """Saturating cast of ``x * scale`` for a 2-D ``x`` (M, N), as ``(y, yt)`` in one pass.
 
     ``y`` is the row-major (M, N) copy and ``yt`` the transposed (N, M) one, both contiguous;
-    ``rows=False`` or ``cols=False`` skips writing (and allocating) one of them. ``activation``
-    is ``""`` or ``"gelu"``. ``config`` (BLOCK_M, BLOCK_N, num_warps) runs those
-    meta-parameters instead of autotuning.
+    ``rows=False`` or ``cols=False`` skips writing (and allocating) one of them. ``config``
+    (BLOCK_M, BLOCK_N, num_warps) runs those meta-parameters instead of autotuning.
     """
     check_device(x)
-    _check_activation(activation)
     if x.ndim != 2:
         raise ValueError(f"cast_transpose takes a 2-D tensor, got shape {tuple(x.shape)}")
     if not (rows or cols):
         raise ValueError("nothing to write: rows and cols are both False")
     limit = fp8_max(dtype)
     M, N = x.shape
-    if cols and x.element_size() == 4 and not INTERPRET:
-        # Workaround: with triton 3.6 on an H100 the transposed store of this kernel wrote
-        # wrong elements for fp32 inputs, with every config (bf16 inputs: bit-exact with
-        # all). The row-major FP8 copy is exact in bf16, so the transposed copy is made from
-        # it by the bf16 path: one extra pass over 3 bytes per element, bit-exact.
-        y, _ = cast_transpose(x, dtype, scale, activation=activation, cols=False, config=config)
-        assert y is not None
-        _, yt = cast_transpose(y.to(torch.bfloat16), dtype, 1.0, rows=False, config=config)
-        return (y if rows else None), yt
-    y = torch.empty((M, N), device=x.device, dtype=dtype) if rows else None
+    # fp32 inputs take yt from y's stored tile (see the kernel): y is written wherever yt is
+    read_back = cols and x.element_size() == 4
+    y = torch.empty((M, N), device=x.device, dtype=dtype) if rows or read_back else None
     yt = torch.empty((N, M), device=x.device, dtype=dtype) if cols else None
     if x.numel() == 0:
-        return y, yt
+        return (y if rows else None), yt
     y_arg = y if y is not None else yt
     yt_arg = yt if yt is not None else y
+    assert y_arg is not None and yt_arg is not None
+    if read_back:  # bytes: the read-back tile is codes
+        y_arg, yt_arg = y_arg.view(torch.uint8), yt_arg.view(torch.uint8)
     args = (x, y_arg, yt_arg, M, N, x.stride(0), x.stride(1), scale)
-    meta = {"FP8_MAX": limit, "ACTIVATION": activation, "WRITE_Y": rows, "WRITE_YT": cols}
+    meta = {
+        "FP8_MAX": limit,
+        "FP8_DTYPE": _TRITON_FP8[dtype],
+        "WRITE_Y": rows,
+        "WRITE_YT": cols,
+        "READ_BACK": read_back,
+    }
 
     def launch(config: dict[str, Any], *, warmup: bool = False) -> None:
         grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]))
         _cast_transpose_kernel.run(*args, grid=grid, warmup=warmup, **meta, **config)
 
-    key = (M, N, x.dtype, dtype, x.stride(1) == 1, activation, rows, cols)
+    key = (M, N, x.dtype, dtype, x.stride(1) == 1, rows, cols)
     launch_tuned(
         CAST_TRANSPOSE, key, launch, config, interpreter_config={"BLOCK_M": 32, "BLOCK_N": 32}
     )
-    return y, yt
+    return (y if rows else None), yt

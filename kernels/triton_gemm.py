@@ -2,8 +2,7 @@
 
 A ``(M, K)`` and B ``(N, K)`` are both K-contiguous FP8 operands (e4m3 or e5m2), accumulated
 in fp32, with the static scale and the output cast (bf16 activations, fp32 weight gradients)
-fused into the epilogue, optionally times GELU'(aux) (the GELU's backward, fused into the
-input-gradient GEMM). Two kernels in the shape of the Triton tutorials
+fused into the epilogue. Two kernels in the shape of the Triton tutorials
 (``03-matrix-multiplication``, ``09-persistent-matmul``):
 
 * ``_fp8_matmul_tma_persistent_kernel``: persistent, operands through TMA descriptors
@@ -12,7 +11,7 @@ input-gradient GEMM). Two kernels in the shape of the Triton tutorials
   interpreter).
 
 `fp8_matmul` checks, allocates and launches one of them, or ``torch._scaled_mm`` (cuBLAS)
-where that is faster for a product without epilogue (`GEMM_LIBRARY`). Each kernel's tiles
+where that is faster at the shape (`GEMM_LIBRARY`). Each kernel's tiles
 are chosen per shape by its tuner (`kernels.triton_launch.launch_tuned`).
 """
 
@@ -31,15 +30,6 @@ from kernels.triton_launch import INTERPRET, Meta, check_device, launch_tuned
 from kernels.tuning import Tuner
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-
-# The derivative of `kernels.triton_casts._gelu`, the GELU the forward casts apply.
-@triton.jit
-def _gelu_grad(x):
-    # d/dx [x Phi(x)] = Phi(x) + x phi(x)
-    cdf = 0.5 * (1.0 + tl.erf(x * 0.7071067811865476))
-    pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327
-    return cdf + x * pdf
 
 
 @triton.jit
@@ -84,12 +74,10 @@ def _matmul_configs() -> list[triton.Config]:
 
 @triton.jit
 def _fp8_matmul_kernel(
-    # Pointers: A (M, K) and B (N, K) in FP8, C (M, N) in the output dtype, and AUX (M, N)
-    # with C's strides, read by the epilogue (the GELU input for EPILOGUE="gelu_grad")
+    # Pointers: A (M, K) and B (N, K) in FP8, C (M, N) in the output dtype
     a_ptr,
     b_ptr,
     c_ptr,
-    aux_ptr,
     # Sizes
     M,
     N,
@@ -104,7 +92,6 @@ def _fp8_matmul_kernel(
     # Static output multiplier, applied to the fp32 accumulator before the output cast
     scale,
     # Meta-parameters
-    EPILOGUE: tl.constexpr,
     PRECISE_ACC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -138,8 +125,6 @@ def _fp8_matmul_kernel(
     c_offs = offs_cm[:, None] * stride_cm + offs_cn[None, :] * stride_cn
     c_mask = (offs_cm[:, None] < M) & (offs_cn[None, :] < N)
     c = acc * scale
-    if EPILOGUE == "gelu_grad":
-        c = c * _gelu_grad(tl.load(aux_ptr + c_offs, mask=c_mask, other=0.0).to(tl.float32))
     tl.store(c_ptr + c_offs, c.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
@@ -174,12 +159,10 @@ def _matmul_tma_configs() -> list[triton.Config]:
 
 @triton.jit
 def _fp8_matmul_tma_persistent_kernel(
-    # TMA descriptors: A (M, K) and B (N, K) in FP8, C (M, N) in the output dtype, and AUX
-    # (M, N) read by the epilogue (the GELU input for EPILOGUE="gelu_grad"; else C again)
+    # TMA descriptors: A (M, K) and B (N, K) in FP8, C (M, N) in the output dtype
     a_desc,
     b_desc,
     c_desc,
-    aux_desc,
     # Sizes
     M,
     N,
@@ -187,7 +170,6 @@ def _fp8_matmul_tma_persistent_kernel(
     # Static output multiplier, applied to the fp32 accumulator before the output cast
     scale,
     # Meta-parameters
-    EPILOGUE: tl.constexpr,
     PRECISE_ACC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -232,12 +214,12 @@ def _fp8_matmul_tma_persistent_kernel(
         # buffer of the TMA store (a 128 x 256 fp32 tile is 128 KiB), leaving room for
         # deeper operand pipelining.
         if EPILOGUE_SPLIT == 1:
-            _store_slice(c_desc, aux_desc, acc, offs_cm, offs_cn, EPILOGUE)
+            c_desc.store([offs_cm, offs_cn], acc.to(c_desc.dtype))
         elif EPILOGUE_SPLIT == 2:
             acc = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
             acc0, acc1 = tl.split(acc)
-            _store_slice(c_desc, aux_desc, acc0, offs_cm, offs_cn, EPILOGUE)
-            _store_slice(c_desc, aux_desc, acc1, offs_cm, offs_cn + BLOCK_N // 2, EPILOGUE)
+            c_desc.store([offs_cm, offs_cn], acc0.to(c_desc.dtype))
+            c_desc.store([offs_cm, offs_cn + BLOCK_N // 2], acc1.to(c_desc.dtype))
         else:
             tl.static_assert(EPILOGUE_SPLIT == 4, "EPILOGUE_SPLIT must be 1, 2 or 4")
             acc = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
@@ -247,19 +229,10 @@ def _fp8_matmul_tma_persistent_kernel(
             acc0, acc1 = tl.split(left)
             acc2, acc3 = tl.split(right)
             q = BLOCK_N // 4
-            _store_slice(c_desc, aux_desc, acc0, offs_cm, offs_cn, EPILOGUE)
-            _store_slice(c_desc, aux_desc, acc1, offs_cm, offs_cn + q, EPILOGUE)
-            _store_slice(c_desc, aux_desc, acc2, offs_cm, offs_cn + 2 * q, EPILOGUE)
-            _store_slice(c_desc, aux_desc, acc3, offs_cm, offs_cn + 3 * q, EPILOGUE)
-
-
-@triton.jit
-def _store_slice(c_desc, aux_desc, c, offs_m, offs_n, EPILOGUE: tl.constexpr):
-    # c: an fp32 slice of the scaled accumulator; the GELU gradient multiplies in here so
-    # that the layer below gets d loss / d (GELU input) without another pass over memory.
-    if EPILOGUE == "gelu_grad":
-        c = c * _gelu_grad(aux_desc.load([offs_m, offs_n]).to(tl.float32))
-    c_desc.store([offs_m, offs_n], c.to(c_desc.dtype))
+            c_desc.store([offs_cm, offs_cn], acc0.to(c_desc.dtype))
+            c_desc.store([offs_cm, offs_cn + q], acc1.to(c_desc.dtype))
+            c_desc.store([offs_cm, offs_cn + 2 * q], acc2.to(c_desc.dtype))
+            c_desc.store([offs_cm, offs_cn + 3 * q], acc3.to(c_desc.dtype))
 
 
 FP8_MATMUL_TMA = Tuner("fp8_matmul_tma", _fp8_matmul_tma_persistent_kernel, _matmul_tma_configs())
@@ -295,7 +268,6 @@ def fp8_matmul(
     scale: float = 1.0,
     out_dtype: torch.dtype = torch.bfloat16,
     out: torch.Tensor | None = None,
-    gelu_grad_of: torch.Tensor | None = None,
     precise_acc: bool = False,
     kernel: str = "auto",
     config: dict[str, Any] | None = None,
@@ -306,16 +278,13 @@ def fp8_matmul(
         scale: static multiplier fused into the epilogue.
         out_dtype: bf16 / fp16 / fp32; the output cast is fused into the epilogue too.
         out: optional preallocated (M, N) output, contiguous, of ``out_dtype``.
-        gelu_grad_of: optional (M, N) tensor ``h``; the epilogue then multiplies by
-            ``GELU'(h)``: the product is a gradient with respect to the output of ``GELU(h)``,
-            and the result the gradient with respect to ``h``.
         precise_acc: promote the tensor cores' partial sums to fp32 every BLOCK_K products.
         kernel: ``"tma"`` (persistent, Hopper), ``"simple"`` (pointer loads), ``"cublas"``
-            (``torch._scaled_mm``: the same FP8 products, accumulation and epilogue scale; no
-            GELU epilogue), or ``"auto"``: TMA where the device and the operands' alignment
-            allow it, and for a product without epilogue whichever of TMA and cuBLAS is
-            faster at this shape (timed once per machine: cuBLAS splits the long reductions
-            of the proxies' weight gradients, which a persistent tile loop cannot).
+            (``torch._scaled_mm``: the same FP8 products, accumulation and epilogue scale), or
+            ``"auto"``: TMA where the device and the operands' alignment allow it, and
+            whichever of TMA and cuBLAS is faster at this shape (timed once per machine:
+            cuBLAS splits the long reductions of the proxies' weight gradients, which a
+            persistent tile loop cannot).
         config: run these meta-parameters instead of autotuning (benchmarks, interpreter):
             BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages (+ EPILOGUE_SPLIT and
             WARP_SPECIALIZE for the TMA kernel).
@@ -337,10 +306,6 @@ def fp8_matmul(
         out = torch.empty((M, N), device=a.device, dtype=out_dtype)
     elif out.shape != (M, N) or out.dtype != out_dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous ({M}, {N}) {out_dtype} tensor")
-    if gelu_grad_of is not None:
-        if gelu_grad_of.shape != (M, N):
-            raise ValueError(f"gelu_grad_of must have the output's shape ({M}, {N})")
-        gelu_grad_of = gelu_grad_of.contiguous()
     if M == 0 or N == 0:
         return out
     if K == 0:
@@ -348,21 +313,19 @@ def fp8_matmul(
 
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    aux = out if gelu_grad_of is None else gelu_grad_of
-    if kernel == "tma" and not _tma_aligned(a, b, out, aux):
+    if kernel == "tma" and not _tma_aligned(a, b, out):
         raise ValueError("the TMA kernel needs 16-byte aligned rows: K % 16 == 0 and N * bytes")
-    epilogue = "" if gelu_grad_of is None else "gelu_grad"
     if kernel == "cublas":
-        if epilogue or not _cublas_ok(a, b):
-            raise ValueError("cuBLAS takes no epilogue and needs M, N, K multiples of 16")
+        if not _cublas_ok(a, b):
+            raise ValueError("cuBLAS needs M, N, K multiples of 16")
         _launch_cublas(a, b, out, scale, precise_acc)
         return out
-    use_tma = kernel == "tma" or (kernel == "auto" and _tma_ok(a, b, out, aux))
+    use_tma = kernel == "tma" or (kernel == "auto" and _tma_ok(a, b, out))
 
     def launch_triton() -> None:
-        _launch_triton(a, b, out, aux, scale, epilogue, precise_acc, config, tma=use_tma)
+        _launch_triton(a, b, out, scale, precise_acc, config, tma=use_tma)
 
-    if kernel == "auto" and use_tma and not epilogue and _cublas_ok(a, b):
+    if kernel == "auto" and use_tma and _cublas_ok(a, b):
         key = (M, N, K, a.dtype, b.dtype, out_dtype, precise_acc)
         choice = GEMM_LIBRARY.config(
             key,
@@ -380,7 +343,7 @@ def fp8_matmul(
 
 
 KERNELS = ("auto", "tma", "simple", "cublas")
-# Which library runs a product without epilogue, per shape: our TMA kernel or cuBLAS. The
+# Which library runs a product, per shape: our TMA kernel or cuBLAS. The
 # "config" is only a label; each side's own tuning happens inside its first timed launch.
 GEMM_LIBRARY = Tuner(
     "fp8_gemm_library",
@@ -424,9 +387,7 @@ def _launch_triton(
     a: torch.Tensor,
     b: torch.Tensor,
     c: torch.Tensor,
-    aux: torch.Tensor,
     scale: float,
-    epilogue: str,
     precise_acc: bool,
     config: Meta | None,
     *,
@@ -435,12 +396,12 @@ def _launch_triton(
     """The TMA or the pointer kernel into ``c``, with ``config`` or its tuner's choice."""
     M, K = a.shape
     N = b.shape[0]
-    meta = {"EPILOGUE": epilogue, "PRECISE_ACC": precise_acc}
+    meta = {"PRECISE_ACC": precise_acc}
 
     def launch_simple(config: Meta, *, warmup: bool = False) -> None:
         grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
         strides = (*a.stride(), *b.stride(), *c.stride())
-        args = (a, b, c, aux, M, N, K, *strides, scale)
+        args = (a, b, c, M, N, K, *strides, scale)
         _fp8_matmul_kernel.run(*args, grid=grid, warmup=warmup, **meta, **config)
 
     def launch_tma(config: Meta, *, warmup: bool = False) -> None:
@@ -453,7 +414,6 @@ def _launch_triton(
             TensorDescriptor.from_tensor(a, [bm, bk]),
             TensorDescriptor.from_tensor(b, [bn, bk]),
             TensorDescriptor.from_tensor(c, c_box),
-            TensorDescriptor.from_tensor(aux, c_box),
         )
         grid = (min(num_sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)),)
         _fp8_matmul_tma_persistent_kernel.run(
@@ -461,5 +421,5 @@ def _launch_triton(
         )
 
     tuner, launch = (FP8_MATMUL_TMA, launch_tma) if tma else (FP8_MATMUL_SIMPLE, launch_simple)
-    key = (M, N, K, a.dtype, b.dtype, c.dtype, epilogue, precise_acc)
+    key = (M, N, K, a.dtype, b.dtype, c.dtype, precise_acc)
     launch_tuned(tuner, key, launch, config, interpreter_config=_INTERPRETER_TILES)

@@ -16,10 +16,8 @@ from torch import nn
 from benchmarks.train_throughput import (
     SHAPES,
     TINY,
-    GeluInCastMLP,
     NNLinear,
     ScaledMMLinear,
-    apply_swap,
     check_optimizer_holds_every_parameter,
     estimated_peak_gib,
     flops_per_token,
@@ -129,22 +127,6 @@ def test_swapped_layers_keep_the_weights_the_optimizer_steps(layer_class: type) 
     if layer_class is NNLinear:  # the torchao wrapper computes the layer it replaces
         for name, y in expected.items():
             torch.testing.assert_close(swapped[name](x), y)
-
-
-def test_gelu_in_cast_computes_the_model_s_mlp_on_the_same_parameters() -> None:
-    config = train_config(_tiny_spec("fp8-compiled-gelu-in-cast"))
-    model = build_model(config, torch.device("cpu"))  # FP8, the emulation
-    tokens = torch.randint(0, config.model.vocab_size, (2, config.model.seq_len))
-    before = model(tokens)
-    parameters = list(model.parameters())
-    apply_swap(model, "gelu-in-cast", torch.device("cpu"))
-    assert all(isinstance(block.mlp, GeluInCastMLP) for block in model.blocks)
-    assert list(model.parameters()) == parameters
-    # the same GELU of the same (bf16) up projection, cast to e4m3 from fp32 instead of from
-    # F.gelu's bf16 output: values the bf16 rounding moves across an e4m3 code boundary
-    # differ by one step (measured 1.1% of the logits' norm; no GELU at all: ~100%)
-    after = model(tokens)
-    assert (after - before).norm() / before.norm() < 2**-5
 
 
 def test_a_parameter_outside_the_optimizer_is_an_error() -> None:

@@ -141,43 +141,13 @@ def test_compiled_matches_eager() -> None:
     assert torch.equal(x.grad, gx) and torch.equal(w.grad, gw)
 
 
-def test_gelu_and_its_gradient_match_float64_math() -> None:
-    x = torch.randn(10_000) * 3
-    # An independent float64 reference from the standard library's erfc (torch's own fp32
-    # erf is a vectorised approximation whose accuracy in the tail depends on the CPU).
-    phi = torch.tensor(
-        [0.5 * math.erfc(-v / math.sqrt(2.0)) for v in x.tolist()], dtype=torch.float64
-    )
-    pdf = torch.exp(-0.5 * x.double() ** 2) / math.sqrt(2.0 * math.pi)
-    assert torch.allclose(kernels.fp8.gelu(x).double(), x * phi, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(kernels.fp8.gelu_grad(x).double(), phi + x * pdf, rtol=1e-5, atol=1e-6)
-
-
-def test_reference_gelu_activation_is_the_composition() -> None:
-    """fp8_linear(x, activation="gelu") == fp8_linear(gelu(x)) with autograd through gelu."""
-    x0 = torch.randn(64, 128)
-    w = torch.randn(32, 128, requires_grad=True)
-    g = torch.randn(64, 32).to(torch.bfloat16)
-    x = x0.clone().requires_grad_()
-    y = fp8_linear_reference(x, w, scale=128**-0.5, grad_scale=8.0, activation="gelu")
-    y.backward(g)
-    x_ref = x0.clone().requires_grad_()
-    w_ref = w.detach().clone().requires_grad_()
-    y_ref = fp8_linear_reference(kernels.fp8.gelu(x_ref), w_ref, scale=128**-0.5, grad_scale=8.0)
-    y_ref.backward(g)
-    assert x.grad is not None and x_ref.grad is not None and w.grad is not None
-    assert torch.equal(y, y_ref)
-    assert torch.allclose(x.grad, x_ref.grad, rtol=1e-5, atol=1e-7)
-    assert torch.equal(w.grad, w_ref.grad)
-
-
 def test_reference_gelu_mlp_against_bf16() -> None:
     x = torch.randn(256, 128, requires_grad=True)
     w1 = torch.randn(512, 128, requires_grad=True)
     w2 = torch.randn(128, 512, requires_grad=True)
     g = torch.randn(256, 128)
     h = fp8_linear_reference(x, w1, scale=128**-0.5, grad_scale=1.0)
-    y = fp8_linear_reference(h, w2, scale=512**-0.5, grad_scale=1.0, activation="gelu")
+    y = fp8_linear_reference(torch.nn.functional.gelu(h), w2, scale=512**-0.5, grad_scale=1.0)
     y.backward(g)
     xb, w1b, w2b = (t.detach().bfloat16().requires_grad_() for t in (x, w1, w2))
     hb = torch.nn.functional.linear(xb, w1b) * 128**-0.5
@@ -189,22 +159,11 @@ def test_reference_gelu_mlp_against_bf16() -> None:
     assert rel_err(w1.grad, w1b.grad) < GRAD_W_VS_BF16 * 1.5
 
 
-def test_activation_must_be_known() -> None:
-    with pytest.raises(ValueError, match="activation"):
-        kernels.fp8_linear(
-            torch.randn(4, 8),
-            torch.randn(4, 8),
-            scale=1.0,
-            grad_scale=1.0,
-            activation="relu",  # type: ignore[arg-type]
-        )
-
-
 def test_casts_made_ahead_are_used_and_checked() -> None:
     """``x8``, x's casts from its producer, stand in for the layer's own cast of x: same
     output and weight gradient for the right casts, another output for other bytes (so they
-    are read, not recomputed); x still takes the input gradient. Casts of another shape, or
-    with an activation, are an error."""
+    are read, not recomputed); x still takes the input gradient. Casts of another shape are
+    an error."""
     x = torch.randn(3, 5, 64, requires_grad=True)
     w = torch.randn(32, 64, requires_grad=True)
     rows = saturating_cast(x.detach().flatten(0, 1), E4M3)
@@ -222,5 +181,3 @@ def test_casts_made_ahead_are_used_and_checked() -> None:
     assert not torch.equal(other, own)
     with pytest.raises(ValueError, match="x8 must be"):
         fp8_linear_reference(x, w, scale=1.0, grad_scale=1.0, x8=kernels.E4M3Copies(rows, rows))
-    with pytest.raises(ValueError, match="no activation"):
-        fp8_linear_reference(x, w, scale=1.0, grad_scale=1.0, x8=x8, activation="gelu")

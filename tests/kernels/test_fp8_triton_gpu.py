@@ -293,7 +293,7 @@ def test_fp8_linear_compiled_matches_eager() -> None:
 
     def block(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
         h = kernels.fp8_linear(x, w1, scale=512**-0.5, grad_scale=1024.0) * 2.0
-        return kernels.fp8_linear(h, w2, scale=1024**-0.5, grad_scale=1024.0, activation="gelu")
+        return kernels.fp8_linear(h, w2, scale=1024**-0.5, grad_scale=1024.0)
 
     params = (x, w1, w2)
     y = block(*params)
@@ -317,62 +317,3 @@ def test_fp8_linear_under_autocast_and_no_grad() -> None:
         y_eval = kernels.fp8_linear(x, w, scale=1 / 16, grad_scale=1.0)
     y_ref = fp8_linear_reference(x, w, scale=1 / 16, grad_scale=1.0)
     assert rel_err(y_auto, y_ref) < GEMM_BF16 and rel_err(y_eval, y_ref) < GEMM_BF16
-
-
-@pytest.mark.parametrize("source", [torch.float32, torch.bfloat16])
-def test_casts_with_gelu(source: torch.dtype) -> None:
-    """GELU fused into the cast: erf in Triton and in torch may differ in the last fp32 bit,
-    which can move a value across an e4m3 rounding boundary: then by one code, rarely."""
-    x = (torch.randn(2048, 1024, device=DEVICE) * 3).to(source)
-    ref = saturating_cast(kernels.fp8.gelu(x), E4M3).view(torch.uint8)
-    y, yt = triton_casts.cast_transpose(x, E4M3, activation="gelu")
-    flat = triton_casts.saturating_cast(x, E4M3, activation="gelu")
-    assert y is not None and yt is not None
-    for got in (y, yt.t(), flat):
-        bits = got.view(torch.uint8)
-        differ = bits != ref
-        assert differ.float().mean().item() < 1e-3
-        assert ((bits.int() - ref.int()).abs()[differ] <= 1).all()
-
-
-@pytest.mark.parametrize("kernel", ["simple", "tma"] if HAS_TMA else ["simple"])
-@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
-def test_fp8_matmul_gelu_grad_epilogue(kernel: str, out_dtype: torch.dtype) -> None:
-    a, b, exact = gemm_operands(2048, 4096, 1024, E5M2)
-    h = torch.randn(2048, 4096, device=DEVICE, dtype=torch.bfloat16) * 2
-    out = triton_gemm.fp8_matmul(
-        a, b, scale=1 / 32, out_dtype=out_dtype, gelu_grad_of=h, kernel=kernel
-    )
-    expected = exact / 32 * kernels.fp8.gelu_grad(h).double()
-    assert rel_err(out, expected) < (GEMM_BF16 if out_dtype == torch.bfloat16 else GEMM_FP32_FAST)
-
-
-def test_fp8_linear_gelu_against_emulation_and_bf16() -> None:
-    tokens, k, n = 4096, 4096, 1024  # an MLP's down projection: 4d -> d
-    h0 = torch.randn(tokens, k, device=DEVICE, dtype=torch.bfloat16)
-    w0 = torch.randn(n, k, device=DEVICE)
-    g = (torch.randn(tokens, n, device=DEVICE) / tokens).to(torch.bfloat16)
-    results = []
-    for backend in ("triton", "emulate"):
-        kernels.set_fp8_backend(backend)  # type: ignore[arg-type]
-        try:
-            h = h0.clone().requires_grad_()
-            w = w0.clone().requires_grad_()
-            y = kernels.fp8_linear(h, w, scale=k**-0.5, grad_scale=float(tokens), activation="gelu")
-            y.backward(g)
-            results.append((y, h.grad, w.grad))
-        finally:
-            kernels.set_fp8_backend("auto")
-    (y, gh, gw), (y_em, gh_em, gw_em) = results
-    assert rel_err(y, y_em) < GEMM_BF16
-    assert rel_err(gh, gh_em) < GEMM_BF16
-    assert rel_err(gw, gw_em) < GEMM_FP32_FAST
-
-    hb = h0.clone().requires_grad_()
-    wb = w0.to(torch.bfloat16).requires_grad_()
-    yb = torch.nn.functional.linear(torch.nn.functional.gelu(hb), wb) * k**-0.5
-    yb.backward(g)
-    assert hb.grad is not None and wb.grad is not None
-    assert rel_err(y, yb) < FWD_VS_BF16
-    assert rel_err(gh, hb.grad) < GRAD_X_VS_BF16
-    assert rel_err(gw, wb.grad) < GRAD_W_VS_BF16
