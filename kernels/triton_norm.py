@@ -294,7 +294,7 @@ def _res_post_norm_backward_kernel(
     dgain = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     first = pid.to(tl.int64) * blocks_per_program * BLOCK_M
     for b in range(blocks_per_program):
-        # int64: M * C reaches 2**31 at 65536 tokens × 32768
+        # int64: M * C reaches 2**31 at 131072 tokens × 16384
         offs_m = first + b * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
         in_m = offs_m < M
         mask = in_m[:, None] & in_c[None, :]
