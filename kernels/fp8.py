@@ -34,10 +34,11 @@ import contextlib
 import importlib.util
 import os
 from collections.abc import Iterator
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 
+from kernels.backend import BACKENDS, Backend
 from kernels.formats import E4M3, E5M2, E4M3Copies
 
 # Triton is absent on some CPU-only installs; the emulation needs none of it. Where Triton is
@@ -127,10 +128,6 @@ def _check_inputs(x: torch.Tensor, x8: E4M3Copies | None) -> None:
             f"x8 must be x's casts, ({m}, {k}) and ({k}, {m}), got {tuple(x8.rows.shape)} "
             f"and {tuple(x8.cols.shape)}"
         )
-
-
-Backend = Literal["auto", "triton", "emulate"]
-BACKENDS: tuple[Backend, ...] = ("auto", "triton", "emulate")
 
 
 def _check_backend(name: str) -> Backend:
