@@ -38,13 +38,13 @@ import torch
 
 import models.optim
 from benchmarks.common import RESULTS, environment, write_json
-from models import ModelConfig, TrainConfig, train
+from models import ModelConfig, TrainConfig
 from models.compressed_adam import BLOCK_SIZE, FP8_FORMATS, CompressedAdamW, dequantize, quantize
 from models.config import OptimizerState
 from models.data import Batches, split_corpus
 from models.optim import build_optimizer
 from models.steps import train_step
-from models.train import build_model
+from models.train import build_model, train
 
 SHAKESPEARE = Path(__file__).resolve().parents[1] / "tests" / "data" / "shakespeare.txt"
 STATES: tuple[OptimizerState, ...] = ("fp32", "bf16", "fp8")

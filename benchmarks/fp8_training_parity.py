@@ -16,7 +16,8 @@ import torch
 
 import kernels
 from benchmarks.common import environment, write_json
-from models import ModelConfig, TrainConfig, train
+from models import ModelConfig, TrainConfig
+from models.train import train
 
 RUNS = {  # name: (precision, FP8 backend)
     "fp8_triton": ("fp8", "triton"),

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import environment, write_json
-from models import ModelConfig, TrainConfig, train
+from models import ModelConfig, TrainConfig
+from models.train import train
 
 if TYPE_CHECKING:  # imported where a stage needs them: the others run without Ray or a db
     import db

@@ -68,8 +68,8 @@ from benchmarks.bench_mlp import StaticScaledMM
 from benchmarks.common import RESULTS, environment, kernel_profile, write_json
 from benchmarks.proxy_speed import Log
 from kernels import E4M3Copies
-from models import GPT, ModelConfig, TrainConfig
-from models.gpt import ScaledLinear, hidden_linears
+from models import ModelConfig, TrainConfig
+from models.gpt import GPT, ScaledLinear, hidden_linears
 from models.optim import build_optimizer
 from models.steps import steps_for
 from models.train import build_model, resolve_device

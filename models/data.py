@@ -23,11 +23,13 @@ import platform
 import sysconfig
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    import torch
 
 STDLIB = "stdlib"
 # The split interleaves fixed-size chunks (every tenth to validation) so that both halves
@@ -248,6 +250,10 @@ class Batches:
         self.seed, self.stream, self.index = seed, stream, index
 
     def next(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        # torch here, not with the module: the configs check their data with this module in
+        # commands that never make a batch (`sweeper --help`, the API).
+        import torch
+
         mixed = (self.seed * 1_000_003 + self.stream) * 1_000_000_007 + self.index
         generator = torch.Generator().manual_seed(mixed % 2**63)
         self.index += 1

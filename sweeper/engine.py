@@ -30,8 +30,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 import db
-from models import MetricPoint, train
-from models.train import TrainStatus, status_after
+from models.train import MetricPoint, TrainStatus, status_after, train
 from sweeper.cluster import (
     NotEnoughResources,
     cluster_nodes,

@@ -27,10 +27,10 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 import db
-from models import MetricPoint, TrainConfig, train
+from models import TrainConfig
 from models.compressed_adam import moment_bytes_per_param
 from models.gpt import GPT, Block
-from models.train import Checkpointing, Parallel, resolve_device
+from models.train import Checkpointing, MetricPoint, Parallel, resolve_device, train
 from sweeper.cluster import (
     NodeResources,
     NotEnoughResources,

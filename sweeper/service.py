@@ -20,6 +20,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
 from pydantic import ValidationError
@@ -38,9 +39,8 @@ from db import (
     Unavailable,
     connect,
 )
-from models import PRESETS, ModelConfig, TrainConfig, TrainResult, train
+from models import PRESETS, ModelConfig, TrainConfig
 from models.config import PRECISIONS, preset
-from models.coord_check import CoordCheck, coord_check, plot_coord_check
 from models.data import DataError, DataIdentity, data_identity
 from models.prepare import DTYPE_CHOICES, DtypeChoice, PrepareError, prepare
 from sweeper.compare import compare_sweep, trial_outcomes
@@ -78,6 +78,10 @@ from sweeper.views import (
 )
 from sweeper.views import is_stale as _is_stale
 
+if TYPE_CHECKING:  # for annotations, here and in the CLI: their modules import torch
+    from models.coord_check import CoordCheck
+    from models.train import Reporter, TrainResult
+
 # `sweeper.cluster` and `sweeper.launch` (Ray and Ray Train: a second of import, more on a
 # busy machine) are imported where a job starts: every other command (`--help`, a bad
 # option, a status) would pay for them.
@@ -93,7 +97,6 @@ __all__ = [
     "PRESETS",
     "Comparison",
     "Conflict",
-    "CoordCheck",
     "DataError",
     "DataIdentity",
     "Database",
@@ -118,18 +121,14 @@ __all__ = [
     "SweepSpec",
     "SweepSummary",
     "TrainConfig",
-    "TrainResult",
     "TransferResult",
     "TransferView",
     "TrialStatus",
     "TrialView",
     "Unavailable",
     "connect",
-    "coord_check",
     "is_loopback",
-    "plot_coord_check",
     "preset",
-    "train",
 ]
 
 
@@ -149,12 +148,36 @@ def open_database(settings: Settings) -> db.Database:
 
 
 # --- models, for `sweeper train` and `sweeper coord-check` ------------------------------
+# The trainer and the coord check are imported by the calls that run them, not with this
+# module: they import torch, seconds of CPU that no other command (nor the API) needs.
 
 
 def train_config(preset_name: str, overrides: dict[str, object]) -> TrainConfig:
     """A preset's model with overrides of any ModelConfig or TrainConfig field (ValueError
     for an unknown preset; pydantic's ValidationError naming the field)."""
     return TrainConfig(model=preset(preset_name)).with_overrides(overrides)
+
+
+def train(config: TrainConfig, report: Reporter | None = None) -> TrainResult:
+    """Train ``config`` in this process (`models.train.train`); ``report`` gets each point."""
+    import models.train
+
+    return models.train.train(config, report)
+
+
+def coord_check(widths: Sequence[int], base: TrainConfig, *, steps: int) -> CoordCheck:
+    """Per-layer RMS across ``widths`` at init and after ``steps`` steps, in this process
+    (`models.coord_check.coord_check`)."""
+    import models.coord_check
+
+    return models.coord_check.coord_check(widths, base, steps=steps)
+
+
+def plot_coord_check(result: CoordCheck, path: Path) -> None:
+    """Save `coord_check`'s RMS-vs-width plots to the PNG ``path``."""
+    import models.coord_check
+
+    models.coord_check.plot_coord_check(result, path)
 
 
 # --- datasets, for `sweeper data prepare` -------------------------------------------------

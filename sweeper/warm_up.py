@@ -18,7 +18,8 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from models import TrainConfig, warm_up
+from models import TrainConfig
+from models.train import warm_up
 from sweeper.cluster import NodeResources, nodes_that_fit
 from sweeper.jobs import traceback_tail
 from sweeper.spec import SweepSpec, TrialPlan

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from pydantic import ValidationError
 
-from models import MetricPoint, TrainConfig, train
+from models import TrainConfig
 from models.compressed_adam import (
     BLOCK_SIZE,
     CompressedAdamW,
@@ -31,7 +31,7 @@ from models.compressed_adam import (
 from models.data import Batches, split_corpus
 from models.optim import build_optimizer
 from models.steps import train_step
-from models.train import Checkpointing, build_model
+from models.train import Checkpointing, MetricPoint, build_model, train
 from sweeper.spec import SweepSpec
 from tests.conftest import SHAKESPEARE, debug_config, tiny_sweep
 

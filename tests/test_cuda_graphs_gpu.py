@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import ModelConfig, TrainConfig, train
+from models import ModelConfig, TrainConfig
 from models.data import Batches, split_corpus
 from models.optim import build_optimizer
 from models.steps import steps_for
-from models.train import Parallel, build_model
+from models.train import Parallel, build_model, train
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU (the CPU trains eagerly)", allow_module_level=True)
@@ -129,7 +129,8 @@ def test_a_new_process_starts_from_the_kernel_cache(tmp_path: Path) -> None:
     script = """
 import json, sys
 from kernels.ops import TUNERS
-from models import TrainConfig, warm_up
+from models import TrainConfig
+from models.train import warm_up
 startup = warm_up(TrainConfig.model_validate_json(sys.argv[1]))
 print(json.dumps({"startup_s": startup, "tuning_s": sum(t.tuning_s for t in TUNERS)}))
 """

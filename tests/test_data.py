@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from models import TrainConfig, train
+from models import TrainConfig
 from models.data import SPLIT_CHUNK, VALIDATION_EVERY, Batches, data_identity, split_corpus
 from models.prepare import TOKENIZER_FILE, decode, prepare
+from models.train import train
 from sweeper.cli import main
 from tests.conftest import SHAKESPEARE, debug_config
 

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 import kernels
 from kernels import fp8
-from models import TrainConfig, train
+from models import TrainConfig
+from models.train import train
 from tests.conftest import debug_config
 
 

@@ -154,7 +154,8 @@ def test_a_plan_too_large_to_enumerate_is_refused():
 def test_config_derivations_match_the_model():
     """`ModelConfig` says which (group, fan-in) pairs and how many parameters its GPT has;
     `with_overrides` changes fields of either config by name."""
-    from models import GPT, ModelConfig, TrainConfig
+    from models import ModelConfig, TrainConfig
+    from models.gpt import GPT
 
     model = ModelConfig(depth=2, width=64, head_dim=16, mlp_ratio=3, vocab_size=100)
     gpt = GPT(model)

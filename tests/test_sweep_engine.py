@@ -18,7 +18,7 @@ import pytest
 import ray
 
 import db
-from models import train
+from models.train import train
 from sweeper import service
 from sweeper.cluster import NodeResources, nodes_that_fit
 from sweeper.engine import optuna_study_name

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 import yaml
 from pydantic import ValidationError
 
-from models import GPT, ModelConfig
+from models import ModelConfig
 from models.coord_check import layer_rms
 from models.data import Batches, split_corpus
-from models.gpt import SMOOTH_THRESHOLD, SmoothedLinear, SwiGLU, use_fp8
+from models.gpt import GPT, SMOOTH_THRESHOLD, SmoothedLinear, SwiGLU, use_fp8
 from models.steps import loss_fn, precision_context
 from models.width_rules import SILU_SQUARE_MEAN, glu_multiplier
 from tests.conftest import REPO, debug_config
@@ -164,10 +164,9 @@ def test_swiglu_horizon_benchmark_runs_tiny(tmp_path):
 def test_the_launched_target_keeps_the_sweep_s_mlp_and_moments(shakespeare):
     """Sweep spec -> transfer -> launch config -> training: a sweep of Smooth-SwiGLU proxies
     with FP8 moments launches a target of the same kind, at the transferred LR."""
-    from models import train
     from models.compressed_adam import CompressedAdamW
     from models.optim import build_optimizer
-    from models.train import build_model
+    from models.train import build_model, train
     from sweeper.launch_request import LaunchRequest, launch_config
     from sweeper.spec import SweepSpec
     from sweeper.transfer import TrialOutcome, compute_transfer

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from models import train
 from models.data import Batches, load_corpus, split_corpus
+from models.train import train
 from tests.conftest import debug_config
 
 

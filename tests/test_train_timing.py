@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from models import TrainConfig, preset, train
+from models import TrainConfig, preset
+from models.train import train
 
 
 def tiny(steps: int) -> TrainConfig:
