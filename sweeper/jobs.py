@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 import db
 from sweeper.settings import Settings
+from sweeper.spec import SweepSpec
 
 log = logging.getLogger(__name__)
 
@@ -370,8 +371,6 @@ class Job:
         if self.kind == "run":
             curve = db.get_run_curve(self.database, run_id=self.id)
             return f"at step {curve[-1].step if curve else 0}"
-        from sweeper.spec import SweepSpec  # models and torch: needed only here
-
         sweep = db.get_sweep(self.database, sweep_id=self.id)
         planned = len(SweepSpec.stored(sweep.spec).plan())
         trials = db.list_trials(self.database, sweep_id=self.id)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from sweeper.settings import DB_URL_VAR
 
 
 def sweeper(*args: str) -> subprocess.CompletedProcess[str]:
@@ -84,3 +88,49 @@ def test_bad_coord_check_widths(widths):
     out = sweeper("coord-check", "--widths", widths)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+# A fresh interpreter runs each command through the console script's entry point: what it
+# imports is what every start of the CLI pays (torch: seconds of CPU).
+IMPORTS_NO_TORCH = """
+import json, sys
+from sweeper.cli import main
+import api.server  # what `sweeper serve` hands its process to
+assert "torch" not in sys.modules, "importing the CLI or the API imported torch"
+for args, code in json.loads(sys.argv[1]):
+    sys.argv = ["sweeper", *args]
+    try:
+        main()
+    except SystemExit as e:
+        assert e.code == code, (args, e.code)
+    assert "torch" not in sys.modules, f"`sweeper {' '.join(args)}` imported torch"
+"""
+
+
+def test_commands_that_do_not_train_never_import_torch(tmp_path: Path, shakespeare: str) -> None:
+    """Only `train` and `coord-check` need torch: help, a bad option, listing, showing,
+    cancelling, a transfer and preparing data run without it, and so does the API."""
+    commands = [
+        (["--help"], 0),
+        (["train", "--width", "100"], 2),
+        (["coord-check", "--widths", "64,a"], 2),
+        (["sweep", "list", "--json"], 0),
+        (["sweep", "status", "1"], 1),
+        (["sweep", "cancel", "1"], 1),
+        (["run", "list", "--json"], 0),
+        (["run", "metrics", "1"], 1),
+        (["transfer", "--to-width", "256"], 1),
+        (["data", "prepare", shakespeare, "--tokenizer", "bytes", "--out", str(tmp_path / "d")], 0),
+    ]
+    env = os.environ | {
+        DB_URL_VAR: f"sqlite:///{tmp_path / 'sweeper.db'}",
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_NO_TORCH, json.dumps(commands)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
