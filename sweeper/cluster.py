@@ -13,6 +13,7 @@ before it queues a job on a local cluster, by the driver once it has joined a re
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ import ray
 from sweeper.settings import Settings
 
 if TYPE_CHECKING:
+    from sweeper.launch_request import LaunchRequest
     from sweeper.spec import Resources
 
 log = logging.getLogger(__name__)
@@ -54,10 +56,22 @@ class NodeResources:
 def local_node() -> NodeResources:
     """What a local cluster of a driver on this machine holds: the CPUs this process may
     run on and the GPUs it sees (CUDA_VISIBLE_DEVICES applies)."""
-    import torch  # not at the top: the service imports this module to check requests
-
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return NodeResources(cpu=float(cpus or 1), gpu=float(torch.cuda.device_count()))
+    return NodeResources(cpu=float(cpus or 1), gpu=float(_cuda_device_count()))
+
+
+def _cuda_device_count() -> int:
+    """``torch.cuda.device_count()``, and 0 without importing torch where the CUDA driver's
+    library (libcuda.so.1, which CUDA loads) is missing: there is no GPU to count there. The
+    service checks every sweep and run it starts against this node, and torch's import
+    would cost that seconds of CPU on every machine without GPUs."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def cluster_nodes() -> list[NodeResources]:
@@ -117,6 +131,24 @@ def trial_shortfall(resources: Resources, nodes: list[NodeResources]) -> tuple[s
         return None
     field = "resources" if problem.resource == "count" else f"resources.{problem.resource}"
     return field, f"a trial {problem.reason}"
+
+
+def worker_resources(request: LaunchRequest) -> NodeResources:
+    """What each training worker of a run takes: one CPU, and its share of GPUs."""
+    return NodeResources(cpu=1.0, gpu=request.gpus_per_worker)
+
+
+def run_shortfall(request: LaunchRequest, nodes: list[NodeResources]) -> tuple[str, str] | None:
+    """(field of the request, reason) when the run's workers cannot all run at once on
+    ``nodes``: Ray Train starts them together, so the run would wait for ever."""
+    problem = shortfall(nodes, each=worker_resources(request), count=request.workers)
+    if problem is None:
+        return None
+    if problem.resource == "gpu":
+        return "gpus_per_worker", f"each worker {problem.reason}"
+    if problem.resource == "cpu":
+        return "workers", f"each worker {problem.reason}"
+    return "workers", f"{request.workers} workers {problem.reason}"
 
 
 def _amount(value: float, unit: str) -> str:

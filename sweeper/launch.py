@@ -31,13 +31,7 @@ from models import TrainConfig
 from models.compressed_adam import moment_bytes_per_param
 from models.gpt import GPT, Block
 from models.train import Checkpointing, MetricPoint, Parallel, resolve_device, train
-from sweeper.cluster import (
-    NodeResources,
-    NotEnoughResources,
-    cluster_nodes,
-    ensure_ray,
-    shortfall,
-)
+from sweeper.cluster import NotEnoughResources, cluster_nodes, ensure_ray, run_shortfall
 from sweeper.jobs import DatabaseHandle, Job, Periodic, writes
 from sweeper.launch_request import LaunchRequest, Strategy
 from sweeper.settings import Settings
@@ -49,26 +43,6 @@ WEIGHT_AND_GRAD_BYTES_PER_PARAM = 8
 # FSDP once the parameter state alone would take more than this share of one GPU.
 FSDP_MEMORY_SHARE = 0.5
 CHECKPOINT_FILE = "state.pt"
-
-
-def worker_resources(request: LaunchRequest) -> NodeResources:
-    """What each training worker takes: one CPU, and its share of GPUs."""
-    return NodeResources(cpu=1.0, gpu=request.gpus_per_worker)
-
-
-def resource_shortfall(
-    request: LaunchRequest, nodes: list[NodeResources]
-) -> tuple[str, str] | None:
-    """(field of the request, reason) when the run's workers cannot all run at once on
-    ``nodes``: Ray Train starts them together, so the run would wait for ever."""
-    problem = shortfall(nodes, each=worker_resources(request), count=request.workers)
-    if problem is None:
-        return None
-    if problem.resource == "gpu":
-        return "gpus_per_worker", f"each worker {problem.reason}"
-    if problem.resource == "cpu":
-        return "workers", f"each worker {problem.reason}"
-    return "workers", f"{request.workers} workers {problem.reason}"
 
 
 def choose_strategy(strategy: Strategy, config: TrainConfig, device: torch.device) -> Strategy:
@@ -219,7 +193,7 @@ def run_launch(database: db.Database, run_id: int, settings: Settings) -> db.Job
         request = LaunchRequest.model_validate(run.config["launch"])
         config = TrainConfig.model_validate(run.config["train"])
         ensure_ray(job.settings)
-        problem = resource_shortfall(request, cluster_nodes())
+        problem = run_shortfall(request, cluster_nodes())
         if problem is not None:
             raise NotEnoughResources(f"{problem[0]}: {problem[1]}")
         # Ray Train gives up on a worker group that cannot start within 60 s and counts it

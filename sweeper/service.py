@@ -82,9 +82,8 @@ if TYPE_CHECKING:  # for annotations, here and in the CLI: their modules import 
     from models.coord_check import CoordCheck
     from models.train import Reporter, TrainResult
 
-# `sweeper.cluster` and `sweeper.launch` (Ray and Ray Train: a second of import, more on a
-# busy machine) are imported where a job starts: every other command (`--help`, a bad
-# option, a status) would pay for them.
+# `sweeper.cluster` (Ray: a second of import, more on a busy machine) is imported where a
+# job starts: every other command (`--help`, a bad option, a status) would pay for it.
 
 # What the CLI and the API may use besides the functions below (the import contract in
 # pyproject.toml lets them import this module and nothing under it).
@@ -642,9 +641,8 @@ def launch_run(
     settings = settings or Settings()
     if settings.ray_address is None:  # as in `start_sweep`
         from sweeper import cluster
-        from sweeper.launch import resource_shortfall
 
-        problem = resource_shortfall(request, [cluster.local_node()])
+        problem = cluster.run_shortfall(request, [cluster.local_node()])
         if problem is not None:
             raise InvalidInput(*problem)
     sweep_id = _sweep_or_latest(database, request.sweep_id)

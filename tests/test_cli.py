@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from sweeper.cluster import local_node
 from sweeper.settings import DB_URL_VAR
+from tests.conftest import tiny_sweep
 
 
 def sweeper(*args: str) -> subprocess.CompletedProcess[str]:
@@ -109,7 +111,11 @@ for args, code in json.loads(sys.argv[1]):
 
 def test_commands_that_do_not_train_never_import_torch(tmp_path: Path, shakespeare: str) -> None:
     """Only `train` and `coord-check` need torch: help, a bad option, listing, showing,
-    cancelling, a transfer and preparing data run without it, and so does the API."""
+    cancelling, a transfer, preparing data and starting a sweep or a run (refused here, as
+    asking for more CPUs than this machine has) run without it, and so does the API."""
+    too_many = int(local_node().cpu) + 1
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(tiny_sweep(shakespeare, resources={"cpu": too_many})))
     commands = [
         (["--help"], 0),
         (["train", "--width", "100"], 2),
@@ -121,11 +127,12 @@ def test_commands_that_do_not_train_never_import_torch(tmp_path: Path, shakespea
         (["run", "metrics", "1"], 1),
         (["transfer", "--to-width", "256"], 1),
         (["data", "prepare", shakespeare, "--tokenizer", "bytes", "--out", str(tmp_path / "d")], 0),
+        (["sweep", "start", str(spec)], 2),
+        (["launch", "--to-width", "64", "--steps", "10", "--workers", str(too_many)], 2),
     ]
-    env = os.environ | {
-        DB_URL_VAR: f"sqlite:///{tmp_path / 'sweeper.db'}",
-        "XDG_STATE_HOME": str(tmp_path / "state"),
-    }
+    # No Ray address: a driver's cluster would be local, so the service checks this machine.
+    env = {k: v for k, v in os.environ.items() if k not in ("SWEEPER_RAY_ADDRESS", "RAY_ADDRESS")}
+    env |= {DB_URL_VAR: f"sqlite:///{tmp_path / 'sweeper.db'}", "XDG_STATE_HOME": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-c", IMPORTS_NO_TORCH, json.dumps(commands)],
         env=env,
