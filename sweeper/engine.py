@@ -20,7 +20,7 @@ import time
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import ray
@@ -30,7 +30,6 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 import db
-from models.train import MetricPoint, TrainStatus, status_after, train
 from sweeper.cluster import (
     NotEnoughResources,
     cluster_nodes,
@@ -41,6 +40,9 @@ from sweeper.jobs import DatabaseHandle, Job, traceback_tail, writes
 from sweeper.settings import Settings
 from sweeper.spec import TRIAL_VALUES, SweepSpec, TrialPlan
 from sweeper.warm_up import log_warm_up, wait_for_warm_up, warm_kernel_caches
+
+if TYPE_CHECKING:
+    from models.train import TrainStatus
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,10 @@ def run_trial(
     """One Tune trial: train the spec's base run at the trial's width and values. Its run
     builds itself, then waits for the kernel warm-up of its node (``warm_up``: the
     warm-ups' refs by node id) to fill the node's cache before its first step."""
+    # The trainer here, in the trial's worker, not with the module: the driver only
+    # schedules trials, and torch's import would cost it seconds of CPU.
+    from models.train import status_after, train
+
     node_id = ray.get_runtime_context().get_node_id()
     sweep = SweepSpec.model_validate(spec)
     trial = config["trial"]
@@ -74,7 +80,7 @@ def run_trial(
     train_config = sweep.trial_config(trial["width"], params)
     penalty = DIVERGED_PENALTY * math.log(train_config.model.vocab_size)
 
-    def report(point: MetricPoint) -> None:
+    def report(point: db.MetricPoint) -> None:
         status = status_after(point, train_config.steps)
         objective = point.eval_loss if status != "diverged" else penalty
         tune.report(asdict(point) | {OBJECTIVE: objective, "node_id": node_id, STATUS: status})

@@ -19,7 +19,6 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from models import TrainConfig
-from models.train import warm_up
 from sweeper.cluster import NodeResources, nodes_that_fit
 from sweeper.jobs import traceback_tail
 from sweeper.spec import SweepSpec, TrialPlan
@@ -44,6 +43,9 @@ def warm_up_widths(configs: list[dict[str, Any]]) -> dict[int, float]:
     candidate alone on the GPU, and the packed trials that follow start from the cache.
     Returns each width's seconds. (This module imports no Ray Tune, Optuna or engine, so
     the warm-up's worker starts seconds sooner than a trial's.)"""
+    # The trainer (torch) here, in the task's worker: the driver imports this module too.
+    from models.train import warm_up
+
     runs = [TrainConfig.model_validate(c) for c in configs]
     return {run.model.width: warm_up(run) for run in runs}
 
