@@ -106,13 +106,16 @@ for args, code in json.loads(sys.argv[1]):
     except SystemExit as e:
         assert e.code == code, (args, e.code)
     assert "torch" not in sys.modules, f"`sweeper {' '.join(args)}` imported torch"
+import sweeper.driver, sweeper.engine  # a sweep's driver: its trials train in Ray's workers
+assert "torch" not in sys.modules, "a sweep's driver imported torch"
 """
 
 
-def test_commands_that_do_not_train_never_import_torch(tmp_path: Path, shakespeare: str) -> None:
+def test_what_does_not_train_never_imports_torch(tmp_path: Path, shakespeare: str) -> None:
     """Only `train` and `coord-check` need torch: help, a bad option, listing, showing,
     cancelling, a transfer, preparing data and starting a sweep or a run (refused here, as
-    asking for more CPUs than this machine has) run without it, and so does the API."""
+    asking for more CPUs than this machine has) run without it, and so do the API and a
+    sweep's driver."""
     too_many = int(local_node().cpu) + 1
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(tiny_sweep(shakespeare, resources={"cpu": too_many})))
