@@ -47,6 +47,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "tests" / "data" / "shakespeare.txt"
 
 
+# The file that runs longest (one experiment of four sweeps and their launches, ~8 min on
+# CI's two cores), collected first: under `pytest -n 2 --dist loadfile` workers take files
+# in collection order, and in its alphabetical place it started late and ran alone at the
+# end while the other worker idled.
+FIRST = "test_transfer_proof.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name != FIRST)  # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
