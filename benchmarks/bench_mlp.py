@@ -10,8 +10,11 @@ does). Variants, all measured in one run:
 * ``static_scaled_mm_compiled``: what a user could write in an afternoon: static µS scales,
   saturating casts in torch, ``torch._scaled_mm`` (fast accumulation) for all three GEMMs,
   the whole block under ``torch.compile`` so inductor fuses casts and transposes.
-* ``ours_eager`` / ``ours_compiled``: `kernels.fp8_linear` (Triton), GELU in torch; compiled,
-  inductor fuses GELU and its backward around our opaque kernels.
+* ``ours_eager`` / ``ours_compiled``: `kernels.fp8_gelu_mlp` (Triton), what the µS model
+  runs: GELU, its backward and the FP8 casts around them in the GEMMs' epilogues.
+* ``ours_unfused_compiled``: two `kernels.fp8_linear` layers with torch's GELU between,
+  compiled (inductor fuses GELU and its backward around our opaque kernels): what the
+  epilogues replace.
 
 Time (``ms``) is the median of CUDA-event timings of eager calls (triton's do_bench), launch
 overhead included; ``graph_ms`` replays the same step from a CUDA graph (GPU time alone).
@@ -83,9 +86,12 @@ class StaticScaledMM(torch.autograd.Function):
 
 
 class FP8MLP(nn.Module):
-    """The µS MLP with an FP8 linear function ``linear(x, w, scale=, grad_scale=)``."""
+    """The µS MLP: two FP8 linear layers ``linear(x, w, scale=, grad_scale=)`` with GELU
+    between, or without ``linear`` our fused `kernels.fp8_gelu_mlp`."""
 
-    def __init__(self, k: int, linear: Callable[..., torch.Tensor], dtype: torch.dtype):
+    def __init__(
+        self, k: int, dtype: torch.dtype, linear: Callable[..., torch.Tensor] | None = None
+    ):
         super().__init__()
         self.linear = linear
         self.w1 = nn.Parameter(torch.randn(4 * k, k, device="cuda", dtype=dtype))
@@ -94,9 +100,13 @@ class FP8MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.w1.shape[1]
-        h = self.linear(x, self.w1, scale=k**-0.5, grad_scale=self.grad_scale)  # (M, 4K)
-        scale2 = (4 * k) ** -0.5
-        return self.linear(F.gelu(h), self.w2, scale=scale2, grad_scale=self.grad_scale)
+        scales = (k**-0.5, (4 * k) ** -0.5)
+        if self.linear is None:
+            return kernels.fp8_gelu_mlp(
+                x, self.w1, self.w2, scales=scales, grad_scale=self.grad_scale
+            )
+        h = self.linear(x, self.w1, scale=scales[0], grad_scale=self.grad_scale)  # (M, 4K)
+        return self.linear(F.gelu(h), self.w2, scale=scales[1], grad_scale=self.grad_scale)
 
 
 def static_linear(x: torch.Tensor, w: torch.Tensor, *, scale: float, grad_scale: float) -> Any:
@@ -121,13 +131,14 @@ def variants(k: int) -> dict[str, Callable[[], nn.Module]]:
         "bf16_compiled": lambda: torch.compile(bf16_mlp(k)),
         "torchao_dynamic_compiled": lambda: torch.compile(torchao_mlp(k)),
         "static_scaled_mm_compiled": lambda: torch.compile(
-            FP8MLP(k, static_linear, torch.bfloat16)
+            FP8MLP(k, torch.bfloat16, static_linear)
         ),
-        "ours_eager": lambda: FP8MLP(k, kernels.fp8_linear, torch.bfloat16),
-        "ours_compiled": lambda: torch.compile(FP8MLP(k, kernels.fp8_linear, torch.bfloat16)),
-        "ours_fp32_master_compiled": lambda: torch.compile(
-            FP8MLP(k, kernels.fp8_linear, torch.float32)
+        "ours_eager": lambda: FP8MLP(k, torch.bfloat16),
+        "ours_compiled": lambda: torch.compile(FP8MLP(k, torch.bfloat16)),
+        "ours_unfused_compiled": lambda: torch.compile(
+            FP8MLP(k, torch.bfloat16, kernels.fp8_linear)
         ),
+        "ours_fp32_master_compiled": lambda: torch.compile(FP8MLP(k, torch.float32)),
     }
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # what `__getattr__` returns, for type checkers
     from kernels.fp8 import (
         HAS_TRITON,
         fp8_backend,
+        fp8_gelu_mlp,
         fp8_linear,
         fp8_linear_reference,
         saturating_cast,
@@ -45,6 +46,7 @@ _TORCH_MODULES = {
     "E4M3Copies": "kernels.formats",
     "HAS_TRITON": "kernels.fp8",
     "fp8_backend": "kernels.fp8",
+    "fp8_gelu_mlp": "kernels.fp8",
     "fp8_linear": "kernels.fp8",
     "fp8_linear_reference": "kernels.fp8",
     "saturating_cast": "kernels.fp8",
@@ -71,6 +73,7 @@ __all__ = [
     "Backend",
     "E4M3Copies",
     "fp8_backend",
+    "fp8_gelu_mlp",
     "fp8_linear",
     "fp8_linear_reference",
     "overlapping",

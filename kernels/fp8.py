@@ -11,7 +11,9 @@ after the matmul, so the returned gradients are those of the unscaled loss.
 
 This module is the numerical reference: the CPU path *is* this code, and the Triton kernels
 (`kernels.triton_casts` and `kernels.triton_gemm`, through `kernels.ops`) must match it
-(same casts, fp32 math). `fp8_linear` is the one dispatch point, and its backend one of:
+(same casts, fp32 math). `fp8_linear` is the one dispatch point (with `fp8_gelu_mlp`, two of
+them with GELU between, which the Triton side fuses into the GEMMs' epilogues), and its
+backend one of:
 
 * ``auto`` (default): Triton for CUDA tensors when Triton is importable, else the emulation;
 * ``emulate``: the emulation everywhere (e.g. to compare against it on a GPU);
@@ -37,6 +39,7 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 
 from kernels.backend import BACKENDS, Backend
 from kernels.formats import E4M3, E5M2, E4M3Copies
@@ -45,7 +48,7 @@ from kernels.formats import E4M3, E5M2, E4M3Copies
 # installed, an error importing the kernels must surface, not silently fall back.
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 if HAS_TRITON:
-    from kernels.ops import fp8_linear_triton
+    from kernels.ops import fp8_gelu_mlp_triton, fp8_linear_triton
 
 
 def saturating_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -218,3 +221,27 @@ def fp8_linear(
         _check_inputs(x, x8)
         return fp8_linear_triton(x, weight, scale=scale, grad_scale=grad_scale, x8=x8)
     return fp8_linear_reference(x, weight, scale=scale, grad_scale=grad_scale, x8=x8)
+
+
+def fp8_gelu_mlp(
+    x: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    *,
+    scales: tuple[float, float],
+    grad_scale: float,
+    x8: E4M3Copies | None = None,
+) -> torch.Tensor:
+    """The GELU MLP ``down(GELU(up(x)))`` of two FP8 linear layers (see `fp8_linear`):
+    ``scales`` are the up and down projections' output multipliers, ``grad_scale`` the
+    static gradient factor of both, ``x8`` x's casts made ahead.
+
+    On the Triton kernels GELU and the casts around it run in the GEMMs' epilogues
+    (`kernels.ops.FP8GeluMLPTriton`); the reference is the two emulated layers with torch's
+    GELU between them, in bf16 as the layers' outputs are.
+    """
+    if uses_triton(x):
+        _check_inputs(x, x8)
+        return fp8_gelu_mlp_triton(x, w_up, w_down, scales=scales, grad_scale=grad_scale, x8=x8)
+    h = fp8_linear_reference(x, w_up, scale=scales[0], grad_scale=grad_scale, x8=x8)
+    return fp8_linear_reference(F.gelu(h), w_down, scale=scales[1], grad_scale=grad_scale)

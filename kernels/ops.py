@@ -102,6 +102,42 @@ def _(
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
+@torch.library.custom_op("sweeper::fp8_matmul_gelu", mutates_args=())
+def fp8_matmul_gelu(
+    a: torch.Tensor, b: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """h = ``(a @ b.T) * scale`` in bf16 and GELU(h)'s e4m3 casts (M, N) and (N, M)."""
+    return triton_gemm.fp8_matmul_gelu(a, b, scale=scale)
+
+
+@fp8_matmul_gelu.register_fake
+def _(
+    a: torch.Tensor, b: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    m, n = a.shape[0], b.shape[0]
+    return (
+        a.new_empty((m, n), dtype=torch.bfloat16),
+        a.new_empty((m, n), dtype=E4M3),
+        a.new_empty((n, m), dtype=E4M3),
+    )
+
+
+@torch.library.custom_op("sweeper::fp8_matmul_gelu_grad", mutates_args=())
+def fp8_matmul_gelu_grad(
+    a: torch.Tensor, b: torch.Tensor, h: torch.Tensor, scale: float, grad_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GELU'(h) * ``(a @ b.T) * scale`` as e5m2 after ``grad_scale``, (M, N) and (N, M)."""
+    return triton_gemm.fp8_matmul_gelu_grad(a, b, h, scale=scale, grad_scale=grad_scale)
+
+
+@fp8_matmul_gelu_grad.register_fake
+def _(
+    a: torch.Tensor, b: torch.Tensor, h: torch.Tensor, scale: float, grad_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    m, n = a.shape[0], b.shape[0]
+    return a.new_empty((m, n), dtype=E5M2), a.new_empty((n, m), dtype=E5M2)
+
+
 # Under torch.compile the custom ops; in eager mode the wrappers themselves.
 
 
@@ -137,6 +173,22 @@ def _matmul(
     return triton_gemm.fp8_matmul(a, b, scale=scale, out_dtype=out_dtype, precise_acc=precise_acc)
 
 
+def _matmul_gelu(
+    a: torch.Tensor, b: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if torch.compiler.is_compiling():
+        return fp8_matmul_gelu(a, b, scale)
+    return triton_gemm.fp8_matmul_gelu(a, b, scale=scale)
+
+
+def _matmul_gelu_grad(
+    a: torch.Tensor, b: torch.Tensor, h: torch.Tensor, scale: float, grad_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if torch.compiler.is_compiling():
+        return fp8_matmul_gelu_grad(a, b, h, scale, grad_scale)
+    return triton_gemm.fp8_matmul_gelu_grad(a, b, h, scale=scale, grad_scale=grad_scale)
+
+
 # ---------------------------------------------------------------------------------------------
 # The FP8 linear layer on the Triton kernels
 # ---------------------------------------------------------------------------------------------
@@ -164,25 +216,14 @@ class FP8LinearTriton(torch.autograd.Function):
     ) -> torch.Tensor:
         need_dgrad, need_wgrad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         x2d = x.reshape(-1, x.shape[-1])  # (M, K)
-        x8t = w8t = None
         side = overlap.side_stream(x.device)
         with overlap.beside(side):  # the weight lives on: nothing to keep for the side
-            if need_dgrad:
-                w8, w8t = _cast_transpose(weight, E4M3, 1.0)  # (N, K), (K, N)
-            else:
-                w8 = _cast(weight, E4M3, 1.0)
-        if x8_rows is not None and x8_cols is not None:
-            x8, x8t = x8_rows, x8_cols
-        elif need_wgrad:
-            x8, x8t = _cast_transpose(x2d, E4M3, 1.0)  # (M, K), (K, M)
-        else:
-            x8 = _cast(x2d, E4M3, 1.0)
+            w8, w8t = _weight_copies(weight, transposed=need_dgrad)  # (N, K), (K, N)
+        x8, x8t = _input_copies(x2d, x8_rows, x8_cols, transposed=need_wgrad)  # (M, K), (K, M)
         overlap.join(side, *(t for t in (w8, w8t) if t is not None))
         y = _matmul(x8, w8, scale, torch.bfloat16, PRECISE_ACC["forward"])  # (M, N)
         ctx.save_for_backward(x8t, w8t)
-        # The weight gradient may leave the current stream only where autograd will store
-        # it as it is, without a kernel of its own (see kernels.overlap).
-        ctx.wgrad_beside = need_wgrad and weight.grad is None
+        ctx.wgrad_beside = _wgrad_may_leave(weight, need_wgrad)
         ctx.scale, ctx.grad_scale = scale, grad_scale
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
         return y.reshape(*x.shape[:-1], weight.shape[0])
@@ -195,26 +236,160 @@ class FP8LinearTriton(torch.autograd.Function):
         # The static grad_scale lifts the gradient out of e5m2's underflow before the cast;
         # scale / grad_scale in the GEMM epilogues removes it again (see kernels.fp8).
         unscale = ctx.scale / ctx.grad_scale
+        g8, g8t = _grad_copies(g2d, ctx.grad_scale, rows=need_dgrad, cols=need_wgrad)
         grad_x = grad_w = None
-        if need_dgrad and need_wgrad:
-            g8, g8t = _cast_transpose(g2d, E5M2, ctx.grad_scale)  # (M, N), (N, M)
-        elif need_dgrad:
-            g8, g8t = _cast(g2d, E5M2, ctx.grad_scale), None
-        else:
-            g8, g8t = None, _transpose_cast(g2d, E5M2, ctx.grad_scale)
         if need_wgrad:
-            assert g8t is not None
-            # Beside the input gradient's GEMM where it may be (see kernels.overlap): forked
-            # once g8t exists, it runs while the layer below waits only for grad_x.
-            side = overlap.side_stream(g2d.device) if ctx.wgrad_beside else None
-            with overlap.beside(side, g8t, x8t):
-                grad_w = _matmul(g8t, x8t, unscale, ctx.w_dtype, PRECISE_ACC["wgrad"])  # (N, K)
-            overlap.join_later(side, grad_w)
+            grad_w = _weight_grad(g8t, x8t, unscale, ctx.w_dtype, beside=ctx.wgrad_beside)
         if need_dgrad:
             assert g8 is not None
             grad_x = _matmul(g8, w8t, unscale, ctx.x_dtype, PRECISE_ACC["dgrad"])  # (M, K)
             grad_x = grad_x.reshape(ctx.x_shape)
         return grad_x, grad_w, None, None, None, None
+
+
+class FP8GeluMLPTriton(torch.autograd.Function):
+    """The µS GELU MLP, ``down(GELU(up(x)))``, as two FP8 linear layers whose GELU and
+    casts between them live in the GEMMs' epilogues (`triton_gemm.fp8_matmul_gelu` and
+    `fp8_matmul_gelu_grad`): the up projection writes the down projection's e4m3 operands,
+    and the down projection's input gradient comes out as the up projection's e5m2
+    operands. Same numbers as the two `FP8LinearTriton` layers with GELU between them.
+    Saved: x's and the weights' transposed e4m3 copies, h in bf16 (for GELU'), and
+    GELU(h)'s transposed e4m3 copy.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        w_up: torch.Tensor,
+        w_down: torch.Tensor,
+        up_scale: float,
+        down_scale: float,
+        grad_scale: float,
+        x8_rows: torch.Tensor | None,
+        x8_cols: torch.Tensor | None,
+    ) -> torch.Tensor:
+        needs = ctx.needs_input_grad[:3]  # x, w_up, w_down
+        y, saved = _gelu_mlp_forward(
+            x, w_up, w_down, (up_scale, down_scale), x8_rows, x8_cols, needs
+        )
+        ctx.save_for_backward(*saved)
+        ctx.up_beside = _wgrad_may_leave(w_up, needs[1])
+        ctx.down_beside = _wgrad_may_leave(w_down, needs[2])
+        ctx.scales, ctx.grad_scale = (up_scale, down_scale), grad_scale
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        ctx.w_dtypes = (w_up.dtype, w_down.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x8t, w_up8t, h, act8t, w_down8t = ctx.saved_tensors
+        need_x, need_up, need_down = ctx.needs_input_grad[:3]
+        need_dh = need_x or need_up
+        up_unscale, down_unscale = (s / ctx.grad_scale for s in ctx.scales)
+        g2d = grad_y.reshape(-1, grad_y.shape[-1])  # (M, d)
+        g8, g8t = _grad_copies(g2d, ctx.grad_scale, rows=need_dh, cols=need_down)
+        grad_x = grad_up = grad_down = None
+        if need_down:
+            grad_down = _weight_grad(
+                g8t, act8t, down_unscale, ctx.w_dtypes[1], beside=ctx.down_beside
+            )
+        if need_dh:
+            assert g8 is not None
+            dh8, dh8t = _matmul_gelu_grad(g8, w_down8t, h, down_unscale, ctx.grad_scale)
+            if need_up:
+                grad_up = _weight_grad(dh8t, x8t, up_unscale, ctx.w_dtypes[0], beside=ctx.up_beside)
+            if need_x:
+                grad_x = _matmul(dh8, w_up8t, up_unscale, ctx.x_dtype, PRECISE_ACC["dgrad"])
+                grad_x = grad_x.reshape(ctx.x_shape)
+        return grad_x, grad_up, grad_down, None, None, None, None, None
+
+
+def _gelu_mlp_forward(
+    x: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    scales: tuple[float, float],
+    x8_rows: torch.Tensor | None,
+    x8_cols: torch.Tensor | None,
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+    """The MLP's output and what its backward reads, for the gradients ``needs`` asks for
+    (x, w_up, w_down): x8t, w_up8t, h, act8t, w_down8t (None where not needed)."""
+    need_x, need_up, _ = needs
+    need_dh = need_x or need_up  # the gradient of GELU's input
+    x2d = x.reshape(-1, x.shape[-1])  # (M, d)
+    side = overlap.side_stream(x.device)
+    with overlap.beside(side):
+        w_up8, w_up8t = _weight_copies(w_up, transposed=need_x)  # (4d, d), (d, 4d)
+        w_down8, w_down8t = _weight_copies(w_down, transposed=need_dh)  # (d, 4d), (4d, d)
+    x8, x8t = _input_copies(x2d, x8_rows, x8_cols, transposed=need_up)
+    overlap.join(side, *(t for t in (w_up8, w_up8t, w_down8, w_down8t) if t is not None))
+    h, act8, act8t = _matmul_gelu(x8, w_up8, scales[0])  # (M, 4d) bf16, e4m3, (4d, M)
+    y = _matmul(act8, w_down8, scales[1], torch.bfloat16, PRECISE_ACC["forward"])
+    return y.reshape(*x.shape[:-1], w_down.shape[0]), (x8t, w_up8t, h, act8t, w_down8t)
+
+
+def _weight_copies(
+    weight: torch.Tensor, *, transposed: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A weight (N, K)'s e4m3 cast and, where the input gradient needs it, its (K, N) copy."""
+    if transposed:
+        return _cast_transpose(weight, E4M3, 1.0)
+    return _cast(weight, E4M3, 1.0), None
+
+
+def _input_copies(
+    x2d: torch.Tensor,
+    rows: torch.Tensor | None,
+    cols: torch.Tensor | None,
+    *,
+    transposed: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x (M, K)'s e4m3 cast and, for the weight gradient, its (K, M) copy: the casts made
+    ahead where given, else made here."""
+    if rows is not None and cols is not None:
+        return rows, cols
+    if transposed:
+        return _cast_transpose(x2d, E4M3, 1.0)
+    return _cast(x2d, E4M3, 1.0), None
+
+
+def _grad_copies(
+    g2d: torch.Tensor, grad_scale: float, *, rows: bool, cols: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The output gradient (M, N)'s e5m2 casts after ``grad_scale``: row-major for the input
+    gradient, (N, M) for the weight gradient, each only where asked for."""
+    if rows and cols:
+        return _cast_transpose(g2d, E5M2, grad_scale)
+    if rows:
+        return _cast(g2d, E5M2, grad_scale), None
+    return None, _transpose_cast(g2d, E5M2, grad_scale)
+
+
+def _wgrad_may_leave(weight: torch.Tensor, need_wgrad: bool) -> bool:
+    # The weight gradient may leave the current stream only where autograd will store it as
+    # it is, without a kernel of its own (see kernels.overlap).
+    return need_wgrad and weight.grad is None
+
+
+def _weight_grad(
+    g8t: torch.Tensor | None,
+    x8t: torch.Tensor | None,
+    unscale: float,
+    dtype: torch.dtype,
+    *,
+    beside: bool,
+) -> torch.Tensor:
+    """``g8t @ x8t.T * unscale``, the weight gradient (N, K): beside the input gradient's
+    GEMM where it may be (see kernels.overlap), forked once g8t exists, so that the layer
+    below waits only for the input gradient."""
+    assert g8t is not None and x8t is not None
+    side = overlap.side_stream(g8t.device) if beside else None
+    with overlap.beside(side, g8t, x8t):
+        grad_w = _matmul(g8t, x8t, unscale, dtype, PRECISE_ACC["wgrad"])
+    overlap.join_later(side, grad_w)
+    return grad_w
 
 
 def fp8_linear_triton(
@@ -227,17 +402,40 @@ def fp8_linear_triton(
 ) -> torch.Tensor:
     """The Triton FP8 linear layer; `kernels.fp8_linear` dispatches here on CUDA."""
     rows, cols = x8 if x8 is not None else (None, None)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    if _records_graph(x, weight):
         out: torch.Tensor = FP8LinearTriton.apply(x, weight, scale, grad_scale, rows, cols)
         return out
     # No graph to record (evaluation): no transposed copies, nothing saved.
     side = overlap.side_stream(x.device)
     with overlap.beside(side):
-        w8 = _cast(weight, E4M3, 1.0)
-    x8_rows = rows if rows is not None else _cast(x.reshape(-1, x.shape[-1]), E4M3, 1.0)
+        w8, _ = _weight_copies(weight, transposed=False)
+    x8_rows, _ = _input_copies(x.reshape(-1, x.shape[-1]), rows, cols, transposed=False)
     overlap.join(side, w8)
     y = _matmul(x8_rows, w8, scale, torch.bfloat16, PRECISE_ACC["forward"])
     return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def fp8_gelu_mlp_triton(
+    x: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    *,
+    scales: tuple[float, float],
+    grad_scale: float,
+    x8: E4M3Copies | None = None,
+) -> torch.Tensor:
+    """The Triton FP8 GELU MLP; `kernels.fp8_gelu_mlp` dispatches here on CUDA."""
+    rows, cols = x8 if x8 is not None else (None, None)
+    if _records_graph(x, w_up, w_down):
+        out: torch.Tensor = FP8GeluMLPTriton.apply(x, w_up, w_down, *scales, grad_scale, rows, cols)
+        return out
+    # No graph to record (evaluation): the same kernels, no transposed weight copies.
+    y, _ = _gelu_mlp_forward(x, w_up, w_down, scales, rows, cols, (False, False, False))
+    return y
+
+
+def _records_graph(*inputs: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
 
 
 def best_configs() -> dict[str, dict[str, dict[str, Any]]]:

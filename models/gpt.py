@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import HAS_TRITON, E4M3Copies, fp8_linear, uses_triton
+from kernels import HAS_TRITON, E4M3Copies, fp8_gelu_mlp, fp8_linear, uses_triton
 from models.config import ModelConfig
 from models.width_rules import ParamGroup, glu_multiplier, init_std, multiplier
 
@@ -64,6 +64,23 @@ class ScaledLinear(nn.Module):
         """Whether `forward` takes x's e4m3 casts made by x's producer: FP8 on the Triton
         kernels (the emulation casts for itself)."""
         return self.fp8_grad_scale is not None and uses_triton(x)
+
+    def fusable(self) -> bool:
+        """Whether an op that fuses this FP8 layer with its neighbours (`MLP`'s) computes what
+        calling the layer would: FP8 on, `forward` not overridden by a subclass, and no hooks
+        (a fused op would skip them: `models.fp8_health` and `models.coord_check` observe
+        each layer's input and gradient through hooks)."""
+        hooks = (
+            self._forward_hooks,
+            self._forward_pre_hooks,
+            self._backward_hooks,
+            self._backward_pre_hooks,
+        )
+        return (
+            self.fp8_grad_scale is not None
+            and type(self).forward is ScaledLinear.forward
+            and not any(hooks)
+        )
 
     def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
         """``x8``: x's e4m3 casts where its producer made them (FP8 only; see `fp8_linear`)."""
@@ -165,7 +182,16 @@ class MLP(nn.Module):
         self.down = ScaledLinear(hidden, config.width, "hidden", config)
 
     def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
-        return self.down(F.gelu(self.up(x, x8)))
+        up, down = self.up, self.down
+        if up.fusable() and down.fusable() and up.fp8_grad_scale == down.fp8_grad_scale:
+            # One op, whose Triton form fuses GELU and the casts around it into the GEMMs'
+            # epilogues: the same numbers as the two layers below.
+            assert up.fp8_grad_scale is not None
+            scales = (up.multiplier, down.multiplier)
+            return fp8_gelu_mlp(
+                x, up.weight, down.weight, scales=scales, grad_scale=up.fp8_grad_scale, x8=x8
+            )
+        return down(F.gelu(up(x, x8)))
 
 
 class SwiGLU(nn.Module):

@@ -57,6 +57,42 @@ def test_health_per_layer_covers_the_swiglu_branches(shakespeare):
     assert health.activations.values == sum(h.activations.values for h in health.layers.values())
 
 
+def test_the_gelu_mlp_is_one_op_only_where_nothing_watches_its_layers(shakespeare):
+    """`MLP` runs `fp8_gelu_mlp` (fused on the GPU) only where that computes what its two
+    layers would: both FP8, neither a subclass, no hooks. On the CPU the fused op is the two
+    emulated layers, so the model's numbers are the same either way; fp8_health's hooks get
+    every GELU layer's operands."""
+    config = debug_config(shakespeare, precision="fp8", batch_size=8)
+    model = build_model(config, torch.device("cpu"))
+    mlp = model.blocks[0].mlp
+    assert mlp.up.fusable() and mlp.down.fusable()
+    probe = Batches(split_corpus(shakespeare)[0], batch_size=8, seq_len=64, seed=0).next()
+    x = probe[0]
+    fused = model(x)
+
+    seen: list[str] = []
+    handles = [
+        layer.register_forward_pre_hook(lambda _m, _i, name=name: seen.append(name))
+        for name, layer in hidden_linears(model)
+    ]
+    try:
+        assert not mlp.up.fusable()  # a hook: the layers run one by one, and it is called
+        layered = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert mlp.up.fusable()
+    assert torch.equal(fused, layered)
+    assert {
+        f"blocks.{b}.mlp.{n}" for b in range(config.model.depth) for n in ("up", "down")
+    } <= set(seen)
+    health = measure_fp8_health(model, probe, config)
+    assert health.layers["blocks.0.mlp.down"].gradients.values > 0
+
+    bf16 = build_model(debug_config(shakespeare, precision="bf16"), torch.device("cpu"))
+    assert not bf16.blocks[0].mlp.up.fusable()  # not FP8
+
+
 @pytest.mark.parametrize("optimizer_state", ["bf16", "fp8"])
 def test_moment_health_counts_what_the_next_step_compresses(shakespeare, optimizer_state):
     config = debug_config(shakespeare, precision="fp32", optimizer_state=optimizer_state)

@@ -129,6 +129,108 @@ def test_fp8_matmul_checks_its_arguments() -> None:
         )
 
 
+def small_integers(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Values in {-2, ..., 2}: their GEMMs' sums are integers, exact in bf16 (no rounding,
+    so the interpreter's truncation plays no part in h)."""
+    return torch.randint(-2, 3, shape).float().to(dtype)
+
+
+def assert_fp8_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """FP8 values from a GELU epilogue against torch's: most codes equal, the rest within
+    a binade. GELU's outputs land anywhere, so the interpreter's rounding quirks (module
+    docstring: bf16 truncation, FP8 ties and carries) move some codes by one step, and its
+    carry bug by a binade; an indexing, scale or formula error moves most of them."""
+    got, want = got.float(), want.float()
+    assert (got == want).float().mean() > 0.85
+    assert ((got - want).abs() <= want.abs() / 2 + 2.0**-9).all()
+    assert (got * want >= 0).all()  # no sign flipped
+
+
+@pytest.mark.parametrize("kernel", ["simple", "tma"])
+def test_gelu_epilogues(kernel: str) -> None:
+    """The up projection's "gelu" epilogue and the down projection's "gelu_grad" one, each
+    against torch's GELU (and its backward) of the same bf16 tensors, then the cast."""
+    m, n, k = 48, 64, 32  # two tiles of 32 along M and N, partial-free: exact sums
+    a, b = small_integers((m, k), E4M3), small_integers((n, k), E4M3)
+    h, act8, act8t = triton_gemm.fp8_matmul_gelu(a, b, scale=0.5, kernel=kernel)
+    exact = (a.float() @ b.float().T) * 0.5
+    assert h.dtype == torch.bfloat16 and torch.equal(h.float(), exact)
+    assert_fp8_close(act8, saturating_cast(F.gelu(h).float(), E4M3))
+    assert torch.equal(act8t.view(torch.uint8), act8.t().contiguous().view(torch.uint8))
+
+    g = small_integers((m, k), E5M2)
+    grad_scale = 8.0
+    g8, g8t = triton_gemm.fp8_matmul_gelu_grad(
+        g, b, h, scale=0.25, grad_scale=grad_scale, kernel=kernel
+    )
+    dy = ((g.float() @ b.float().T) * 0.25).to(torch.bfloat16)  # exact, as the kernel's
+    h_ = h.detach().requires_grad_()
+    F.gelu(h_).backward(dy)
+    assert h_.grad is not None and h_.grad.dtype == torch.bfloat16
+    assert g8.dtype == g8t.dtype == E5M2
+    assert_fp8_close(g8, saturating_cast(h_.grad.float() * grad_scale, E5M2))
+    assert torch.equal(g8t.view(torch.uint8), g8.t().contiguous().view(torch.uint8))
+
+
+def test_gelu_epilogues_check_their_arguments() -> None:
+    a = torch.randn(16, 32).to(E4M3)
+    with pytest.raises(ValueError, match="cuBLAS has no GELU epilogue"):
+        triton_gemm.fp8_matmul_gelu(a, a, scale=1.0, kernel="cublas")
+    with pytest.raises(ValueError, match="h must be"):
+        triton_gemm.fp8_matmul_gelu_grad(
+            a, a, torch.zeros(16, 8, dtype=torch.bfloat16), scale=1.0, grad_scale=1.0
+        )
+
+
+def test_fp8_gelu_mlp_triton_path_matches_emulation() -> None:
+    """The fused MLP (`FP8GeluMLPTriton`) against the two emulated layers with GELU between:
+    output and all three gradients, eager and compiled (aot_eager: the custom ops' fake
+    forms traced, without graph breaks)."""
+    d = 32
+    x0 = small_integers((2, 24, d), torch.float32)
+    w_up0, w_down0 = small_integers((4 * d, d), torch.float32), torch.randn(d, 4 * d)
+    scales, grad_scale = (d**-0.5, (4 * d) ** -0.5), 256.0
+    g = ((torch.randn(2, 24, d) * 4).to(E5M2).float() / grad_scale).to(torch.bfloat16)
+
+    def mlp(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+        return kernels.fp8_gelu_mlp(x, w_up, w_down, scales=scales, grad_scale=grad_scale)
+
+    results = []
+    for backend, run in (
+        ("triton", mlp),
+        ("triton", torch.compile(mlp, backend="aot_eager", fullgraph=True)),
+        ("emulate", mlp),
+    ):
+        kernels.set_fp8_backend(backend)
+        try:
+            x = x0.to(torch.bfloat16).requires_grad_()
+            w_up, w_down = w_up0.clone().requires_grad_(), w_down0.clone().requires_grad_()
+            y = run(x, w_up, w_down)
+            y.backward(g)
+            results.append((y, x.grad, w_up.grad, w_down.grad))
+        finally:
+            kernels.set_fp8_backend("auto")
+    eager, compiled, reference = results
+    for got, want in zip(eager, compiled, strict=True):
+        assert got is not None and want is not None and torch.equal(got, want)
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    # Within what the interpreter's rounding of GELU's FP8 copies moves (assert_fp8_close):
+    # a wrong operand, scale or gradient is off by far more.
+    for got, want in zip(eager, reference, strict=True):
+        assert got is not None and want is not None and got.dtype == want.dtype
+        assert rel(got, want) < 0.15
+    with torch.no_grad():  # evaluation: the same kernels, nothing saved
+        kernels.set_fp8_backend("triton")
+        try:
+            y_eval = mlp(x0.to(torch.bfloat16), w_up0, w_down0)
+        finally:
+            kernels.set_fp8_backend("auto")
+    assert torch.equal(y_eval, eager[0])
+
+
 def test_fp8_linear_triton_path_matches_emulation() -> None:
     """Forward and both gradients through the custom ops and the autograd Function."""
     # Operands exact in e4m3 (and the gradient in e5m2 after grad_scale), so that the
@@ -211,6 +313,10 @@ def test_custom_ops_pass_opcheck() -> None:
     for op in (ops.fp8_cast, ops.fp8_cast_transpose, ops.fp8_transpose_cast):
         torch.library.opcheck(op, (x, E5M2, 2.0), test_utils=(*utils, "test_schema"))
     torch.library.opcheck(ops.fp8_matmul, (a, b, 0.5, torch.float32, False), test_utils=utils)
+    a4 = saturating_cast(torch.randn(64, 96), E4M3)
+    h = torch.randn(64, 32, dtype=torch.bfloat16)
+    torch.library.opcheck(ops.fp8_matmul_gelu, (a4, b, 0.5), test_utils=utils)
+    torch.library.opcheck(ops.fp8_matmul_gelu_grad, (a, b, h, 0.5, 8.0), test_utils=utils)
 
 
 @triton.jit

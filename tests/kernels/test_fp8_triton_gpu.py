@@ -317,3 +317,127 @@ def test_fp8_linear_under_autocast_and_no_grad() -> None:
         y_eval = kernels.fp8_linear(x, w, scale=1 / 16, grad_scale=1.0)
     y_ref = fp8_linear_reference(x, w, scale=1 / 16, grad_scale=1.0)
     assert rel_err(y_auto, y_ref) < GEMM_BF16 and rel_err(y_eval, y_ref) < GEMM_BF16
+
+
+def fp8_steps_apart(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """How many FP8 values apart two FP8 tensors of one dtype are, per element (for one
+    sign, consecutive codes are consecutive values)."""
+    codes = [t.view(torch.uint8).int() for t in (got, want)]
+    sign = [c >> 7 for c in codes]
+    magnitude = [c & 0x7F for c in codes]
+    apart = (magnitude[0] - magnitude[1]).abs()
+    return torch.where(sign[0] == sign[1], apart, magnitude[0] + magnitude[1])
+
+
+def check_fp8_epilogue(got: torch.Tensor, want: torch.Tensor) -> None:
+    """A GELU epilogue's FP8 output against torch's GELU on the same bf16 tensors, then the
+    cast: the same codes but where the two GELUs' fp32 results round to neighbouring bf16
+    values (their erf and exp differ in the last fp32 bits), one FP8 step apart at most."""
+    apart = fp8_steps_apart(got, want)
+    assert apart.max() <= 1
+    assert (apart == 0).float().mean() > 0.999
+
+
+GELU_SHAPES = [(4096, 4096, 1024), (1008, 784, 528)]  # whole tiles; partial in M and N
+
+
+@pytest.mark.parametrize(("kernel", "config"), KERNEL_CONFIGS)
+@pytest.mark.parametrize("mnk", GELU_SHAPES)
+def test_gelu_epilogues_match_the_unfused_path(
+    kernel: str, config: dict[str, int], mnk: tuple[int, int, int]
+) -> None:
+    """`fp8_matmul_gelu` and `fp8_matmul_gelu_grad` against the same kernel and config
+    without the epilogue (the same sums) followed by torch's GELU, its backward and the cast
+    kernel: h bit-exact, the FP8 copies as `check_fp8_epilogue`, Dt exactly D transposed."""
+    m, n, k = mnk
+    cfg = {"GROUP_M": 8, "num_warps": 8, **config}
+    x8, w8, _ = gemm_operands(m, n, k, E4M3)
+    h, act8, act8t = triton_gemm.fp8_matmul_gelu(x8, w8, scale=k**-0.5, kernel=kernel, config=cfg)
+    h_ref = triton_gemm.fp8_matmul(x8, w8, scale=k**-0.5, kernel=kernel, config=cfg)
+    assert torch.equal(h, h_ref)
+    check_fp8_epilogue(act8, saturating_cast(torch.nn.functional.gelu(h), E4M3))
+    assert torch.equal(act8t.view(torch.uint8), act8.t().contiguous().view(torch.uint8))
+
+    g8 = saturating_cast(torch.randn(m, k, device=DEVICE), E5M2)
+    grad_scale = 2.0**10
+    dh8, dh8t = triton_gemm.fp8_matmul_gelu_grad(
+        g8, w8, h, scale=2.0**-12, grad_scale=grad_scale, kernel=kernel, config=cfg
+    )
+    dy = triton_gemm.fp8_matmul(g8, w8, scale=2.0**-12, kernel=kernel, config=cfg)
+    h_ = h.detach().requires_grad_()
+    torch.nn.functional.gelu(h_).backward(dy)
+    assert h_.grad is not None
+    check_fp8_epilogue(dh8, saturating_cast(h_.grad.float() * grad_scale, E5M2))
+    assert torch.equal(dh8t.view(torch.uint8), dh8.t().contiguous().view(torch.uint8))
+
+
+MLP = Callable[..., torch.Tensor]  # (x, w_up, w_down, scales, grad_scale) -> y
+
+
+def fused_mlp(
+    x: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    scales: tuple[float, float],
+    grad_scale: float,
+) -> torch.Tensor:
+    return kernels.fp8_gelu_mlp(x, w_up, w_down, scales=scales, grad_scale=grad_scale)
+
+
+def two_layers(
+    x: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    scales: tuple[float, float],
+    grad_scale: float,
+) -> torch.Tensor:
+    h = kernels.fp8_linear(x, w_up, scale=scales[0], grad_scale=grad_scale)
+    a = torch.nn.functional.gelu(h)
+    return kernels.fp8_linear(a, w_down, scale=scales[1], grad_scale=grad_scale)
+
+
+def mlp_case(
+    mlp: MLP, x0: torch.Tensor, ws: tuple[torch.Tensor, torch.Tensor], g: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Output and gradients of a µS GELU MLP in FP8 on the Triton kernels."""
+    d = x0.shape[-1]
+    scales, grad_scale = (d**-0.5, (4 * d) ** -0.5), float(x0.numel() // d)
+    x = x0.clone().requires_grad_()
+    w_up, w_down = (w.clone().requires_grad_() for w in ws)
+    y = mlp(x, w_up, w_down, scales, grad_scale)
+    y.backward(g)
+    assert x.grad is not None and w_up.grad is not None and w_down.grad is not None
+    return y, x.grad, w_up.grad, w_down.grad
+
+
+def mlp_inputs(
+    tokens: int, d: int
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    x0 = torch.randn(2, tokens // 2, d, device=DEVICE, dtype=torch.bfloat16)
+    ws = (torch.randn(4 * d, d, device=DEVICE), torch.randn(d, 4 * d, device=DEVICE))
+    g = torch.randn(2, tokens // 2, d, device=DEVICE, dtype=torch.bfloat16) / tokens
+    return x0, ws, g
+
+
+def test_fp8_gelu_mlp_matches_the_two_layers() -> None:
+    """The fused MLP against two `fp8_linear` layers with torch's GELU between: the same
+    FP8 operands but where GELU's bf16 rounding differs (check_fp8_epilogue), and GEMM
+    choices that may differ in summation order (the unfused layers may take cuBLAS)."""
+    x0, ws, g = mlp_inputs(4096, 1024)
+    fused = mlp_case(fused_mlp, x0, ws, g)
+    unfused = mlp_case(two_layers, x0, ws, g)
+    for got, want in zip(fused, unfused, strict=True):
+        assert got.dtype == want.dtype
+        assert rel_err(got, want) < 2e-2  # an FP8 step (~6-12%) on ~1.5% of GELU's values
+    with torch.no_grad():
+        d = x0.shape[-1]
+        y_eval = fused_mlp(x0, *ws, (d**-0.5, (4 * d) ** -0.5), 1.0)
+    assert torch.equal(y_eval, fused[0])  # evaluation: the same kernels, the same numbers
+
+
+def test_fp8_gelu_mlp_compiled_matches_eager() -> None:
+    x0, ws, g = mlp_inputs(2048, 512)
+    eager = mlp_case(fused_mlp, x0, ws, g)
+    compiled = mlp_case(torch.compile(fused_mlp, fullgraph=True), x0, ws, g)
+    for got, want in zip(compiled, eager, strict=True):
+        assert torch.equal(got, want)
