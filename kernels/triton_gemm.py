@@ -285,10 +285,20 @@ def _fp8_matmul_tma_persistent_kernel(
             _store_halves_tma(acc, offs_cm, offs_cn, out, EPILOGUE, FP8_MAX, BLOCK_M, BLOCK_N)
         else:
             tl.static_assert(EPILOGUE_SPLIT == 4, "EPILOGUE_SPLIT must be 1, 2 or 4")
+            # BLOCK_N // 2 written out at each use: a name assigned inside the tile loop is a
+            # loop value (a tensor) to triton 3.6, which a shape may not take.
             left, right = _halves(acc, BLOCK_M, BLOCK_N)
-            half = BLOCK_N // 2
-            _store_halves_tma(left, offs_cm, offs_cn, out, EPILOGUE, FP8_MAX, BLOCK_M, half)
-            _store_halves_tma(right, offs_cm, offs_cn + half, out, EPILOGUE, FP8_MAX, BLOCK_M, half)
+            _store_halves_tma(left, offs_cm, offs_cn, out, EPILOGUE, FP8_MAX, BLOCK_M, BLOCK_N // 2)
+            _store_halves_tma(
+                right,
+                offs_cm,
+                offs_cn + BLOCK_N // 2,
+                out,
+                EPILOGUE,
+                FP8_MAX,
+                BLOCK_M,
+                BLOCK_N // 2,
+            )
 
 
 @triton.jit
