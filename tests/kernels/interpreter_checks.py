@@ -146,13 +146,20 @@ def assert_fp8_close(got: torch.Tensor, want: torch.Tensor) -> None:
     assert (got * want >= 0).all()  # no sign flipped
 
 
-@pytest.mark.parametrize("kernel", ["simple", "tma"])
-def test_gelu_epilogues(kernel: str) -> None:
+TILE = {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 2}
+
+
+@pytest.mark.parametrize(
+    ("kernel", "config"),
+    [("simple", TILE)] + [("tma", {**TILE, "EPILOGUE_SPLIT": s}) for s in (1, 2, 4)],
+)
+def test_gelu_epilogues(kernel: str, config: dict[str, int]) -> None:
     """The up projection's "gelu" epilogue and the down projection's "gelu_grad" one, each
-    against torch's GELU (and its backward) of the same bf16 tensors, then the cast."""
-    m, n, k = 48, 64, 32  # two tiles of 32 along M and N, partial-free: exact sums
+    against torch's GELU (and its backward) of the same bf16 tensors, then the cast; the TMA
+    kernel's tile stored whole and in 2 and 4 column slices."""
+    m, n, k = 48, 128, 32  # partial tiles along M; exact sums
     a, b = small_integers((m, k), E4M3), small_integers((n, k), E4M3)
-    h, act8, act8t = triton_gemm.fp8_matmul_gelu(a, b, scale=0.5, kernel=kernel)
+    h, act8, act8t = triton_gemm.fp8_matmul_gelu(a, b, scale=0.5, kernel=kernel, config=config)
     exact = (a.float() @ b.float().T) * 0.5
     assert h.dtype == torch.bfloat16 and torch.equal(h.float(), exact)
     assert_fp8_close(act8, saturating_cast(F.gelu(h).float(), E4M3))
@@ -161,7 +168,7 @@ def test_gelu_epilogues(kernel: str) -> None:
     g = small_integers((m, k), E5M2)
     grad_scale = 8.0
     g8, g8t = triton_gemm.fp8_matmul_gelu_grad(
-        g, b, h, scale=0.25, grad_scale=grad_scale, kernel=kernel
+        g, b, h, scale=0.25, grad_scale=grad_scale, kernel=kernel, config=config
     )
     dy = ((g.float() @ b.float().T) * 0.25).to(torch.bfloat16)  # exact, as the kernel's
     h_ = h.detach().requires_grad_()
