@@ -221,6 +221,9 @@ def main() -> None:
     parser.add_argument(
         "--epilogues", action="store_true", help="only the GELU epilogues against their chains"
     )
+    parser.add_argument(
+        "--widths", type=int, nargs="+", default=list(WIDTHS[:3]), help="the epilogues' widths"
+    )
     parser.add_argument("--out", default="gemm", help="JSON name under benchmarks/results/")
     args = parser.parse_args()
 
@@ -246,7 +249,7 @@ def main() -> None:
         )
     if args.epilogues:
         payload["epilogues"] = []
-        for d in WIDTHS[:3]:
+        for d in args.widths:
             r = run_epilogues(d)
             payload["epilogues"].append(r)
             write_json(args.out, payload)
