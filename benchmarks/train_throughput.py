@@ -99,6 +99,7 @@ class Variant:
     graphs: bool = False  # replay each step from a CUDA graph (`models.steps.GraphedSteps`)
     swap: Swap | None = None  # another FP8 linear in place of the hidden layers' own
     matmul_dtype: MatmulDtype = "fp8"  # the hidden matmuls', for MFU
+    gelu_fusion: Literal["epilogue", "cast"] = "epilogue"  # `kernels.ops.GELU_FUSION`
 
     def unavailable(self, device: torch.device) -> str | None:
         """Why this machine cannot run the variant, None where it can."""
@@ -116,6 +117,7 @@ VARIANTS = {
     "fp8-eager": Variant("fp8", compile=False),
     "fp8-compiled": Variant("fp8", compile=True),
     "fp8-graphs": Variant("fp8", compile=False, graphs=True),
+    "fp8-compiled-gelu-in-cast": Variant("fp8", compile=True, gelu_fusion="cast"),
     "torchao-tensorwise": Variant("bf16", compile=True, swap="torchao-tensorwise"),
     "torchao-rowwise": Variant("bf16", compile=True, swap="torchao-rowwise"),
     "scaled-mm-compiled": Variant("fp8", compile=True, swap="scaled-mm"),
@@ -278,6 +280,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the variant's model and optimizer, warm up, time ``spec["steps"]`` steps."""
     variant, config = VARIANTS[spec["variant"]], train_config(spec)
     device = resolve_device(config.device)
+    if variant.gelu_fusion != "epilogue":  # this process measures this variant alone
+        from kernels import ops
+
+        ops.GELU_FUSION = variant.gelu_fusion
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(config, device)

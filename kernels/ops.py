@@ -25,6 +25,13 @@ from kernels.formats import E4M3, E5M2, E4M3Copies
 # timing runs the TMA kernel's own tuning, which would then count twice).
 TUNERS = (triton_casts.CAST_TRANSPOSE, triton_gemm.FP8_MATMUL_SIMPLE, triton_gemm.FP8_MATMUL_TMA)
 
+# Where the GELU MLP's GELU and the casts around it run (`FP8GeluMLPTriton`): "epilogue",
+# inside the up projection's GEMM and the down projection's input-gradient GEMM (ours, not
+# cuBLAS); "cast", in the cast + transpose of the plain GEMMs' bf16 outputs (one
+# memory-bound pass each way, the GEMMs free to be cuBLAS's). To be measured side by side
+# (benchmarks/bench_mlp.py) and the slower removed.
+GELU_FUSION = "epilogue"
+
 # Whether each GEMM promotes the tensor cores' partial sums to fp32 every BLOCK_K products
 # (see triton_gemm._mma). Measured on an H100 (benchmarks/results/gemm.json): promotion costs
 # about 20% of the throughput and moves the fp32 weight gradient's error from 2.7e-3 to
@@ -61,6 +68,26 @@ def fp8_cast_transpose(
 
 @fp8_cast_transpose.register_fake
 def _(x: torch.Tensor, dtype: torch.dtype, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    m, n = x.shape
+    return x.new_empty((m, n), dtype=dtype), x.new_empty((n, m), dtype=dtype)
+
+
+@torch.library.custom_op("sweeper::fp8_gelu_cast_transpose", mutates_args=())
+def fp8_gelu_cast_transpose(
+    x: torch.Tensor, h: torch.Tensor | None, dtype: torch.dtype, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fp8_cast_transpose` of GELU(x) (h None), or of GELU'(h) * x (the GELU MLP's
+    backward: x the gradient of GELU's output)."""
+    activation = "gelu" if h is None else "gelu_grad"
+    y, yt = triton_casts.cast_transpose(x, dtype, scale, activation=activation, h=h)
+    assert y is not None and yt is not None
+    return y, yt
+
+
+@fp8_gelu_cast_transpose.register_fake
+def _(
+    x: torch.Tensor, h: torch.Tensor | None, dtype: torch.dtype, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     m, n = x.shape
     return x.new_empty((m, n), dtype=dtype), x.new_empty((n, m), dtype=dtype)
 
@@ -153,6 +180,17 @@ def _cast_transpose(
     if torch.compiler.is_compiling():
         return fp8_cast_transpose(x, dtype, scale)
     y, yt = triton_casts.cast_transpose(x, dtype, scale)
+    assert y is not None and yt is not None
+    return y, yt
+
+
+def _gelu_cast_transpose(
+    x: torch.Tensor, h: torch.Tensor | None, dtype: torch.dtype, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if torch.compiler.is_compiling():
+        return fp8_gelu_cast_transpose(x, h, dtype, scale)
+    activation = "gelu" if h is None else "gelu_grad"
+    y, yt = triton_casts.cast_transpose(x, dtype, scale, activation=activation, h=h)
     assert y is not None and yt is not None
     return y, yt
 
@@ -250,9 +288,11 @@ class FP8LinearTriton(torch.autograd.Function):
 class FP8GeluMLPTriton(torch.autograd.Function):
     """The µS GELU MLP, ``down(GELU(up(x)))``, as two FP8 linear layers whose GELU and
     casts between them live in the GEMMs' epilogues (`triton_gemm.fp8_matmul_gelu` and
-    `fp8_matmul_gelu_grad`): the up projection writes the down projection's e4m3 operands,
-    and the down projection's input gradient comes out as the up projection's e5m2
-    operands. Same numbers as the two `FP8LinearTriton` layers with GELU between them.
+    `fp8_matmul_gelu_grad`) or, with `GELU_FUSION` "cast", in one cast + transpose of each
+    plain GEMM's bf16 output (`triton_casts.cast_transpose(activation=)`): either way the up
+    projection's output becomes the down projection's e4m3 operands, and the down
+    projection's input gradient the up projection's e5m2 operands, without a GELU pass of
+    their own. Same numbers as the two `FP8LinearTriton` layers with GELU between them.
     Saved: x's and the weights' transposed e4m3 copies, h in bf16 (for GELU'), and
     GELU(h)'s transposed e4m3 copy.
     """
@@ -296,7 +336,11 @@ class FP8GeluMLPTriton(torch.autograd.Function):
             )
         if need_dh:
             assert g8 is not None
-            dh8, dh8t = _matmul_gelu_grad(g8, w_down8t, h, down_unscale, ctx.grad_scale)
+            if GELU_FUSION == "epilogue":
+                dh8, dh8t = _matmul_gelu_grad(g8, w_down8t, h, down_unscale, ctx.grad_scale)
+            else:
+                dact = _matmul(g8, w_down8t, down_unscale, h.dtype, PRECISE_ACC["dgrad"])
+                dh8, dh8t = _gelu_cast_transpose(dact, h, E5M2, ctx.grad_scale)
             if need_up:
                 grad_up = _weight_grad(dh8t, x8t, up_unscale, ctx.w_dtypes[0], beside=ctx.up_beside)
             if need_x:
@@ -325,7 +369,11 @@ def _gelu_mlp_forward(
         w_down8, w_down8t = _weight_copies(w_down, transposed=need_dh)  # (d, 4d), (4d, d)
     x8, x8t = _input_copies(x2d, x8_rows, x8_cols, transposed=need_up)
     overlap.join(side, *(t for t in (w_up8, w_up8t, w_down8, w_down8t) if t is not None))
-    h, act8, act8t = _matmul_gelu(x8, w_up8, scales[0])  # (M, 4d) bf16, e4m3, (4d, M)
+    if GELU_FUSION == "epilogue":
+        h, act8, act8t = _matmul_gelu(x8, w_up8, scales[0])  # (M, 4d) bf16, e4m3, (4d, M)
+    else:
+        h = _matmul(x8, w_up8, scales[0], torch.bfloat16, PRECISE_ACC["forward"])
+        act8, act8t = _gelu_cast_transpose(h, None, E4M3, 1.0)
     y = _matmul(act8, w_down8, scales[1], torch.bfloat16, PRECISE_ACC["forward"])
     return y.reshape(*x.shape[:-1], w_down.shape[0]), (x8t, w_up8t, h, act8t, w_down8t)
 

@@ -56,6 +56,33 @@ def saturating_cast_kernel(
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def gelu(h):
+    # The erf form, F.gelu's default.
+    return 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
+
+
+@triton.jit
+def gelu_grad(dy, h):
+    # d GELU(h) / dh = Phi(h) + h * phi(h), as torch's GELU backward writes it.
+    cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
+    pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327
+    return dy * (cdf + h * pdf)
+
+
+@triton.jit
+def activate(x, h, ACTIVATION: tl.constexpr):
+    """What a cast with ``ACTIVATION`` casts, in fp32: x itself ("none"), GELU(x) ("gelu") or
+    GELU'(h) * x ("gelu_grad": x the gradient of GELU's output), the activations rounded to
+    bf16 first: the GELU MLP's tensor between its layers, as the unfused path stores it."""
+    if ACTIVATION == "gelu":
+        return gelu(x.to(tl.float32)).to(tl.bfloat16).to(tl.float32)
+    elif ACTIVATION == "gelu_grad":
+        return gelu_grad(x.to(tl.float32), h.to(tl.float32)).to(tl.bfloat16).to(tl.float32)
+    else:
+        return x.to(tl.float32)
+
+
 def _cast_transpose_configs() -> list[triton.Config]:
     # Memory-bound: the tile only has to be large enough for 16-byte accesses on both the
     # row-major and the transposed store (1-byte FP8 -> 16 elements per thread and row).
@@ -67,20 +94,24 @@ def _cast_transpose_configs() -> list[triton.Config]:
 
 @triton.jit
 def _cast_transpose_kernel(
-    # Pointers: input (M, N) with any strides; FP8 outputs (M, N) and (N, M), contiguous
-    # (as their uint8 codes where READ_BACK)
+    # Pointers: input (M, N) with any strides, GELU's input h (M, N) for "gelu_grad" (else
+    # unused); FP8 outputs (M, N) and (N, M), contiguous (as their uint8 codes where READ_BACK)
     x_ptr,
+    h_ptr,
     y_ptr,
     yt_ptr,
     # Sizes
     M,
     N,
-    # Strides of the input
+    # Strides of the input and of h
     stride_xm,
     stride_xn,
+    stride_hm,
+    stride_hn,
     # Static multiplier applied in fp32 before the cast
     scale,
     # Meta-parameters
+    ACTIVATION: tl.constexpr,  # see `activate`
     FP8_MAX: tl.constexpr,
     WRITE_Y: tl.constexpr,
     WRITE_YT: tl.constexpr,
@@ -97,7 +128,11 @@ def _cast_transpose_kernel(
     x = tl.load(
         x_ptr + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xn, mask=mask, other=0.0
     )
-    y = _saturate(x.to(tl.float32) * scale, FP8_MAX)  # (BM, BN), fp32, exact FP8 values
+    h = x
+    if ACTIVATION == "gelu_grad":
+        h_offs = offs_m[:, None] * stride_hm + offs_n[None, :] * stride_hn
+        h = tl.load(h_ptr + h_offs, mask=mask, other=0.0)
+    y = _saturate(activate(x, h, ACTIVATION) * scale, FP8_MAX)  # (BM, BN), exact FP8 values
     y_offs = offs_m[:, None] * N + offs_n[None, :]
     # The transposed tile's mask is built from the offsets rather than transposed.
     mask_t = (offs_n[:, None] < N) & (offs_m[None, :] < M)
@@ -124,6 +159,7 @@ def _cast_transpose_kernel(
 
 
 CAST_TRANSPOSE = Tuner("cast_transpose", _cast_transpose_kernel, _cast_transpose_configs())
+ACTIVATIONS = ("none", "gelu", "gelu_grad")
 
 
 def saturating_cast(x: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
@@ -156,6 +192,8 @@ def cast_transpose(
     *,
     rows: bool = True,
     cols: bool = True,
+    activation: str = "none",
+    h: torch.Tensor | None = None,
     config: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Saturating cast of ``x * scale`` for a 2-D ``x`` (M, N), as ``(y, yt)`` in one pass.
@@ -163,12 +201,24 @@ def cast_transpose(
     ``y`` is the row-major (M, N) copy and ``yt`` the transposed (N, M) one, both contiguous;
     ``rows=False`` or ``cols=False`` skips writing (and allocating) one of them. ``config``
     (BLOCK_M, BLOCK_N, num_warps) runs those meta-parameters instead of autotuning.
+
+    ``activation`` (the GELU MLP's, in the same pass): ``"gelu"`` casts ``GELU(x)``,
+    ``"gelu_grad"`` casts ``GELU'(h) * x`` for x the gradient of GELU's output and ``h`` its
+    input (M, N); each rounded to bf16 before ``* scale`` and the cast, as the unfused path's
+    GELU (or its backward) stores its output.
     """
     check_device(x)
     if x.ndim != 2:
         raise ValueError(f"cast_transpose takes a 2-D tensor, got shape {tuple(x.shape)}")
     if not (rows or cols):
         raise ValueError("nothing to write: rows and cols are both False")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if (activation == "gelu_grad") != (h is not None):
+        raise ValueError("h (GELU's input) is given exactly for activation='gelu_grad'")
+    if h is not None and h.shape != x.shape:
+        raise ValueError(f"h must have x's shape {tuple(x.shape)}, got {tuple(h.shape)}")
+    h_arg = h if h is not None else x
     limit = fp8_max(dtype)
     M, N = x.shape
     # fp32 inputs take yt from y's stored tile (see the kernel): y is written wherever yt is
@@ -182,8 +232,9 @@ def cast_transpose(
     assert y_arg is not None and yt_arg is not None
     if read_back:  # bytes: the read-back tile is codes
         y_arg, yt_arg = y_arg.view(torch.uint8), yt_arg.view(torch.uint8)
-    args = (x, y_arg, yt_arg, M, N, x.stride(0), x.stride(1), scale)
+    args = (x, h_arg, y_arg, yt_arg, M, N, *x.stride(), *h_arg.stride(), scale)
     meta = {
+        "ACTIVATION": activation,
         "FP8_MAX": limit,
         "FP8_DTYPE": _TRITON_FP8[dtype],
         "WRITE_Y": rows,
@@ -195,7 +246,7 @@ def cast_transpose(
         grid = (triton.cdiv(M, config["BLOCK_M"]), triton.cdiv(N, config["BLOCK_N"]))
         _cast_transpose_kernel.run(*args, grid=grid, warmup=warmup, **meta, **config)
 
-    key = (M, N, x.dtype, dtype, x.stride(1) == 1, rows, cols)
+    key = (M, N, x.dtype, dtype, x.stride(1) == 1, rows, cols, activation)
     launch_tuned(
         CAST_TRANSPOSE, key, launch, config, interpreter_config={"BLOCK_M": 32, "BLOCK_N": 32}
     )

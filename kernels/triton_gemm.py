@@ -39,7 +39,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.formats import E4M3, E5M2, FP8_DTYPES
-from kernels.triton_casts import _saturate
+from kernels.triton_casts import _saturate, activate
 from kernels.triton_launch import INTERPRET, Meta, check_device, fp8_max, launch_tuned
 from kernels.tuning import Key, Tuner
 
@@ -72,29 +72,11 @@ def _mma(a, b, acc, PRECISE_ACC: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _gelu(h):
-    # The erf form, F.gelu's default.
-    return 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
-
-
-@triton.jit
-def _gelu_grad(dy, h):
-    # d GELU(h) / dh = Phi(h) + h * phi(h), as torch's GELU backward writes it.
-    cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
-    pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327
-    return dy * (cdf + h * pdf)
-
-
-@triton.jit
 def _gelu_epilogue(out, h, cast_scale, EPILOGUE: tl.constexpr, FP8_MAX: tl.constexpr):
-    """The fp32 values whose FP8 casts a GELU epilogue stores: GELU(out) ("gelu", where
-    ``out`` is h) or GELU'(h) * out ("gelu_grad"), each rounded to bf16 first (the unfused
-    path's tensor), times ``cast_scale``, saturated."""
-    if EPILOGUE == "gelu":
-        act = _gelu(out.to(tl.float32))
-    else:
-        act = _gelu_grad(out.to(tl.float32), h.to(tl.float32))
-    return _saturate(act.to(tl.bfloat16).to(tl.float32) * cast_scale, FP8_MAX)
+    """The fp32 values whose FP8 casts a GELU epilogue stores: `activate`'s (GELU(out) for
+    "gelu", where ``out`` is h; GELU'(h) * out for "gelu_grad") times ``cast_scale``,
+    saturated."""
+    return _saturate(activate(out, h, EPILOGUE) * cast_scale, FP8_MAX)
 
 
 def _matmul_configs() -> list[triton.Config]:

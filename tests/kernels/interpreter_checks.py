@@ -20,6 +20,7 @@ exact values on the grid, so the cast's rounding plays no part).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -189,10 +190,49 @@ def test_gelu_epilogues_check_their_arguments() -> None:
         )
 
 
+@pytest.mark.parametrize("source", [torch.bfloat16, torch.float32])
+def test_gelu_casts(source: torch.dtype) -> None:
+    """`cast_transpose` with the GELU MLP's activations against torch's GELU (and its
+    backward) on the same tensors, then the cast (assert_fp8_close); yt exactly y's
+    transpose."""
+    h = (torch.randn(45, 70) * 2).to(source)
+    y, yt = triton_casts.cast_transpose(h, E4M3, activation="gelu")
+    assert y is not None and yt is not None
+    want = saturating_cast(F.gelu(h.to(torch.bfloat16)).float(), E4M3)
+    assert_fp8_close(y, want)
+    assert torch.equal(yt.view(torch.uint8), y.t().contiguous().view(torch.uint8))
+
+    h16 = h.to(torch.bfloat16)
+    dy = (torch.randn(45, 70) / 64).to(torch.bfloat16)
+    g, gt = triton_casts.cast_transpose(dy, E5M2, 64.0, activation="gelu_grad", h=h16)
+    assert g is not None and gt is not None
+    h_ = h16.clone().requires_grad_()
+    F.gelu(h_).backward(dy)
+    assert h_.grad is not None
+    assert_fp8_close(g, saturating_cast(h_.grad.float() * 64.0, E5M2))
+    assert torch.equal(gt.view(torch.uint8), g.t().contiguous().view(torch.uint8))
+    with pytest.raises(ValueError, match="h \\(GELU's input\\)"):
+        triton_casts.cast_transpose(dy, E5M2, activation="gelu_grad")
+
+
+@pytest.fixture(params=["epilogue", "cast"])
+def gelu_fusion(request: pytest.FixtureRequest) -> Iterator[str]:
+    """`kernels.ops.GELU_FUSION`, each way."""
+    from kernels import ops
+
+    before = ops.GELU_FUSION
+    ops.GELU_FUSION = request.param
+    try:
+        yield request.param
+    finally:
+        ops.GELU_FUSION = before
+
+
+@pytest.mark.usefixtures("gelu_fusion")
 def test_fp8_gelu_mlp_triton_path_matches_emulation() -> None:
-    """The fused MLP (`FP8GeluMLPTriton`) against the two emulated layers with GELU between:
-    output and all three gradients, eager and compiled (aot_eager: the custom ops' fake
-    forms traced, without graph breaks)."""
+    """The fused MLP (`FP8GeluMLPTriton`, GELU in the GEMMs' epilogues or in the casts)
+    against the two emulated layers with GELU between: output and all three gradients, eager
+    and compiled (aot_eager: the custom ops' fake forms traced, without graph breaks)."""
     d = 32
     x0 = small_integers((2, 24, d), torch.float32)
     w_up0, w_down0 = small_integers((4 * d, d), torch.float32), torch.randn(d, 4 * d)
@@ -324,6 +364,10 @@ def test_custom_ops_pass_opcheck() -> None:
     h = torch.randn(64, 32, dtype=torch.bfloat16)
     torch.library.opcheck(ops.fp8_matmul_gelu, (a4, b, 0.5), test_utils=utils)
     torch.library.opcheck(ops.fp8_matmul_gelu_grad, (a, b, h, 0.5, 8.0), test_utils=utils)
+    dy = torch.randn(64, 32, dtype=torch.bfloat16)
+    for h_arg in (None, h):
+        args = (dy, h_arg, E4M3 if h_arg is None else E5M2, 2.0)
+        torch.library.opcheck(ops.fp8_gelu_cast_transpose, args, test_utils=utils)
 
 
 @triton.jit

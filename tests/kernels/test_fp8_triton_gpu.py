@@ -15,7 +15,7 @@ Stated tolerances (relative Frobenius error, float64 reference):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -371,6 +371,41 @@ def test_gelu_epilogues_match_the_unfused_path(
     assert torch.equal(dh8t.view(torch.uint8), dh8.t().contiguous().view(torch.uint8))
 
 
+@pytest.mark.parametrize("source", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(4096, 4096), (1000, 777)])
+def test_gelu_casts_match_the_unfused_path(source: torch.dtype, shape: tuple[int, int]) -> None:
+    """`cast_transpose` with the GELU MLP's activations against torch's GELU (and its
+    backward) on the same tensors, then the cast: as `check_fp8_epilogue`."""
+    h = (torch.randn(shape, device=DEVICE) * 2).to(source)
+    y, yt = triton_casts.cast_transpose(h, E4M3, activation="gelu")
+    assert y is not None and yt is not None
+    check_fp8_epilogue(y, saturating_cast(torch.nn.functional.gelu(h.to(torch.bfloat16)), E4M3))
+    assert torch.equal(yt.view(torch.uint8), y.t().contiguous().view(torch.uint8))
+
+    h16 = h.to(torch.bfloat16)
+    dy = (torch.randn(shape, device=DEVICE) / 1024).to(torch.bfloat16)
+    g, gt = triton_casts.cast_transpose(dy, E5M2, 1024.0, activation="gelu_grad", h=h16)
+    assert g is not None and gt is not None
+    h_ = h16.clone().requires_grad_()
+    torch.nn.functional.gelu(h_).backward(dy)
+    assert h_.grad is not None
+    check_fp8_epilogue(g, saturating_cast(h_.grad.float() * 1024.0, E5M2))
+    assert torch.equal(gt.view(torch.uint8), g.t().contiguous().view(torch.uint8))
+
+
+@pytest.fixture(params=["epilogue", "cast"])
+def gelu_fusion(request: pytest.FixtureRequest) -> Iterator[str]:
+    """`kernels.ops.GELU_FUSION`, each way."""
+    from kernels import ops
+
+    before = ops.GELU_FUSION
+    ops.GELU_FUSION = request.param
+    try:
+        yield request.param
+    finally:
+        ops.GELU_FUSION = before
+
+
 MLP = Callable[..., torch.Tensor]  # (x, w_up, w_down, scales, grad_scale) -> y
 
 
@@ -419,6 +454,7 @@ def mlp_inputs(
     return x0, ws, g
 
 
+@pytest.mark.usefixtures("gelu_fusion")
 def test_fp8_gelu_mlp_matches_the_two_layers() -> None:
     """The fused MLP against two `fp8_linear` layers with torch's GELU between: the same
     FP8 operands but where GELU's bf16 rounding differs (check_fp8_epilogue), and GEMM
@@ -435,6 +471,7 @@ def test_fp8_gelu_mlp_matches_the_two_layers() -> None:
     assert torch.equal(y_eval, fused[0])  # evaluation: the same kernels, the same numbers
 
 
+@pytest.mark.usefixtures("gelu_fusion")
 def test_fp8_gelu_mlp_compiled_matches_eager() -> None:
     x0, ws, g = mlp_inputs(2048, 512)
     eager = mlp_case(fused_mlp, x0, ws, g)
