@@ -9,6 +9,8 @@ the GELU MLP; every variant at a width on the same model, measured side by side 
 * ``fp8-eager`` / ``fp8-compiled`` / ``fp8-graphs``: every hidden linear through our kernels
   (`kernels.fp8_linear`, the trainer's ``precision="fp8"``); ``fp8-graphs`` is the eager model
   replayed from CUDA graphs with the weights' FP8 work on a side stream (`models.steps`).
+* ``fp8-compiled-gelu-in-cast``: as ``fp8-compiled`` with the GELU MLP's GELU in the casts
+  of plain GEMMs' outputs instead of in the GEMM epilogues (``kernels.ops.GELU_FUSION``).
 * ``torchao-tensorwise`` / ``torchao-rowwise``: the bf16 model's hidden linears through
   torchao's ``convert_to_float8_training`` (dynamic scales) with that recipe, compiled.
 * ``scaled-mm-compiled``: static µS scales through ``torch._scaled_mm`` with fast accumulation
