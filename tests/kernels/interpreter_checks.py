@@ -20,7 +20,6 @@ exact values on the grid, so the cast's rounding plays no part).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -213,19 +212,6 @@ def test_gelu_casts(source: torch.dtype) -> None:
     assert torch.equal(gt.view(torch.uint8), g.t().contiguous().view(torch.uint8))
     with pytest.raises(ValueError, match="h \\(GELU's input\\)"):
         triton_casts.cast_transpose(dy, E5M2, activation="gelu_grad")
-
-
-@pytest.fixture(params=["epilogue", "cast"])
-def gelu_fusion(request: pytest.FixtureRequest) -> Iterator[str]:
-    """`kernels.ops.GELU_FUSION`, each way."""
-    from kernels import ops
-
-    before = ops.GELU_FUSION
-    ops.GELU_FUSION = request.param
-    try:
-        yield request.param
-    finally:
-        ops.GELU_FUSION = before
 
 
 @pytest.mark.usefixtures("gelu_fusion")

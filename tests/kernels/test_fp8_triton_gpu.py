@@ -15,7 +15,7 @@ Stated tolerances (relative Frobenius error, float64 reference):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -391,19 +391,6 @@ def test_gelu_casts_match_the_unfused_path(source: torch.dtype, shape: tuple[int
     assert h_.grad is not None
     check_fp8_epilogue(g, saturating_cast(h_.grad.float() * 1024.0, E5M2))
     assert torch.equal(gt.view(torch.uint8), g.t().contiguous().view(torch.uint8))
-
-
-@pytest.fixture(params=["epilogue", "cast"])
-def gelu_fusion(request: pytest.FixtureRequest) -> Iterator[str]:
-    """`kernels.ops.GELU_FUSION`, each way."""
-    from kernels import ops
-
-    before = ops.GELU_FUSION
-    ops.GELU_FUSION = request.param
-    try:
-        yield request.param
-    finally:
-        ops.GELU_FUSION = before
 
 
 MLP = Callable[..., torch.Tensor]  # (x, w_up, w_down, scales, grad_scale) -> y
