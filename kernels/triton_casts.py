@@ -7,6 +7,9 @@ Under µS no operand needs a dynamic scale, so a cast is one read and one write,
   transposed in one pass. Hopper's FP8 tensor cores take both operands K-major only, so each
   backward GEMM needs one operand transposed; producing it while the tile is in registers
   costs one extra 1-byte write instead of a second pass over the 2- or 4-byte input.
+  With an ``ACTIVATION`` it casts the GELU MLP's GELU(x), or GELU'(h)·x in the backward
+  (`activate`, which the GEMMs' GELU epilogues in `kernels.triton_gemm` share), so that the
+  tensor between the MLP's layers needs no pass of its own.
 
 `saturating_cast` and `cast_transpose` check, allocate and launch; the cast+transpose tiles
 are chosen per shape by the `CAST_TRANSPOSE` tuner (`kernels.triton_launch.launch_tuned`).
