@@ -60,13 +60,13 @@ def saturating_cast_kernel(
 
 
 @triton.jit
-def gelu(h):
+def _gelu(h):
     # The erf form, F.gelu's default.
     return 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
 
 
 @triton.jit
-def gelu_grad(dy, h):
+def _gelu_grad(dy, h):
     # d GELU(h) / dh = Phi(h) + h * phi(h), as torch's GELU backward writes it.
     cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
     pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327
@@ -79,9 +79,9 @@ def activate(x, h, ACTIVATION: tl.constexpr):
     GELU'(h) * x ("gelu_grad": x the gradient of GELU's output), the activations rounded to
     bf16 first: the GELU MLP's tensor between its layers, as the unfused path stores it."""
     if ACTIVATION == "gelu":
-        return gelu(x.to(tl.float32)).to(tl.bfloat16).to(tl.float32)
+        return _gelu(x.to(tl.float32)).to(tl.bfloat16).to(tl.float32)
     elif ACTIVATION == "gelu_grad":
-        return gelu_grad(x.to(tl.float32), h.to(tl.float32)).to(tl.bfloat16).to(tl.float32)
+        return _gelu_grad(x.to(tl.float32), h.to(tl.float32)).to(tl.bfloat16).to(tl.float32)
     else:
         return x.to(tl.float32)
 

@@ -39,12 +39,12 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.formats import E4M3, E5M2, FP8_DTYPES
-from kernels.triton_casts import _saturate, activate
+from kernels.triton_casts import ACTIVATIONS, _saturate, activate
 from kernels.triton_launch import INTERPRET, Meta, check_device, fp8_max, launch_tuned
 from kernels.tuning import Key, Tuner
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-EPILOGUES = ("none", "gelu", "gelu_grad")
+EPILOGUES = ACTIVATIONS  # an epilogue applies the casts' activation of the same name
 
 
 @triton.jit
