@@ -20,8 +20,9 @@ GEMM takes ~40 us).
 (`fp8_matmul_gelu`, the up projection; `fp8_matmul_gelu_grad`, the down projection's input
 gradient) against the chains they replace, each as one CUDA graph: the plain GEMM (our
 kernel or cuBLAS, as "auto" chooses), torch's GELU (or its backward) and the cast +
-transpose; and the plain GEMM alone, so that the epilogue's own cost shows
-(``epilogue_ms``: fused minus plain).
+transpose; the plain GEMM with the GELU in its output's cast + transpose instead
+(``*_in_cast``, the other placement); and the plain GEMM alone, so that the epilogue's own
+cost shows (``epilogue_ms``: fused minus plain).
 
     python -m benchmarks.bench_gemm [--backward] [--sweep] [--epilogues] [--out NAME]
 """
@@ -125,7 +126,8 @@ def run_shape(shape: dict[str, Any]) -> dict[str, Any]:
 
 def run_epilogues(d: int) -> dict[str, Any]:
     """The MLP's two epilogue GEMMs at width d (M tokens, N = 4d, K = d), each fused and as
-    the chain it replaces, CUDA-graph medians in ms."""
+    the chain it replaces and with the GELU in the cast instead (`GELU_FUSION` "cast"),
+    CUDA-graph medians in ms."""
     n, k = 4 * d, d
     x8 = saturating_cast(torch.randn(M, k, device="cuda"), E4M3)
     g8 = saturating_cast(torch.randn(M, k, device="cuda"), E5M2)
@@ -140,13 +142,22 @@ def run_epilogues(d: int) -> dict[str, Any]:
         dy = fp8_matmul(g8, w8, scale=scale / grad_scale)
         cast_transpose(torch.ops.aten.gelu_backward(dy, h), E5M2, grad_scale)
 
+    def gelu_in_cast() -> None:
+        cast_transpose(fp8_matmul(x8, w8, scale=scale), E4M3, activation="gelu")
+
+    def gelu_grad_in_cast() -> None:
+        dy = fp8_matmul(g8, w8, scale=scale / grad_scale)
+        cast_transpose(dy, E5M2, grad_scale, activation="gelu_grad", h=h)
+
     variants = {
         "gelu_fused": lambda: fp8_matmul_gelu(x8, w8, scale=scale),
+        "gelu_in_cast": gelu_in_cast,
         "gelu_chain": gelu_chain,
         "gemm_e4m3": lambda: fp8_matmul(x8, w8, scale=scale),
         "gelu_grad_fused": lambda: fp8_matmul_gelu_grad(
             g8, w8, h, scale=scale / grad_scale, grad_scale=grad_scale
         ),
+        "gelu_grad_in_cast": gelu_grad_in_cast,
         "gelu_grad_chain": gelu_grad_chain,
         "gemm_e5m2": lambda: fp8_matmul(g8, w8, scale=scale / grad_scale),
     }
@@ -158,6 +169,7 @@ def run_epilogues(d: int) -> dict[str, Any]:
         fused, chain = result[f"{kind}_fused_ms"], result[f"{kind}_chain_ms"]
         result[f"{kind}_speedup"] = round(chain / fused, 3)
         result[f"{kind}_epilogue_ms"] = round(fused - result[f"{gemm}_ms"], 4)
+        result[f"{kind}_in_cast_speedup"] = round(chain / result[f"{kind}_in_cast_ms"], 3)
     torch.cuda.empty_cache()
     return result
 
@@ -254,9 +266,10 @@ def main() -> None:
             payload["epilogues"].append(r)
             write_json(args.out, payload)
             print(
-                f"epilogues d={d}: gelu {r['gelu_fused_ms']} vs chain {r['gelu_chain_ms']} ms "
-                f"(epilogue {r['gelu_epilogue_ms']}), gelu_grad {r['gelu_grad_fused_ms']} vs "
-                f"chain {r['gelu_grad_chain_ms']} ms (epilogue {r['gelu_grad_epilogue_ms']})",
+                f"epilogues d={d}: gelu {r['gelu_fused_ms']} / in cast {r['gelu_in_cast_ms']} / "
+                f"chain {r['gelu_chain_ms']} ms (epilogue {r['gelu_epilogue_ms']}), gelu_grad "
+                f"{r['gelu_grad_fused_ms']} / in cast {r['gelu_grad_in_cast_ms']} / chain "
+                f"{r['gelu_grad_chain_ms']} ms (epilogue {r['gelu_grad_epilogue_ms']})",
                 flush=True,
             )
     if args.sweep:
