@@ -16,15 +16,7 @@ GEMM takes ~40 us).
 
 ``--sweep`` also times every TMA config (and warp specialisation) outside the autotuner.
 
-``--epilogues`` times, instead of the shapes above, the GELU MLP's two epilogue GEMMs
-(`fp8_matmul_gelu`, the up projection; `fp8_matmul_gelu_grad`, the down projection's input
-gradient) against the chains they replace, each as one CUDA graph: the plain GEMM (our
-kernel or cuBLAS, as "auto" chooses), torch's GELU (or its backward) and the cast +
-transpose; the plain GEMM with the GELU in its output's cast + transpose instead
-(``*_in_cast``, the other placement); and the plain GEMM alone, so that the epilogue's own
-cost shows (``epilogue_ms``: fused minus plain).
-
-    python -m benchmarks.bench_gemm [--backward] [--sweep] [--epilogues] [--out NAME]
+    python -m benchmarks.bench_gemm [--backward] [--sweep] [--out NAME]
 """
 
 from __future__ import annotations
@@ -34,13 +26,11 @@ import itertools
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import bench_graph_ms, bench_ms, environment, rel_err, write_json
 from kernels import E4M3, E5M2, saturating_cast
 from kernels.ops import best_configs
-from kernels.triton_casts import cast_transpose
-from kernels.triton_gemm import fp8_matmul, fp8_matmul_gelu, fp8_matmul_gelu_grad
+from kernels.triton_gemm import fp8_matmul
 
 M = 16384
 WIDTHS = (1024, 2048, 4096, 8192)
@@ -124,56 +114,6 @@ def run_shape(shape: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_epilogues(d: int) -> dict[str, Any]:
-    """The MLP's two epilogue GEMMs at width d (M tokens, N = 4d, K = d), each fused and as
-    the chain it replaces and with the GELU in the cast instead (`GELU_FUSION` "cast"),
-    CUDA-graph medians in ms."""
-    n, k = 4 * d, d
-    x8 = saturating_cast(torch.randn(M, k, device="cuda"), E4M3)
-    g8 = saturating_cast(torch.randn(M, k, device="cuda"), E5M2)
-    w8 = saturating_cast(torch.randn(n, k, device="cuda"), E4M3)
-    scale, grad_scale = k**-0.5, float(M)
-    h = fp8_matmul(x8, w8, scale=scale)
-
-    def gelu_chain() -> None:
-        cast_transpose(F.gelu(fp8_matmul(x8, w8, scale=scale)), E4M3)
-
-    def gelu_grad_chain() -> None:
-        dy = fp8_matmul(g8, w8, scale=scale / grad_scale)
-        cast_transpose(torch.ops.aten.gelu_backward(dy, h), E5M2, grad_scale)
-
-    def gelu_in_cast() -> None:
-        cast_transpose(fp8_matmul(x8, w8, scale=scale), E4M3, activation="gelu")
-
-    def gelu_grad_in_cast() -> None:
-        dy = fp8_matmul(g8, w8, scale=scale / grad_scale)
-        cast_transpose(dy, E5M2, grad_scale, activation="gelu_grad", h=h)
-
-    variants = {
-        "gelu_fused": lambda: fp8_matmul_gelu(x8, w8, scale=scale),
-        "gelu_in_cast": gelu_in_cast,
-        "gelu_chain": gelu_chain,
-        "gemm_e4m3": lambda: fp8_matmul(x8, w8, scale=scale),
-        "gelu_grad_fused": lambda: fp8_matmul_gelu_grad(
-            g8, w8, h, scale=scale / grad_scale, grad_scale=grad_scale
-        ),
-        "gelu_grad_in_cast": gelu_grad_in_cast,
-        "gelu_grad_chain": gelu_grad_chain,
-        "gemm_e5m2": lambda: fp8_matmul(g8, w8, scale=scale / grad_scale),
-    }
-    result: dict[str, Any] = {"M": M, "N": n, "K": k}
-    for name, fn in variants.items():
-        fn()  # compiles and tunes outside the capture
-        result[f"{name}_ms"] = round(bench_graph_ms(fn), 4)
-    for kind, gemm in (("gelu", "gemm_e4m3"), ("gelu_grad", "gemm_e5m2")):
-        fused, chain = result[f"{kind}_fused_ms"], result[f"{kind}_chain_ms"]
-        result[f"{kind}_speedup"] = round(chain / fused, 3)
-        result[f"{kind}_epilogue_ms"] = round(fused - result[f"{gemm}_ms"], 4)
-        result[f"{kind}_in_cast_speedup"] = round(chain / result[f"{kind}_in_cast_ms"], 3)
-    torch.cuda.empty_cache()
-    return result
-
-
 def sweep_configs() -> list[dict[str, Any]]:
     base = [
         (128, 256, 128, 3, 8, 2),
@@ -230,18 +170,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backward", action="store_true", help="add the backward GEMMs")
     parser.add_argument("--sweep", action="store_true", help="time each TMA config explicitly")
-    parser.add_argument(
-        "--epilogues", action="store_true", help="only the GELU epilogues against their chains"
-    )
-    parser.add_argument(
-        "--widths", type=int, nargs="+", default=list(WIDTHS[:3]), help="the epilogues' widths"
-    )
     parser.add_argument("--out", default="gemm", help="JSON name under benchmarks/results/")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    shapes = [] if args.epilogues else forward_shapes()
-    shapes += backward_shapes() if args.backward and not args.epilogues else []
+    shapes = forward_shapes() + (backward_shapes() if args.backward else [])
     results = []
     header = f"{'kind':7} {'M':>6} {'N':>6} {'K':>6} | {'ours':>7} {'precise':>7} "
     header += f"{'cuBLASf':>7} {'cuBLAS':>7} TFLOP/s | {'x fast':>6} {'x cuBLAS':>8} | err"
@@ -259,19 +192,6 @@ def main() -> None:
             f"{r['ratio_vs_cublas']:8.3f} | {r['ours_err']:.1e} {r['cublas_fast_accum_err']:.1e}",
             flush=True,
         )
-    if args.epilogues:
-        payload["epilogues"] = []
-        for d in args.widths:
-            r = run_epilogues(d)
-            payload["epilogues"].append(r)
-            write_json(args.out, payload)
-            print(
-                f"epilogues d={d}: gelu {r['gelu_fused_ms']} / in cast {r['gelu_in_cast_ms']} / "
-                f"chain {r['gelu_chain_ms']} ms (epilogue {r['gelu_epilogue_ms']}), gelu_grad "
-                f"{r['gelu_grad_fused_ms']} / in cast {r['gelu_grad_in_cast_ms']} / chain "
-                f"{r['gelu_grad_chain_ms']} ms (epilogue {r['gelu_grad_epilogue_ms']})",
-                flush=True,
-            )
     if args.sweep:
         payload["sweep"] = {}
         for shape in forward_shapes():

@@ -11,13 +11,11 @@ does). Variants, all measured in one run:
   saturating casts in torch, ``torch._scaled_mm`` (fast accumulation) for all three GEMMs,
   the whole block under ``torch.compile`` so inductor fuses casts and transposes.
 * ``ours_eager`` / ``ours_compiled``: `kernels.fp8_gelu_mlp` (Triton), what the µS model
-  runs: GELU, its backward and the FP8 casts around them in the GEMMs' epilogues.
-* ``ours_gelu_in_cast_compiled``: `kernels.fp8_gelu_mlp` with ``kernels.ops.GELU_FUSION =
-  "cast"``: GELU in the cast + transpose of the plain GEMMs' outputs instead of in their
-  epilogues.
+  runs: GELU, its backward and the FP8 casts around them in one cast + transpose of each
+  GEMM's output.
 * ``ours_unfused_compiled``: two `kernels.fp8_linear` layers with torch's GELU between,
-  compiled (inductor fuses GELU and its backward around our opaque kernels): what the
-  epilogues replace.
+  compiled (inductor fuses GELU and its backward around our opaque kernels): what the fused
+  op replaces.
 
 Time (``ms``) is the median of CUDA-event timings of eager calls (triton's do_bench), launch
 overhead included; ``graph_ms`` replays the same step from a CUDA graph (GPU time alone).
@@ -39,7 +37,7 @@ from torch import nn
 
 import kernels
 from benchmarks.common import bench_graph_ms, bench_ms, environment, write_json
-from kernels import E4M3, E4M3_MAX, E5M2, E5M2_MAX, ops
+from kernels import E4M3, E4M3_MAX, E5M2, E5M2_MAX
 
 M = 16384
 
@@ -138,7 +136,6 @@ def variants(k: int) -> dict[str, Callable[[], nn.Module]]:
         ),
         "ours_eager": lambda: FP8MLP(k, torch.bfloat16),
         "ours_compiled": lambda: torch.compile(FP8MLP(k, torch.bfloat16)),
-        "ours_gelu_in_cast_compiled": lambda: torch.compile(FP8MLP(k, torch.bfloat16)),
         "ours_unfused_compiled": lambda: torch.compile(
             FP8MLP(k, torch.bfloat16, kernels.fp8_linear)
         ),
@@ -202,12 +199,9 @@ def main() -> None:
                 continue
             try:
                 profile = name in args.profile and k == args.widths[0]
-                ops.GELU_FUSION = "cast" if "gelu_in_cast" in name else "epilogue"
                 row[name] = measure(make, k, profile=profile)
             except Exception as e:  # e.g. torchao missing: record it, keep measuring the rest
                 row[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-            finally:
-                ops.GELU_FUSION = "epilogue"
             torch._dynamo.reset()
             print(f"K={k} {name}: {row[name]}", flush=True)
         ours = row.get("ours_compiled", {}).get("ms")

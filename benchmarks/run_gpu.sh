@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU side of the kernels' work, for one call of the device machine (see docs/KERNELS.md).
-#   bash benchmarks/run_gpu.sh STAGE...   stages: env tests gemm sweep epilogues mlp norm parity
-#                                          graphs profile steady startup warm-up proxy-sweep
+#   bash benchmarks/run_gpu.sh STAGE...   stages: env tests gemm sweep mlp norm parity graphs
+#                                          profile steady startup warm-up proxy-sweep
 #                                          train-throughput
 # LIMIT_<stage>=seconds stops a stage early (the device call has a hard limit); its JSON,
 # written as it goes, is still copied.
@@ -32,8 +32,6 @@ for stage in "$@"; do
         tests) t tests python3 -m pytest -q --tb=short -p no:logging --durations=8 tests/kernels 2>&1 | tee "$OUT/pytest.log" ;;
         gemm) t gemm python3 -m benchmarks.bench_gemm --backward 2>&1 | tee "$OUT/gemm.log" ;;
         sweep) t sweep python3 -m benchmarks.bench_gemm --sweep --out gemm_sweep 2>&1 | tee "$OUT/sweep.log" ;;
-        epilogues) t epilogues python3 -m benchmarks.bench_gemm --epilogues --out gemm_epilogues 2>&1 \
-                       | tee "$OUT/epilogues.log" ;;
         mlp) t mlp python3 -m benchmarks.bench_mlp ${MLP_ARGS:-} 2>&1 | tee "$OUT/mlp.log" ;;
         norm) t norm python3 -m benchmarks.bench_norm ${NORM_ARGS:-} 2>&1 | tee "$OUT/norm.log" ;;
         parity) t parity python3 -m benchmarks.fp8_training_parity --data .devdata/shakespeare.txt \

@@ -9,8 +9,6 @@ the GELU MLP; every variant at a width on the same model, measured side by side 
 * ``fp8-eager`` / ``fp8-compiled`` / ``fp8-graphs``: every hidden linear through our kernels
   (`kernels.fp8_linear`, the trainer's ``precision="fp8"``); ``fp8-graphs`` is the eager model
   replayed from CUDA graphs with the weights' FP8 work on a side stream (`models.steps`).
-* ``fp8-compiled-gelu-in-cast``: as ``fp8-compiled`` with the GELU MLP's GELU in the casts
-  of plain GEMMs' outputs instead of in the GEMM epilogues (``kernels.ops.GELU_FUSION``).
 * ``torchao-tensorwise`` / ``torchao-rowwise``: the bf16 model's hidden linears through
   torchao's ``convert_to_float8_training`` (dynamic scales) with that recipe, compiled.
 * ``scaled-mm-compiled``: static µS scales through ``torch._scaled_mm`` with fast accumulation
@@ -101,7 +99,6 @@ class Variant:
     graphs: bool = False  # replay each step from a CUDA graph (`models.steps.GraphedSteps`)
     swap: Swap | None = None  # another FP8 linear in place of the hidden layers' own
     matmul_dtype: MatmulDtype = "fp8"  # the hidden matmuls', for MFU
-    gelu_fusion: Literal["epilogue", "cast"] = "epilogue"  # `kernels.ops.GELU_FUSION`
 
     def unavailable(self, device: torch.device) -> str | None:
         """Why this machine cannot run the variant, None where it can."""
@@ -119,7 +116,6 @@ VARIANTS = {
     "fp8-eager": Variant("fp8", compile=False),
     "fp8-compiled": Variant("fp8", compile=True),
     "fp8-graphs": Variant("fp8", compile=False, graphs=True),
-    "fp8-compiled-gelu-in-cast": Variant("fp8", compile=True, gelu_fusion="cast"),
     "torchao-tensorwise": Variant("bf16", compile=True, swap="torchao-tensorwise"),
     "torchao-rowwise": Variant("bf16", compile=True, swap="torchao-rowwise"),
     "scaled-mm-compiled": Variant("fp8", compile=True, swap="scaled-mm"),
@@ -282,10 +278,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the variant's model and optimizer, warm up, time ``spec["steps"]`` steps."""
     variant, config = VARIANTS[spec["variant"]], train_config(spec)
     device = resolve_device(config.device)
-    if variant.gelu_fusion != "epilogue":  # this process measures this variant alone
-        from kernels import ops
-
-        ops.GELU_FUSION = variant.gelu_fusion
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(config, device)

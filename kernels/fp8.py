@@ -12,7 +12,7 @@ after the matmul, so the returned gradients are those of the unscaled loss.
 This module is the numerical reference: the CPU path *is* this code, and the Triton kernels
 (`kernels.triton_casts` and `kernels.triton_gemm`, through `kernels.ops`) must match it
 (same casts, fp32 math). `fp8_linear` is the one dispatch point (with `fp8_gelu_mlp`, two of
-them with GELU between, which the Triton side fuses into the GEMMs' epilogues), and its
+them with GELU between, which the Triton side fuses into the casts), and its
 backend one of:
 
 * ``auto`` (default): Triton for CUDA tensors when Triton is importable, else the emulation;
@@ -236,8 +236,8 @@ def fp8_gelu_mlp(
     ``scales`` are the up and down projections' output multipliers, ``grad_scale`` the
     static gradient factor of both, ``x8`` x's casts made ahead.
 
-    On the Triton kernels GELU and the casts around it run in the GEMMs' epilogues
-    (`kernels.ops.FP8GeluMLPTriton`); the reference is the two emulated layers with torch's
+    On the Triton kernels GELU and the casts around it run in one pass over each GEMM's
+    output (`kernels.ops.FP8GeluMLPTriton`); the reference is the two emulated layers with torch's
     GELU between them, in bf16 as the layers' outputs are.
     """
     if uses_triton(x):

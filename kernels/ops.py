@@ -25,13 +25,6 @@ from kernels.formats import E4M3, E5M2, E4M3Copies
 # timing runs the TMA kernel's own tuning, which would then count twice).
 TUNERS = (triton_casts.CAST_TRANSPOSE, triton_gemm.FP8_MATMUL_SIMPLE, triton_gemm.FP8_MATMUL_TMA)
 
-# Where the GELU MLP's GELU and the casts around it run (`FP8GeluMLPTriton`): "epilogue",
-# inside the up projection's GEMM and the down projection's input-gradient GEMM (ours, not
-# cuBLAS); "cast", in the cast + transpose of the plain GEMMs' bf16 outputs (one
-# memory-bound pass each way, the GEMMs free to be cuBLAS's). To be measured side by side
-# (benchmarks/bench_mlp.py) and the slower removed.
-GELU_FUSION = "epilogue"
-
 # Whether each GEMM promotes the tensor cores' partial sums to fp32 every BLOCK_K products
 # (see triton_gemm._mma). Measured on an H100 (benchmarks/results/gemm.json): promotion costs
 # about 20% of the throughput and moves the fp32 weight gradient's error from 2.7e-3 to
@@ -129,42 +122,6 @@ def _(
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
-@torch.library.custom_op("sweeper::fp8_matmul_gelu", mutates_args=())
-def fp8_matmul_gelu(
-    a: torch.Tensor, b: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """h = ``(a @ b.T) * scale`` in bf16 and GELU(h)'s e4m3 casts (M, N) and (N, M)."""
-    return triton_gemm.fp8_matmul_gelu(a, b, scale=scale)
-
-
-@fp8_matmul_gelu.register_fake
-def _(
-    a: torch.Tensor, b: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    m, n = a.shape[0], b.shape[0]
-    return (
-        a.new_empty((m, n), dtype=torch.bfloat16),
-        a.new_empty((m, n), dtype=E4M3),
-        a.new_empty((n, m), dtype=E4M3),
-    )
-
-
-@torch.library.custom_op("sweeper::fp8_matmul_gelu_grad", mutates_args=())
-def fp8_matmul_gelu_grad(
-    a: torch.Tensor, b: torch.Tensor, h: torch.Tensor, scale: float, grad_scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """GELU'(h) * ``(a @ b.T) * scale`` as e5m2 after ``grad_scale``, (M, N) and (N, M)."""
-    return triton_gemm.fp8_matmul_gelu_grad(a, b, h, scale=scale, grad_scale=grad_scale)
-
-
-@fp8_matmul_gelu_grad.register_fake
-def _(
-    a: torch.Tensor, b: torch.Tensor, h: torch.Tensor, scale: float, grad_scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    m, n = a.shape[0], b.shape[0]
-    return a.new_empty((m, n), dtype=E5M2), a.new_empty((n, m), dtype=E5M2)
-
-
 # Under torch.compile the custom ops; in eager mode the wrappers themselves.
 
 
@@ -209,22 +166,6 @@ def _matmul(
     if torch.compiler.is_compiling():
         return fp8_matmul(a, b, scale, out_dtype, precise_acc)
     return triton_gemm.fp8_matmul(a, b, scale=scale, out_dtype=out_dtype, precise_acc=precise_acc)
-
-
-def _matmul_gelu(
-    a: torch.Tensor, b: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if torch.compiler.is_compiling():
-        return fp8_matmul_gelu(a, b, scale)
-    return triton_gemm.fp8_matmul_gelu(a, b, scale=scale)
-
-
-def _matmul_gelu_grad(
-    a: torch.Tensor, b: torch.Tensor, h: torch.Tensor, scale: float, grad_scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if torch.compiler.is_compiling():
-        return fp8_matmul_gelu_grad(a, b, h, scale, grad_scale)
-    return triton_gemm.fp8_matmul_gelu_grad(a, b, h, scale=scale, grad_scale=grad_scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,13 +227,13 @@ class FP8LinearTriton(torch.autograd.Function):
 
 
 class FP8GeluMLPTriton(torch.autograd.Function):
-    """The µS GELU MLP, ``down(GELU(up(x)))``, as two FP8 linear layers whose GELU and
-    casts between them live in the GEMMs' epilogues (`triton_gemm.fp8_matmul_gelu` and
-    `fp8_matmul_gelu_grad`) or, with `GELU_FUSION` "cast", in one cast + transpose of each
-    plain GEMM's bf16 output (`triton_casts.cast_transpose(activation=)`): either way the up
-    projection's output becomes the down projection's e4m3 operands, and the down
-    projection's input gradient the up projection's e5m2 operands, without a GELU pass of
-    their own. Same numbers as the two `FP8LinearTriton` layers with GELU between them.
+    """The µS GELU MLP, ``down(GELU(up(x)))``, as two FP8 linear layers whose GELU and the
+    casts around it run in one cast + transpose of each plain GEMM's bf16 output
+    (`triton_casts.cast_transpose(activation=)`): the up projection's output h becomes the
+    down projection's e4m3 operands ``e4m3(GELU(h))``, and the down projection's input
+    gradient the up projection's e5m2 operands ``e5m2(GELU'(h) * dy)``, rows and transposed,
+    without a GELU pass of their own; the GEMMs stay plain (cuBLAS's where it is faster).
+    Same numbers as the two `FP8LinearTriton` layers with GELU between them.
     Saved: x's and the weights' transposed e4m3 copies, h in bf16 (for GELU'), and
     GELU(h)'s transposed e4m3 copy.
     """
@@ -336,11 +277,8 @@ class FP8GeluMLPTriton(torch.autograd.Function):
             )
         if need_dh:
             assert g8 is not None
-            if GELU_FUSION == "epilogue":
-                dh8, dh8t = _matmul_gelu_grad(g8, w_down8t, h, down_unscale, ctx.grad_scale)
-            else:
-                dact = _matmul(g8, w_down8t, down_unscale, h.dtype, PRECISE_ACC["dgrad"])
-                dh8, dh8t = _gelu_cast_transpose(dact, h, E5M2, ctx.grad_scale)
+            dact = _matmul(g8, w_down8t, down_unscale, h.dtype, PRECISE_ACC["dgrad"])  # (M, 4d)
+            dh8, dh8t = _gelu_cast_transpose(dact, h, E5M2, ctx.grad_scale)
             if need_up:
                 grad_up = _weight_grad(dh8t, x8t, up_unscale, ctx.w_dtypes[0], beside=ctx.up_beside)
             if need_x:
@@ -369,11 +307,8 @@ def _gelu_mlp_forward(
         w_down8, w_down8t = _weight_copies(w_down, transposed=need_dh)  # (d, 4d), (4d, d)
     x8, x8t = _input_copies(x2d, x8_rows, x8_cols, transposed=need_up)
     overlap.join(side, *(t for t in (w_up8, w_up8t, w_down8, w_down8t) if t is not None))
-    if GELU_FUSION == "epilogue":
-        h, act8, act8t = _matmul_gelu(x8, w_up8, scales[0])  # (M, 4d) bf16, e4m3, (4d, M)
-    else:
-        h = _matmul(x8, w_up8, scales[0], torch.bfloat16, PRECISE_ACC["forward"])
-        act8, act8t = _gelu_cast_transpose(h, None, E4M3, 1.0)
+    h = _matmul(x8, w_up8, scales[0], torch.bfloat16, PRECISE_ACC["forward"])  # (M, 4d)
+    act8, act8t = _gelu_cast_transpose(h, None, E4M3, 1.0)  # e4m3 GELU(h), (M, 4d), (4d, M)
     y = _matmul(act8, w_down8, scales[1], torch.bfloat16, PRECISE_ACC["forward"])
     return y.reshape(*x.shape[:-1], w_down.shape[0]), (x8t, w_up8t, h, act8t, w_down8t)
 

@@ -7,9 +7,8 @@ Under µS no operand needs a dynamic scale, so a cast is one read and one write,
   transposed in one pass. Hopper's FP8 tensor cores take both operands K-major only, so each
   backward GEMM needs one operand transposed; producing it while the tile is in registers
   costs one extra 1-byte write instead of a second pass over the 2- or 4-byte input.
-  With an ``ACTIVATION`` it casts the GELU MLP's GELU(x), or GELU'(h)·x in the backward
-  (`activate`, which the GEMMs' GELU epilogues in `kernels.triton_gemm` share), so that the
-  tensor between the MLP's layers needs no pass of its own.
+  With an ``ACTIVATION`` it casts the GELU MLP's GELU(x), or GELU'(h)·x in the backward, so
+  that the tensor between the MLP's layers needs no pass of its own.
 
 `saturating_cast` and `cast_transpose` check, allocate and launch; the cast+transpose tiles
 are chosen per shape by the `CAST_TRANSPOSE` tuner (`kernels.triton_launch.launch_tuned`).
@@ -74,7 +73,7 @@ def _gelu_grad(dy, h):
 
 
 @triton.jit
-def activate(x, h, ACTIVATION: tl.constexpr):
+def _activate(x, h, ACTIVATION: tl.constexpr):
     """What a cast with ``ACTIVATION`` casts, in fp32: x itself ("none"), GELU(x) ("gelu") or
     GELU'(h) * x ("gelu_grad": x the gradient of GELU's output), the activations rounded to
     bf16 first: the GELU MLP's tensor between its layers, as the unfused path stores it."""
@@ -114,7 +113,7 @@ def _cast_transpose_kernel(
     # Static multiplier applied in fp32 before the cast
     scale,
     # Meta-parameters
-    ACTIVATION: tl.constexpr,  # see `activate`
+    ACTIVATION: tl.constexpr,  # see `_activate`
     FP8_MAX: tl.constexpr,
     WRITE_Y: tl.constexpr,
     WRITE_YT: tl.constexpr,
@@ -135,7 +134,7 @@ def _cast_transpose_kernel(
     if ACTIVATION == "gelu_grad":
         h_offs = offs_m[:, None] * stride_hm + offs_n[None, :] * stride_hn
         h = tl.load(h_ptr + h_offs, mask=mask, other=0.0)
-    y = _saturate(activate(x, h, ACTIVATION) * scale, FP8_MAX)  # (BM, BN), exact FP8 values
+    y = _saturate(_activate(x, h, ACTIVATION) * scale, FP8_MAX)  # (BM, BN), exact FP8 values
     y_offs = offs_m[:, None] * N + offs_n[None, :]
     # The transposed tile's mask is built from the offsets rather than transposed.
     mask_t = (offs_n[:, None] < N) & (offs_m[None, :] < M)

@@ -13,38 +13,23 @@ fused into the epilogue. Two kernels in the shape of the Triton tutorials
 `fp8_matmul` checks, allocates and launches one of them, or ``torch._scaled_mm`` (cuBLAS)
 where that is faster at the shape (`GEMM_LIBRARY`). Each kernel's tiles
 are chosen per shape by its tuner (`kernels.triton_launch.launch_tuned`).
-
-Both kernels also end in the GELU MLP's epilogues, which cuBLAS has no form of (the tile is
-in registers once; the unfused path writes it in bf16 and reads it back, 4 bytes an
-element of the 4d-wide hidden layer):
-
-* ``"gelu"`` (`fp8_matmul_gelu`, the up projection): stores h in bf16 (for the backward)
-  and GELU(h)'s e4m3 casts, row-major and transposed: the down projection's operands;
-* ``"gelu_grad"`` (`fp8_matmul_gelu_grad`, the down projection's input gradient): reads h
-  and stores GELU'(h) times the product as e5m2, row-major and transposed: the up
-  projection's gradient operands, so that no cast of the gradient runs on its own.
-
-Each rounds where the unfused path does (bf16 GEMM output, bf16 GELU output or gradient,
-then the saturating FP8 cast), so fusing changes no number.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kernels.formats import E4M3, E5M2, FP8_DTYPES
-from kernels.triton_casts import ACTIVATIONS, _saturate, activate
-from kernels.triton_launch import INTERPRET, Meta, check_device, fp8_max, launch_tuned
-from kernels.tuning import Key, Tuner
+from kernels.formats import E5M2, FP8_DTYPES
+from kernels.triton_launch import INTERPRET, Meta, check_device, launch_tuned
+from kernels.tuning import Tuner
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-EPILOGUES = ACTIVATIONS  # an epilogue applies the casts' activation of the same name
 
 
 @triton.jit
@@ -71,14 +56,6 @@ def _mma(a, b, acc, PRECISE_ACC: tl.constexpr, BLOCK_K: tl.constexpr):
         return tl.dot(a, b, acc)
 
 
-@triton.jit
-def _gelu_epilogue(out, h, cast_scale, EPILOGUE: tl.constexpr, FP8_MAX: tl.constexpr):
-    """The fp32 values whose FP8 casts a GELU epilogue stores: `activate`'s (GELU(out) for
-    "gelu", where ``out`` is h; GELU'(h) * out for "gelu_grad") times ``cast_scale``,
-    saturated."""
-    return _saturate(activate(out, h, EPILOGUE) * cast_scale, FP8_MAX)
-
-
 def _matmul_configs() -> list[triton.Config]:
     # Tutorial-style tiles, plus narrow ones for the proxies' small N and K.
     return [
@@ -97,14 +74,10 @@ def _matmul_configs() -> list[triton.Config]:
 
 @triton.jit
 def _fp8_matmul_kernel(
-    # Pointers: A (M, K) and B (N, K) in FP8, C (M, N) in the output dtype (h in bf16 for
-    # the GELU epilogues: written by "gelu", read by "gelu_grad"), and the epilogue's FP8
-    # outputs D (M, N) and Dt (N, M), contiguous (unused without a GELU epilogue)
+    # Pointers: A (M, K) and B (N, K) in FP8, C (M, N) in the output dtype
     a_ptr,
     b_ptr,
     c_ptr,
-    d_ptr,
-    dt_ptr,
     # Sizes
     M,
     N,
@@ -116,13 +89,9 @@ def _fp8_matmul_kernel(
     stride_bk,
     stride_cm,
     stride_cn,
-    # Static output multiplier, applied to the fp32 accumulator before the output cast, and
-    # the GELU epilogues' multiplier before their FP8 cast
+    # Static output multiplier, applied to the fp32 accumulator before the output cast
     scale,
-    cast_scale,
     # Meta-parameters
-    EPILOGUE: tl.constexpr,  # one of EPILOGUES
-    FP8_MAX: tl.constexpr,  # D's largest value, where a GELU epilogue saturates
     PRECISE_ACC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -155,19 +124,8 @@ def _fp8_matmul_kernel(
     offs_cn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     c_offs = offs_cm[:, None] * stride_cm + offs_cn[None, :] * stride_cn
     c_mask = (offs_cm[:, None] < M) & (offs_cn[None, :] < N)
-    out = (acc * scale).to(c_ptr.dtype.element_ty)
-    if EPILOGUE == "none":
-        tl.store(c_ptr + c_offs, out, mask=c_mask)
-    else:
-        if EPILOGUE == "gelu":
-            tl.store(c_ptr + c_offs, out, mask=c_mask)
-            h = out
-        else:
-            h = tl.load(c_ptr + c_offs, mask=c_mask, other=0.0)
-        fp8 = _gelu_epilogue(out, h, cast_scale, EPILOGUE, FP8_MAX).to(d_ptr.dtype.element_ty)
-        tl.store(d_ptr + offs_cm[:, None] * N + offs_cn[None, :], fp8, mask=c_mask)
-        dt_mask = (offs_cn[:, None] < N) & (offs_cm[None, :] < M)
-        tl.store(dt_ptr + offs_cn[:, None] * M + offs_cm[None, :], tl.trans(fp8), mask=dt_mask)
+    c = acc * scale
+    tl.store(c_ptr + c_offs, c.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
 FP8_MATMUL_SIMPLE = Tuner("fp8_matmul_simple", _fp8_matmul_kernel, _matmul_configs())
@@ -201,23 +159,17 @@ def _matmul_tma_configs() -> list[triton.Config]:
 
 @triton.jit
 def _fp8_matmul_tma_persistent_kernel(
-    # TMA descriptors: A (M, K) and B (N, K) in FP8, C (M, N) in the output dtype (h, for
-    # the GELU epilogues), D (M, N) and Dt (N, M) in FP8 (as in _fp8_matmul_kernel)
+    # TMA descriptors: A (M, K) and B (N, K) in FP8, C (M, N) in the output dtype
     a_desc,
     b_desc,
     c_desc,
-    d_desc,
-    dt_desc,
     # Sizes
     M,
     N,
     K,
-    # Static multipliers, as in _fp8_matmul_kernel
+    # Static output multiplier, applied to the fp32 accumulator before the output cast
     scale,
-    cast_scale,
     # Meta-parameters
-    EPILOGUE: tl.constexpr,
-    FP8_MAX: tl.constexpr,
     PRECISE_ACC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -257,71 +209,30 @@ def _fp8_matmul_tma_persistent_kernel(
         pid_m, pid_n = _tile_coords(tile_id_c, num_pid_m, num_pid_n, GROUP_M)
         offs_cm = pid_m * BLOCK_M
         offs_cn = pid_n * BLOCK_N
+        acc = acc * scale
         # Storing the tile in EPILOGUE_SPLIT column slices shrinks the shared-memory staging
-        # buffers of the TMA stores (a 128 x 256 fp32 tile is 128 KiB), leaving room for
+        # buffer of the TMA store (a 128 x 256 fp32 tile is 128 KiB), leaving room for
         # deeper operand pipelining.
-        out = (c_desc, d_desc, dt_desc, scale, cast_scale)
         if EPILOGUE_SPLIT == 1:
-            _store_tma(acc, offs_cm, offs_cn, out, EPILOGUE, FP8_MAX)
+            c_desc.store([offs_cm, offs_cn], acc.to(c_desc.dtype))
         elif EPILOGUE_SPLIT == 2:
-            _store_halves_tma(acc, offs_cm, offs_cn, out, EPILOGUE, FP8_MAX, BLOCK_M, BLOCK_N)
+            acc = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+            acc0, acc1 = tl.split(acc)
+            c_desc.store([offs_cm, offs_cn], acc0.to(c_desc.dtype))
+            c_desc.store([offs_cm, offs_cn + BLOCK_N // 2], acc1.to(c_desc.dtype))
         else:
             tl.static_assert(EPILOGUE_SPLIT == 4, "EPILOGUE_SPLIT must be 1, 2 or 4")
-            # BLOCK_N // 2 written out at each use: a name assigned inside the tile loop is a
-            # loop value (a tensor) to triton 3.6, which a shape may not take.
-            left, right = _halves(acc, BLOCK_M, BLOCK_N)
-            _store_halves_tma(left, offs_cm, offs_cn, out, EPILOGUE, FP8_MAX, BLOCK_M, BLOCK_N // 2)
-            _store_halves_tma(
-                right,
-                offs_cm,
-                offs_cn + BLOCK_N // 2,
-                out,
-                EPILOGUE,
-                FP8_MAX,
-                BLOCK_M,
-                BLOCK_N // 2,
-            )
-
-
-@triton.jit
-def _halves(acc, ROWS: tl.constexpr, COLS: tl.constexpr):
-    # The left and right column halves of a (ROWS, COLS) tile.
-    return tl.split(tl.permute(tl.reshape(acc, (ROWS, 2, COLS // 2)), (0, 2, 1)))
-
-
-@triton.jit
-def _store_halves_tma(
-    acc,
-    offs_cm,
-    offs_cn,
-    out,
-    EPILOGUE: tl.constexpr,
-    FP8_MAX: tl.constexpr,
-    ROWS: tl.constexpr,
-    COLS: tl.constexpr,
-):
-    left, right = _halves(acc, ROWS, COLS)
-    _store_tma(left, offs_cm, offs_cn, out, EPILOGUE, FP8_MAX)
-    _store_tma(right, offs_cm, offs_cn + COLS // 2, out, EPILOGUE, FP8_MAX)
-
-
-@triton.jit
-def _store_tma(acc, offs_cm, offs_cn, out, EPILOGUE: tl.constexpr, FP8_MAX: tl.constexpr):
-    # One slice of the output tile, at (offs_cm, offs_cn), through the descriptors of `out`:
-    # (C, D, Dt, scale, cast_scale), as the kernel's arguments of those names.
-    c_desc, d_desc, dt_desc, scale, cast_scale = out
-    c = (acc * scale).to(c_desc.dtype)
-    if EPILOGUE == "none":
-        c_desc.store([offs_cm, offs_cn], c)
-    else:
-        if EPILOGUE == "gelu":
-            c_desc.store([offs_cm, offs_cn], c)
-            h = c
-        else:
-            h = c_desc.load([offs_cm, offs_cn])
-        fp8 = _gelu_epilogue(c, h, cast_scale, EPILOGUE, FP8_MAX).to(d_desc.dtype)
-        d_desc.store([offs_cm, offs_cn], fp8)
-        dt_desc.store([offs_cn, offs_cm], tl.trans(fp8))
+            acc = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+            left, right = tl.split(acc)
+            left = tl.permute(tl.reshape(left, (BLOCK_M, 2, BLOCK_N // 4)), (0, 2, 1))
+            right = tl.permute(tl.reshape(right, (BLOCK_M, 2, BLOCK_N // 4)), (0, 2, 1))
+            acc0, acc1 = tl.split(left)
+            acc2, acc3 = tl.split(right)
+            q = BLOCK_N // 4
+            c_desc.store([offs_cm, offs_cn], acc0.to(c_desc.dtype))
+            c_desc.store([offs_cm, offs_cn + q], acc1.to(c_desc.dtype))
+            c_desc.store([offs_cm, offs_cn + 2 * q], acc2.to(c_desc.dtype))
+            c_desc.store([offs_cm, offs_cn + 3 * q], acc3.to(c_desc.dtype))
 
 
 FP8_MATMUL_TMA = Tuner("fp8_matmul_tma", _fp8_matmul_tma_persistent_kernel, _matmul_tma_configs())
@@ -378,9 +289,19 @@ def fp8_matmul(
             BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages (+ EPILOGUE_SPLIT and
             WARP_SPECIALIZE for the TMA kernel).
     """
-    M, N, K = _check_operands(a, b, kernel)
+    check_device(a, b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need a (M, K) and b (N, K), got {tuple(a.shape)}, {tuple(b.shape)}")
+    if a.dtype not in FP8_DTYPES or b.dtype not in FP8_DTYPES:
+        raise ValueError(f"operands must be FP8, got {a.dtype}, {b.dtype}")
+    if a.dtype == b.dtype == E5M2:
+        raise ValueError("e5m2 x e5m2 has no FP8 tensor-core instruction; make one side e4m3")
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
+    if a.stride(1) != 1 or b.stride(1) != 1:
+        raise ValueError("both operands must be K-contiguous (row-major (M, K) and (N, K))")
+    M, K = a.shape
+    N = b.shape[0]
     if out is None:
         out = torch.empty((M, N), device=a.device, dtype=out_dtype)
     elif out.shape != (M, N) or out.dtype != out_dtype or not out.is_contiguous():
@@ -389,6 +310,9 @@ def fp8_matmul(
         return out
     if K == 0:
         return out.zero_()
+
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "tma" and not _tma_aligned(a, b, out):
         raise ValueError("the TMA kernel needs 16-byte aligned rows: K % 16 == 0 and N * bytes")
     if kernel == "cublas":
@@ -416,101 +340,6 @@ def fp8_matmul(
             return out
     launch_triton()
     return out
-
-
-def fp8_matmul_gelu(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    *,
-    scale: float,
-    kernel: str = "auto",
-    config: dict[str, Any] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The up projection with the ``"gelu"`` epilogue: ``h = bf16((a @ b.T) * scale)`` and
-    ``e4m3(bf16(GELU(h)))`` as a row-major (M, N) and a transposed (N, M) copy.
-
-    Returns ``(h, act8, act8t)``. ``kernel`` is ``"auto"`` (TMA where it may run), ``"tma"``
-    or ``"simple"``; ``config`` as in `fp8_matmul`.
-    """
-    M, N, _ = _check_fused(a, b, kernel)
-    h = torch.empty((M, N), device=a.device, dtype=torch.bfloat16)
-    act8 = torch.empty((M, N), device=a.device, dtype=E4M3)
-    act8t = torch.empty((N, M), device=a.device, dtype=E4M3)
-    _launch_fused(a, b, h, _Epilogue("gelu", act8, act8t, 1.0), scale, kernel, config)
-    return h, act8, act8t
-
-
-def fp8_matmul_gelu_grad(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    h: torch.Tensor,
-    *,
-    scale: float,
-    grad_scale: float,
-    kernel: str = "auto",
-    config: dict[str, Any] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The down projection's input gradient with the ``"gelu_grad"`` epilogue: the gradient
-    of GELU's input ``dh = bf16(GELU'(h) * bf16((a @ b.T) * scale))``, returned as
-    ``e5m2(dh * grad_scale)`` row-major (M, N) and transposed (N, M): the up projection's
-    backward operands. ``h`` (M, N) bf16 is the up projection's output (`fp8_matmul_gelu`).
-    """
-    M, N, _ = _check_fused(a, b, kernel)
-    if h.shape != (M, N) or h.dtype != torch.bfloat16 or not h.is_contiguous():
-        raise ValueError(f"h must be a contiguous ({M}, {N}) bf16 tensor, got {tuple(h.shape)}")
-    g8 = torch.empty((M, N), device=a.device, dtype=E5M2)
-    g8t = torch.empty((N, M), device=a.device, dtype=E5M2)
-    _launch_fused(a, b, h, _Epilogue("gelu_grad", g8, g8t, grad_scale), scale, kernel, config)
-    return g8, g8t
-
-
-def _check_operands(a: torch.Tensor, b: torch.Tensor, kernel: str) -> tuple[int, int, int]:
-    """(M, N, K) of FP8 operands a (M, K) and b (N, K) that a GEMM here can take."""
-    check_device(a, b)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"need a (M, K) and b (N, K), got {tuple(a.shape)}, {tuple(b.shape)}")
-    if a.dtype not in FP8_DTYPES or b.dtype not in FP8_DTYPES:
-        raise ValueError(f"operands must be FP8, got {a.dtype}, {b.dtype}")
-    if a.dtype == b.dtype == E5M2:
-        raise ValueError("e5m2 x e5m2 has no FP8 tensor-core instruction; make one side e4m3")
-    if a.stride(1) != 1 or b.stride(1) != 1:
-        raise ValueError("both operands must be K-contiguous (row-major (M, K) and (N, K))")
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    return a.shape[0], b.shape[0], a.shape[1]
-
-
-def _check_fused(a: torch.Tensor, b: torch.Tensor, kernel: str) -> tuple[int, int, int]:
-    M, N, K = _check_operands(a, b, kernel)
-    if kernel == "cublas":
-        raise ValueError("cuBLAS has no GELU epilogue: kernel must be 'auto', 'tma' or 'simple'")
-    if min(M, N, K) == 0:
-        raise ValueError(f"the GELU epilogues need non-empty operands, got M, N, K = {M, N, K}")
-    return M, N, K
-
-
-class _Epilogue(NamedTuple):
-    """What the kernels do with a tile besides storing C (see the module docstring)."""
-
-    kind: str  # one of EPILOGUES
-    d: torch.Tensor  # (M, N) FP8
-    dt: torch.Tensor  # (N, M) FP8
-    cast_scale: float
-
-
-def _launch_fused(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    h: torch.Tensor,
-    epilogue: _Epilogue,
-    scale: float,
-    kernel: str,
-    config: Meta | None,
-) -> None:
-    tma = kernel == "tma" or (kernel == "auto" and _tma_ok(a, b, h, epilogue.d, epilogue.dt))
-    if kernel == "tma" and not _tma_aligned(a, b, h, epilogue.d, epilogue.dt):
-        raise ValueError("the TMA kernel needs 16-byte aligned rows: K, N and M % 16 == 0")
-    _launch_triton(a, b, h, scale, False, config, tma=tma, epilogue=epilogue)
 
 
 KERNELS = ("auto", "tma", "simple", "cublas")
@@ -563,25 +392,16 @@ def _launch_triton(
     config: Meta | None,
     *,
     tma: bool,
-    epilogue: _Epilogue | None = None,
 ) -> None:
-    """The TMA or the pointer kernel into ``c`` (and the epilogue's outputs), with ``config``
-    or its tuner's choice."""
+    """The TMA or the pointer kernel into ``c``, with ``config`` or its tuner's choice."""
     M, K = a.shape
     N = b.shape[0]
-    kind = "none" if epilogue is None else epilogue.kind
-    d, dt = (c, c) if epilogue is None else (epilogue.d, epilogue.dt)
-    cast_scale = 1.0 if epilogue is None else epilogue.cast_scale
-    meta = {
-        "PRECISE_ACC": precise_acc,
-        "EPILOGUE": kind,
-        "FP8_MAX": fp8_max(d.dtype) if epilogue is not None else 0.0,
-    }
+    meta = {"PRECISE_ACC": precise_acc}
 
     def launch_simple(config: Meta, *, warmup: bool = False) -> None:
         grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
         strides = (*a.stride(), *b.stride(), *c.stride())
-        args = (a, b, c, d, dt, M, N, K, *strides, scale, cast_scale)
+        args = (a, b, c, M, N, K, *strides, scale)
         _fp8_matmul_kernel.run(*args, grid=grid, warmup=warmup, **meta, **config)
 
     def launch_tma(config: Meta, *, warmup: bool = False) -> None:
@@ -589,37 +409,17 @@ def _launch_triton(
         config = {"EPILOGUE_SPLIT": 1, **config}
         # Host-side TMA descriptors carry their box size, which depends on the config.
         bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
-        bn_slice = bn // config["EPILOGUE_SPLIT"]
-        c_desc = TensorDescriptor.from_tensor(c, [bm, bn_slice])
-        if epilogue is None:  # D and Dt unused: C's descriptor stands in (no host work)
-            d_desc = dt_desc = c_desc
-        else:
-            d_desc = TensorDescriptor.from_tensor(d, [bm, bn_slice])
-            dt_desc = TensorDescriptor.from_tensor(dt, [bn_slice, bm])
+        c_box = [bm, bn // config["EPILOGUE_SPLIT"]]
         descs = (
             TensorDescriptor.from_tensor(a, [bm, bk]),
             TensorDescriptor.from_tensor(b, [bn, bk]),
-            c_desc,
-            d_desc,
-            dt_desc,
+            TensorDescriptor.from_tensor(c, c_box),
         )
         grid = (min(num_sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)),)
         _fp8_matmul_tma_persistent_kernel.run(
-            *descs,
-            M,
-            N,
-            K,
-            scale,
-            cast_scale,
-            grid=grid,
-            warmup=warmup,
-            **meta,
-            NUM_SMS=num_sms,
-            **config,
+            *descs, M, N, K, scale, grid=grid, warmup=warmup, **meta, NUM_SMS=num_sms, **config
         )
 
     tuner, launch = (FP8_MATMUL_TMA, launch_tma) if tma else (FP8_MATMUL_SIMPLE, launch_simple)
-    key: Key = (M, N, K, a.dtype, b.dtype, c.dtype, precise_acc)
-    if epilogue is not None:
-        key = (*key, kind)
+    key = (M, N, K, a.dtype, b.dtype, c.dtype, precise_acc)
     launch_tuned(tuner, key, launch, config, interpreter_config=_INTERPRETER_TILES)

@@ -184,8 +184,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
         up, down = self.up, self.down
         if up.fusable() and down.fusable() and up.fp8_grad_scale == down.fp8_grad_scale:
-            # One op, whose Triton form fuses GELU and the casts around it into the GEMMs'
-            # epilogues: the same numbers as the two layers below.
+            # One op, whose Triton form runs GELU (and its backward) in the casts of the
+            # GEMMs' outputs: the same numbers as the two layers below.
             assert up.fp8_grad_scale is not None
             scales = (up.multiplier, down.multiplier)
             return fp8_gelu_mlp(

@@ -329,57 +329,24 @@ def fp8_steps_apart(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
     return torch.where(sign[0] == sign[1], apart, magnitude[0] + magnitude[1])
 
 
-def check_fp8_epilogue(got: torch.Tensor, want: torch.Tensor) -> None:
-    """A GELU epilogue's FP8 output against torch's GELU on the same bf16 tensors, then the
-    cast: the same codes but where the two GELUs' fp32 results round to neighbouring bf16
+def check_fp8_activation(got: torch.Tensor, want: torch.Tensor) -> None:
+    """A GELU cast's FP8 output against torch's GELU on the same tensors, then the cast: the
+    same codes but where the two GELUs' fp32 results round to neighbouring bf16
     values (their erf and exp differ in the last fp32 bits), one FP8 step apart at most."""
     apart = fp8_steps_apart(got, want)
     assert apart.max() <= 1
     assert (apart == 0).float().mean() > 0.999
 
 
-GELU_SHAPES = [(4096, 4096, 1024), (1008, 784, 528)]  # whole tiles; partial in M and N
-
-
-@pytest.mark.parametrize(("kernel", "config"), KERNEL_CONFIGS)
-@pytest.mark.parametrize("mnk", GELU_SHAPES)
-def test_gelu_epilogues_match_the_unfused_path(
-    kernel: str, config: dict[str, int], mnk: tuple[int, int, int]
-) -> None:
-    """`fp8_matmul_gelu` and `fp8_matmul_gelu_grad` against the same kernel and config
-    without the epilogue (the same sums) followed by torch's GELU, its backward and the cast
-    kernel: h bit-exact, the FP8 copies as `check_fp8_epilogue`, Dt exactly D transposed."""
-    m, n, k = mnk
-    cfg = {"GROUP_M": 8, "num_warps": 8, **config}
-    x8, w8, _ = gemm_operands(m, n, k, E4M3)
-    h, act8, act8t = triton_gemm.fp8_matmul_gelu(x8, w8, scale=k**-0.5, kernel=kernel, config=cfg)
-    h_ref = triton_gemm.fp8_matmul(x8, w8, scale=k**-0.5, kernel=kernel, config=cfg)
-    assert torch.equal(h, h_ref)
-    check_fp8_epilogue(act8, saturating_cast(torch.nn.functional.gelu(h), E4M3))
-    assert torch.equal(act8t.view(torch.uint8), act8.t().contiguous().view(torch.uint8))
-
-    g8 = saturating_cast(torch.randn(m, k, device=DEVICE), E5M2)
-    grad_scale = 2.0**10
-    dh8, dh8t = triton_gemm.fp8_matmul_gelu_grad(
-        g8, w8, h, scale=2.0**-12, grad_scale=grad_scale, kernel=kernel, config=cfg
-    )
-    dy = triton_gemm.fp8_matmul(g8, w8, scale=2.0**-12, kernel=kernel, config=cfg)
-    h_ = h.detach().requires_grad_()
-    torch.nn.functional.gelu(h_).backward(dy)
-    assert h_.grad is not None
-    check_fp8_epilogue(dh8, saturating_cast(h_.grad.float() * grad_scale, E5M2))
-    assert torch.equal(dh8t.view(torch.uint8), dh8.t().contiguous().view(torch.uint8))
-
-
 @pytest.mark.parametrize("source", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(4096, 4096), (1000, 777)])
 def test_gelu_casts_match_the_unfused_path(source: torch.dtype, shape: tuple[int, int]) -> None:
     """`cast_transpose` with the GELU MLP's activations against torch's GELU (and its
-    backward) on the same tensors, then the cast: as `check_fp8_epilogue`."""
+    backward) on the same tensors, then the cast: as `check_fp8_activation`."""
     h = (torch.randn(shape, device=DEVICE) * 2).to(source)
     y, yt = triton_casts.cast_transpose(h, E4M3, activation="gelu")
     assert y is not None and yt is not None
-    check_fp8_epilogue(y, saturating_cast(torch.nn.functional.gelu(h.to(torch.bfloat16)), E4M3))
+    check_fp8_activation(y, saturating_cast(torch.nn.functional.gelu(h).to(torch.bfloat16), E4M3))
     assert torch.equal(yt.view(torch.uint8), y.t().contiguous().view(torch.uint8))
 
     h16 = h.to(torch.bfloat16)
@@ -389,7 +356,7 @@ def test_gelu_casts_match_the_unfused_path(source: torch.dtype, shape: tuple[int
     h_ = h16.clone().requires_grad_()
     torch.nn.functional.gelu(h_).backward(dy)
     assert h_.grad is not None
-    check_fp8_epilogue(g, saturating_cast(h_.grad.float() * 1024.0, E5M2))
+    check_fp8_activation(g, saturating_cast(h_.grad.float() * 1024.0, E5M2))
     assert torch.equal(gt.view(torch.uint8), g.t().contiguous().view(torch.uint8))
 
 
@@ -441,10 +408,9 @@ def mlp_inputs(
     return x0, ws, g
 
 
-@pytest.mark.usefixtures("gelu_fusion")
 def test_fp8_gelu_mlp_matches_the_two_layers() -> None:
     """The fused MLP against two `fp8_linear` layers with torch's GELU between: the same
-    FP8 operands but where GELU's bf16 rounding differs (check_fp8_epilogue), and GEMM
+    FP8 operands but where GELU's bf16 rounding differs (check_fp8_activation), and GEMM
     choices that may differ in summation order (the unfused layers may take cuBLAS)."""
     x0, ws, g = mlp_inputs(4096, 1024)
     fused = mlp_case(fused_mlp, x0, ws, g)
@@ -458,7 +424,6 @@ def test_fp8_gelu_mlp_matches_the_two_layers() -> None:
     assert torch.equal(y_eval, fused[0])  # evaluation: the same kernels, the same numbers
 
 
-@pytest.mark.usefixtures("gelu_fusion")
 def test_fp8_gelu_mlp_compiled_matches_eager() -> None:
     x0, ws, g = mlp_inputs(2048, 512)
     eager = mlp_case(fused_mlp, x0, ws, g)
