@@ -22,7 +22,8 @@ shared: they save compilation, which is not timed.
 
 Time: ``--warmup`` steps (compilation, tuning, the graphs' capture), then ``--steps`` steps on
 one fixed batch of random tokens (the data loader is not what is measured); tokens/s from the
-synchronised wall time of those steps, ``step_ms_median`` from CUDA events around each.
+synchronised wall time of those steps, ``step_ms_median`` and ``step_ms`` (each step, in
+order) from CUDA events around each.
 Peak memory: ``torch.cuda.max_memory_allocated`` (and reserved) over the whole process.
 
 MFU: model FLOPs per token over the GPU's dense peak for the variant's matmul dtype
@@ -307,7 +308,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     marks.append(_mark(device))
     _synchronize(device)
     wall_s = time.perf_counter() - started
-    step_s = sorted(_seconds(a, b) for a, b in itertools.pairwise(marks))
+    step_s = [_seconds(a, b) for a, b in itertools.pairwise(marks)]
 
     tokens_per_s = spec["steps"] * config.tokens_per_step / wall_s
     flops = flops_per_token(config.model)
@@ -318,7 +319,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "params": params,
         "tokens_per_step": config.tokens_per_step,
         "tokens_per_s": tokens_per_s,
-        "step_ms_median": 1e3 * step_s[len(step_s) // 2],
+        "step_ms_median": 1e3 * sorted(step_s)[len(step_s) // 2],
+        # each step in order: tokens/s counts every one, so an outlier shows here
+        "step_ms": [round(1e3 * s, 2) for s in step_s],
         "warmup_s": warmup_s,
         "final_loss": loss.item(),
         "flops_per_token": flops,

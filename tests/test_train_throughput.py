@@ -45,6 +45,8 @@ def _assert_measured(result: dict[str, object]) -> None:
     for key in ("tokens_per_s", "step_ms_median", "model_tflops_per_s", "final_loss"):
         value = result[key]
         assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+    steps = result["step_ms"]
+    assert isinstance(steps, list) and len(steps) == 2 and all(ms > 0 for ms in steps)
     assert result["mfu"] is None and result["mfu_peak_tflops"] is None  # no peak for a CPU
 
 
