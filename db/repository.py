@@ -239,11 +239,19 @@ def set_sweep_status(
     `queued` starts a driver's grace period (the heartbeat is set to now) and forgets the
     driver's process; `automatic` counts it as the watchdog's resume (`auto_resumes`),
     any other queuing resets that count.
+
+    `failed` and `cancelled` close the sweep's `running` trials in the same transaction
+    (`close_running_trials`: as errors saying why the sweep failed, or cancelled), so that
+    no reader sees a stopped sweep with a trial still running.
     """
     status = JobStatus(status)
     with database.session(f"setting sweep {sweep_id} to {status}") as s:
         row = _get(s, SweepRow, sweep_id, for_update=True)
         _move_job(row, f"sweep {sweep_id}", status, error, expected, expected_heartbeat, automatic)
+        if status is JobStatus.FAILED:
+            _close_running_trials(s, sweep_id, TrialStatus.ERROR, f"the sweep failed: {error}")
+        elif status is JobStatus.CANCELLED:
+            _close_running_trials(s, sweep_id, TrialStatus.CANCELLED, None)
         s.flush()
         return _record(Sweep, row)
 
@@ -388,25 +396,31 @@ def close_running_trials(
         raise ValueError(f"close_running_trials needs cancelled or error, not {status!r}")
     with database.session(f"closing the running trials of sweep {sweep_id}") as s:
         _get(s, SweepRow, sweep_id)
-        running = s.scalars(
-            select(TrialRow).where(
-                TrialRow.sweep_id == sweep_id, TrialRow.status == TrialStatus.RUNNING
-            )
-        ).all()
-        for row in running:
-            point = s.scalars(
-                select(MetricPointRow)
-                .where(MetricPointRow.trial_id == row.id)
-                .order_by(MetricPointRow.step.desc())
-                .limit(1)
-            ).first()
-            row.status, row.error, row.finished_at = status, error, utcnow()
-            row.steps = point.step if point else 0
-            row.tokens = point.tokens if point else 0
-            row.final_eval_loss = point.eval_loss if point else None
-            row.tokens_per_s = point.tokens_per_s if point else None
-            row.startup_s = point.startup_s if point else None
-        return len(running)
+        return _close_running_trials(s, sweep_id, status, error)
+
+
+def _close_running_trials(
+    session: Session, sweep_id: int, status: TrialStatus, error: str | None
+) -> int:
+    running = session.scalars(
+        select(TrialRow).where(
+            TrialRow.sweep_id == sweep_id, TrialRow.status == TrialStatus.RUNNING
+        )
+    ).all()
+    for row in running:
+        point = session.scalars(
+            select(MetricPointRow)
+            .where(MetricPointRow.trial_id == row.id)
+            .order_by(MetricPointRow.step.desc())
+            .limit(1)
+        ).first()
+        row.status, row.error, row.finished_at = status, error, utcnow()
+        row.steps = point.step if point else 0
+        row.tokens = point.tokens if point else 0
+        row.final_eval_loss = point.eval_loss if point else None
+        row.tokens_per_s = point.tokens_per_s if point else None
+        row.startup_s = point.startup_s if point else None
+    return len(running)
 
 
 def list_trials(

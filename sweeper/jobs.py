@@ -333,16 +333,19 @@ class Job:
     def finish(self, status: db.JobStatus, error: str | None = None) -> db.JobStatus:
         """Set the final status unless the job was cancelled meanwhile (the cancel wins);
         returns the status the job ends in. A sweep that did not complete keeps no trial
-        `running`: those are closed as cancelled, or as errors with the sweep's reason."""
+        `running`: those are closed as cancelled, or as errors with the sweep's reason, in
+        the same write as its status (`db.set_sweep_status`)."""
         try:
             self._write(
                 f"ending {self}",
                 lambda: self.move(status, error=error, expected=ACTIVE),
             )
-            ended = status
+            return status
         except db.Conflict:
             ended = self.status()
         if self.kind == "sweep" and ended in (_FAILED, _CANCELLED):
+            # Stopped meanwhile (a cancel, the watchdog): trials this driver started after
+            # that are closed now.
             cancelled = ended is _CANCELLED
             self._write(
                 f"closing the running trials of {self}",

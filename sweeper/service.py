@@ -374,12 +374,11 @@ def cancel_sweep(
     database: db.Database, sweep_id: int, settings: Settings | None = None
 ) -> SweepSummary:
     """Mark the sweep cancelled; its driver sees that within a second and stops its trials.
-    What was recorded stays; trials still `running` are closed as cancelled now, so none is
-    left running when the driver is gone too."""
+    What was recorded stays; trials still `running` are closed as cancelled with it
+    (`db.set_sweep_status`), so none is left running when the driver is gone too."""
     settings = settings or Settings()
     _check_cancellable("sweep", db.get_sweep(database, sweep_id=sweep_id))
     _job(database, "sweep", sweep_id, settings).move(db.JobStatus.CANCELLED, expected=ACTIVE)
-    db.close_running_trials(database, sweep_id=sweep_id, status=db.TrialStatus.CANCELLED)
     return sweep_progress(database, sweep_id, settings).summary()
 
 
@@ -484,11 +483,7 @@ def _give_up(database: db.Database, kind: JobKind, job: JobRecord, settings: Set
         error=reason,
         expected=frozenset({job.status}),
         expected_heartbeat=job.driver_heartbeat_at,
-    )
-    if kind == "sweep":
-        db.close_running_trials(
-            database, sweep_id=job.id, status=db.TrialStatus.ERROR, error=reason
-        )
+    )  # a sweep's running trials are closed with it, as errors giving the reason
 
 
 def last_beat_text(job: JobRecord) -> str:

@@ -135,7 +135,8 @@ def test_the_watchdog_fails_a_job_it_resumed_too_often_and_closes_its_trials(
     assert sweep.error.startswith(f"the driver is gone (pid {pid} on {this_host()}, last heartbeat")
     assert f"after 1 automatic resumes; see {service.driver_log('sweep', sweep_id)}" in sweep.error
     (trial,) = db.list_trials(database, sweep_id=sweep_id)
-    assert trial.status is db.TrialStatus.ERROR and trial.error == sweep.error
+    assert trial.status is db.TrialStatus.ERROR
+    assert trial.error == f"the sweep failed: {sweep.error}"
     assert trial.steps == 10  # from its last point
     assert service.recover_jobs(database) == []  # failed is final: nothing more to do
 

@@ -656,6 +656,30 @@ def test_close_running_trials_ends_them_from_their_last_point(
         db.close_running_trials(database, sweep_id=sweep_id, status=db.TrialStatus.COMPLETED)
 
 
+def test_a_stopped_sweep_keeps_no_trial_running(database: db.Database, sweep_id: int) -> None:
+    """Failing or cancelling a sweep closes its running trials in the same write: a reader
+    never sees the sweep stopped with a trial still running (a test polling for the end saw
+    that between two writes)."""
+    db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.RUNNING)
+    running = db.upsert_trial(database, sweep_id=sweep_id, key="running", width=64, params={})
+    stopped = db.set_sweep_status(
+        database, sweep_id=sweep_id, status=db.JobStatus.FAILED, error="Unavailable: locked"
+    )
+    assert stopped.status is db.JobStatus.FAILED
+    trial = db.get_trial(database, trial_id=running)
+    assert (trial.status, trial.error) == (
+        db.TrialStatus.ERROR,
+        "the sweep failed: Unavailable: locked",
+    )
+
+    db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.QUEUED)
+    db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.RUNNING)
+    again = db.upsert_trial(database, sweep_id=sweep_id, key="again", width=64, params={})
+    db.set_sweep_status(database, sweep_id=sweep_id, status=db.JobStatus.CANCELLED)
+    trial = db.get_trial(database, trial_id=again)
+    assert (trial.status, trial.error) == (db.TrialStatus.CANCELLED, None)
+
+
 def test_ids_beyond_64_bits_name_no_row(database: db.Database, sweep_id: int) -> None:
     """Not an OverflowError from the driver: no row has such an id."""
     for huge in (2**63, 2**64, -(2**70)):
