@@ -54,9 +54,7 @@ def fp8_cast_transpose(
     x: torch.Tensor, dtype: torch.dtype, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Saturating cast of a 2-D ``x`` (M, N) as a row-major (M, N) and a (N, M) copy."""
-    y, yt = triton_casts.cast_transpose(x, dtype, scale)
-    assert y is not None and yt is not None
-    return y, yt
+    return _both_copies(x, dtype, scale)
 
 
 @fp8_cast_transpose.register_fake
@@ -71,10 +69,7 @@ def fp8_gelu_cast_transpose(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`fp8_cast_transpose` of GELU(x) (h None), or of GELU'(h) * x (the GELU MLP's
     backward: x the gradient of GELU's output)."""
-    activation = "gelu" if h is None else "gelu_grad"
-    y, yt = triton_casts.cast_transpose(x, dtype, scale, activation=activation, h=h)
-    assert y is not None and yt is not None
-    return y, yt
+    return _gelu_copies(x, h, dtype, scale)
 
 
 @fp8_gelu_cast_transpose.register_fake
@@ -122,6 +117,27 @@ def _(
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
+# What a cast + transpose custom op and its eager wrapper below both run.
+
+
+def _both_copies(
+    x: torch.Tensor,
+    dtype: torch.dtype,
+    scale: float,
+    activation: str = "none",
+    h: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    y, yt = triton_casts.cast_transpose(x, dtype, scale, activation=activation, h=h)
+    assert y is not None and yt is not None  # both asked for
+    return y, yt
+
+
+def _gelu_copies(
+    x: torch.Tensor, h: torch.Tensor | None, dtype: torch.dtype, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _both_copies(x, dtype, scale, "gelu" if h is None else "gelu_grad", h)
+
+
 # Under torch.compile the custom ops; in eager mode the wrappers themselves.
 
 
@@ -136,9 +152,7 @@ def _cast_transpose(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if torch.compiler.is_compiling():
         return fp8_cast_transpose(x, dtype, scale)
-    y, yt = triton_casts.cast_transpose(x, dtype, scale)
-    assert y is not None and yt is not None
-    return y, yt
+    return _both_copies(x, dtype, scale)
 
 
 def _gelu_cast_transpose(
@@ -146,10 +160,7 @@ def _gelu_cast_transpose(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if torch.compiler.is_compiling():
         return fp8_gelu_cast_transpose(x, h, dtype, scale)
-    activation = "gelu" if h is None else "gelu_grad"
-    y, yt = triton_casts.cast_transpose(x, dtype, scale, activation=activation, h=h)
-    assert y is not None and yt is not None
-    return y, yt
+    return _gelu_copies(x, h, dtype, scale)
 
 
 def _transpose_cast(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
