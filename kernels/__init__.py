@@ -23,14 +23,13 @@ from typing import TYPE_CHECKING, Any
 from kernels.backend import BACKENDS, Backend
 
 if TYPE_CHECKING:  # what `__getattr__` returns, for type checkers
-    from kernels.formats import E4M3, E4M3_MAX, E5M2, E5M2_MAX, E4M3Copies
+    from kernels.formats import E4M3, E4M3_MAX, E5M2, E5M2_MAX, E4M3Copies, saturating_cast
     from kernels.fp8 import (
         HAS_TRITON,
         fp8_backend,
         fp8_gelu_mlp,
         fp8_linear,
         fp8_linear_reference,
-        saturating_cast,
         set_fp8_backend,
         uses_triton,
         using_fp8_backend,
@@ -49,7 +48,7 @@ _TORCH_MODULES = {
     "fp8_gelu_mlp": "kernels.fp8",
     "fp8_linear": "kernels.fp8",
     "fp8_linear_reference": "kernels.fp8",
-    "saturating_cast": "kernels.fp8",
+    "saturating_cast": "kernels.formats",
     "set_fp8_backend": "kernels.fp8",
     "uses_triton": "kernels.fp8",
     "using_fp8_backend": "kernels.fp8",

@@ -42,23 +42,13 @@ import torch
 import torch.nn.functional as F
 
 from kernels.backend import BACKENDS, Backend
-from kernels.formats import E4M3, E5M2, E4M3Copies
+from kernels.formats import E4M3, E5M2, E4M3Copies, saturating_cast
 
 # Triton is absent on some CPU-only installs; the emulation needs none of it. Where Triton is
 # installed, an error importing the kernels must surface, not silently fall back.
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 if HAS_TRITON:
     from kernels.ops import fp8_gelu_mlp_triton, fp8_linear_triton
-
-
-def saturating_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Round ``x`` to ``dtype`` (e4m3fn or e5m2), clamping out-of-range values to ±max.
-
-    torch's plain cast turns overflow into NaN (e4m3fn has no inf) or inf (e5m2); training
-    without dynamic scales must saturate instead. NaN inputs stay NaN.
-    """
-    limit = torch.finfo(dtype).max
-    return x.float().clamp(-limit, limit).to(dtype)
 
 
 def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from kernels import overlap, triton_casts, triton_gemm
+from kernels import overlap, triton_casts, triton_gemm, triton_norm
 from kernels.formats import E4M3, E5M2, E4M3Copies
+from kernels.triton_norm import ResidualNorm
 
 # The tuners whose choices a run of this layer makes (the GEMM library choice aside: its
 # timing runs the TMA kernel's own tuning, which would then count twice).
@@ -191,7 +192,8 @@ class FP8LinearTriton(torch.autograd.Function):
     that the backward GEMMs need (x for the weight gradient, w for the input gradient), in
     the same pass over x and w. They are what is saved: one byte per element. Given
     ``x8_rows`` and ``x8_cols`` (x's casts, made by the kernel that wrote x: `E4M3Copies`),
-    x is not cast again.
+    x is not cast again. Given ``resid``, ``gain`` and ``norm`` (`ResidualNorm`), y goes on
+    through the µS block's Res-Post-LN in the same op (`_NormAfter`).
     """
 
     @staticmethod
@@ -203,7 +205,10 @@ class FP8LinearTriton(torch.autograd.Function):
         grad_scale: float,
         x8_rows: torch.Tensor | None,
         x8_cols: torch.Tensor | None,
-    ) -> torch.Tensor:
+        resid: torch.Tensor | None,
+        gain: torch.Tensor | None,
+        norm: tuple[float, float, float] | None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         need_dgrad, need_wgrad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         x2d = x.reshape(-1, x.shape[-1])  # (M, K)
         side = overlap.side_stream(x.device)
@@ -212,21 +217,36 @@ class FP8LinearTriton(torch.autograd.Function):
         x8, x8t = _input_copies(x2d, x8_rows, x8_cols, transposed=need_wgrad)  # (M, K), (K, M)
         overlap.join(side, *(t for t in (w8, w8t) if t is not None))
         y = _matmul(x8, w8, scale, torch.bfloat16, PRECISE_ACC["forward"])  # (M, N)
-        ctx.save_for_backward(x8t, w8t)
         ctx.wgrad_beside = _wgrad_may_leave(weight, need_wgrad)
         ctx.scale, ctx.grad_scale = scale, grad_scale
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
-        return y.reshape(*x.shape[:-1], weight.shape[0])
+        if norm is None:
+            ctx.save_for_backward(x8t, w8t)
+            return y.reshape(*x.shape[:-1], weight.shape[0])
+        out, norm_saved = _NormAfter.forward(ctx, y, resid, gain, norm)
+        ctx.save_for_backward(x8t, w8t, *norm_saved)
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x8t, w8t = ctx.saved_tensors
+    def backward(
+        ctx: Any, grad_y: torch.Tensor | None, *_grad_out8: Any
+    ) -> tuple[torch.Tensor | None, ...]:
+        if grad_y is None:  # only the Res-Post-LN's FP8 copies were used: no gradient
+            return (None,) * 9
+        x8t, w8t, *norm_saved = ctx.saved_tensors
         need_dgrad, need_wgrad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        g2d = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
         # The static grad_scale lifts the gradient out of e5m2's underflow before the cast;
         # scale / grad_scale in the GEMM epilogues removes it again (see kernels.fp8).
         unscale = ctx.scale / ctx.grad_scale
-        g8, g8t = _grad_copies(g2d, ctx.grad_scale, rows=need_dgrad, cols=need_wgrad)
+        dresid = dgain = None
+        if norm_saved:  # y's gradient comes cast, from the norm's backward kernel
+            needs = (ctx.needs_input_grad[6], ctx.needs_input_grad[7])  # resid, gain
+            g8, g8t, dresid, dgain = _NormAfter.backward(
+                ctx, grad_y, norm_saved, needs, need_dgrad, need_wgrad
+            )
+        else:
+            g2d = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
+            g8, g8t = _grad_copies(g2d, ctx.grad_scale, rows=need_dgrad, cols=need_wgrad)
         grad_x = grad_w = None
         if need_wgrad:
             grad_w = _weight_grad(g8t, x8t, unscale, ctx.w_dtype, beside=ctx.wgrad_beside)
@@ -234,7 +254,7 @@ class FP8LinearTriton(torch.autograd.Function):
             assert g8 is not None
             grad_x = _matmul(g8, w8t, unscale, ctx.x_dtype, PRECISE_ACC["dgrad"])  # (M, K)
             grad_x = grad_x.reshape(ctx.x_shape)
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, dresid, dgain, None
 
 
 class FP8GeluMLPTriton(torch.autograd.Function):
@@ -246,7 +266,9 @@ class FP8GeluMLPTriton(torch.autograd.Function):
     without a GELU pass of their own; the GEMMs stay plain (cuBLAS's where it is faster).
     Same numbers as the two `FP8LinearTriton` layers with GELU between them.
     Saved: x's and the weights' transposed e4m3 copies, h in bf16 (for GELU'), and
-    GELU(h)'s transposed e4m3 copy.
+    GELU(h)'s transposed e4m3 copy. Given ``gain`` and ``norm``, the output goes on through
+    the µS block's Res-Post-LN, as in `FP8LinearTriton`, whose residual stream is x itself
+    (the block's MLP reads the stream it adds to: one input, its two gradients summed).
     """
 
     @staticmethod
@@ -260,27 +282,44 @@ class FP8GeluMLPTriton(torch.autograd.Function):
         grad_scale: float,
         x8_rows: torch.Tensor | None,
         x8_cols: torch.Tensor | None,
-    ) -> torch.Tensor:
+        gain: torch.Tensor | None,
+        norm: tuple[float, float, float] | None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         needs = ctx.needs_input_grad[:3]  # x, w_up, w_down
         y, saved = _gelu_mlp_forward(
             x, w_up, w_down, (up_scale, down_scale), x8_rows, x8_cols, needs
         )
-        ctx.save_for_backward(*saved)
         ctx.up_beside = _wgrad_may_leave(w_up, needs[1])
         ctx.down_beside = _wgrad_may_leave(w_down, needs[2])
         ctx.scales, ctx.grad_scale = (up_scale, down_scale), grad_scale
         ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
         ctx.w_dtypes = (w_up.dtype, w_down.dtype)
-        return y
+        if norm is None:
+            ctx.save_for_backward(*saved)
+            return y
+        out, norm_saved = _NormAfter.forward(ctx, y.reshape(-1, y.shape[-1]), x, gain, norm)
+        ctx.save_for_backward(*saved, *norm_saved)
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x8t, w_up8t, h, act8t, w_down8t = ctx.saved_tensors
+    def backward(
+        ctx: Any, grad_y: torch.Tensor | None, *_grad_out8: Any
+    ) -> tuple[torch.Tensor | None, ...]:
+        if grad_y is None:  # only the Res-Post-LN's FP8 copies were used: no gradient
+            return (None,) * 10
+        x8t, w_up8t, h, act8t, w_down8t, *norm_saved = ctx.saved_tensors
         need_x, need_up, need_down = ctx.needs_input_grad[:3]
         need_dh = need_x or need_up
         up_unscale, down_unscale = (s / ctx.grad_scale for s in ctx.scales)
-        g2d = grad_y.reshape(-1, grad_y.shape[-1])  # (M, d)
-        g8, g8t = _grad_copies(g2d, ctx.grad_scale, rows=need_dh, cols=need_down)
+        dresid = dgain = None
+        if norm_saved:  # y's gradient comes cast, from the norm's backward kernel
+            needs = (need_x, ctx.needs_input_grad[8])  # x (the residual stream), gain
+            g8, g8t, dresid, dgain = _NormAfter.backward(
+                ctx, grad_y, norm_saved, needs, need_dh, need_down
+            )
+        else:
+            g2d = grad_y.reshape(-1, grad_y.shape[-1])  # (M, d)
+            g8, g8t = _grad_copies(g2d, ctx.grad_scale, rows=need_dh, cols=need_down)
         grad_x = grad_up = grad_down = None
         if need_down:
             grad_down = _weight_grad(
@@ -295,7 +334,69 @@ class FP8GeluMLPTriton(torch.autograd.Function):
             if need_x:
                 grad_x = _matmul(dh8, w_up8t, up_unscale, ctx.x_dtype, PRECISE_ACC["dgrad"])
                 grad_x = grad_x.reshape(ctx.x_shape)
-        return grad_x, grad_up, grad_down, None, None, None, None, None
+        if dresid is not None:  # x is also the residual stream the norm adds to
+            grad_x = dresid if grad_x is None else grad_x + dresid
+        return grad_x, grad_up, grad_down, None, None, None, None, None, dgain, None
+
+
+class _NormAfter:
+    """The µS block's Res-Post-LN inside the op of the projection that feeds it,
+    ``out = skip * resid + branch * LayerNorm(y) * gain`` of the op's output y
+    (`kernels.triton_norm`, `ResidualNorm`): forward returns out and its e4m3 copies for the
+    next layers (`res_post_norm`); backward takes y's gradient from the norm's backward
+    kernel already as the e5m2 casts the projection's GEMMs read, rows and transposed
+    (`res_post_norm_backward(grad_scale=)`), the same bits as a cast of the stored bf16
+    gradient, without that gradient's write and a pass of its own over it.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        y2d: torch.Tensor,
+        resid: torch.Tensor | None,
+        gain: torch.Tensor | None,
+        norm: tuple[float, float, float],
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
+        """``((out, out8, out8t), what backward reads)`` of y (M, C)."""
+        assert resid is not None and gain is not None
+        skip, branch, eps = norm
+        out, out8, out8t, mean, rstd = triton_norm._forward(
+            resid.reshape(y2d.shape), y2d, gain, skip, branch, eps
+        )
+        ctx.mark_non_differentiable(out8, out8t)
+        ctx.set_materialize_grads(False)  # no zero tensors for the copies' gradients
+        ctx.norm, ctx.resid_shape, ctx.resid_dtype = (skip, branch), resid.shape, resid.dtype
+        return (out.view(resid.shape), out8, out8t), (y2d, gain, mean, rstd)
+
+    @staticmethod
+    def backward(
+        ctx: Any,
+        grad_out: torch.Tensor,
+        saved: list[torch.Tensor],
+        needs: tuple[bool, bool],
+        rows: bool,
+        cols: bool,
+    ) -> tuple[torch.Tensor | None, ...]:
+        """``(g8, g8t, dresid, dgain)``: y's gradient cast to e5m2 after ctx.grad_scale,
+        (M, C) and (C, M), where ``rows`` and ``cols`` ask for them, and the gradients of
+        resid and gain where ``needs`` asks for them."""
+        y2d, gain, mean, rstd = saved
+        skip, branch = ctx.norm
+        grads = triton_norm._backward(
+            grad_out.reshape(y2d.shape).contiguous(),
+            y2d,
+            gain,
+            mean,
+            rstd,
+            skip,
+            branch,
+            ctx.resid_dtype,
+            (needs[0], rows or cols, needs[1]),
+            ctx.grad_scale,
+            cols,
+        )
+        dresid = grads.dx.view(ctx.resid_shape) if grads.dx is not None else None
+        return grads.df if rows else None, grads.df8t, dresid, grads.dgain
 
 
 def _gelu_mlp_forward(
@@ -397,7 +498,8 @@ def fp8_linear_triton(
     """The Triton FP8 linear layer; `kernels.fp8_linear` dispatches here on CUDA."""
     rows, cols = x8 if x8 is not None else (None, None)
     if _records_graph(x, weight):
-        out: torch.Tensor = FP8LinearTriton.apply(x, weight, scale, grad_scale, rows, cols)
+        args = (x, weight, scale, grad_scale, rows, cols)
+        out: torch.Tensor = FP8LinearTriton.apply(*args, None, None, None)
         return out
     # No graph to record (evaluation): no transposed copies, nothing saved.
     side = overlap.side_stream(x.device)
@@ -407,6 +509,26 @@ def fp8_linear_triton(
     overlap.join(side, w8)
     y = _matmul(x8_rows, w8, scale, torch.bfloat16, PRECISE_ACC["forward"])
     return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def fp8_linear_norm_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    scale: float,
+    grad_scale: float,
+    then: ResidualNorm,
+    x8: E4M3Copies | None = None,
+) -> tuple[torch.Tensor, E4M3Copies]:
+    """`fp8_linear_triton` whose output goes on into the µS block's Res-Post-LN ``then``,
+    in one op (`FP8LinearTriton`, `_NormAfter`): the new residual stream and its e4m3 casts,
+    the same numbers as ``then(fp8_linear_triton(...))``."""
+    rows, cols = x8 if x8 is not None else (None, None)
+    if _records_graph(x, weight, then.x, then.gain):
+        args = (x, weight, scale, grad_scale, rows, cols)
+        y, y8, y8t = FP8LinearTriton.apply(*args, then.x, then.gain, _constants(then))
+        return y, E4M3Copies(y8, y8t)
+    return then(fp8_linear_triton(x, weight, scale=scale, grad_scale=grad_scale, x8=x8))
 
 
 def fp8_gelu_mlp_triton(
@@ -421,11 +543,40 @@ def fp8_gelu_mlp_triton(
     """The Triton FP8 GELU MLP; `kernels.fp8_gelu_mlp` dispatches here on CUDA."""
     rows, cols = x8 if x8 is not None else (None, None)
     if _records_graph(x, w_up, w_down):
-        out: torch.Tensor = FP8GeluMLPTriton.apply(x, w_up, w_down, *scales, grad_scale, rows, cols)
+        args = (x, w_up, w_down, *scales, grad_scale, rows, cols)
+        out: torch.Tensor = FP8GeluMLPTriton.apply(*args, None, None)
         return out
     # No graph to record (evaluation): the same kernels, no transposed weight copies.
     y, _ = _gelu_mlp_forward(x, w_up, w_down, scales, rows, cols, (False, False, False))
     return y
+
+
+def fp8_gelu_mlp_norm_triton(
+    x: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    *,
+    scales: tuple[float, float],
+    grad_scale: float,
+    then: ResidualNorm,
+    x8: E4M3Copies | None = None,
+) -> tuple[torch.Tensor, E4M3Copies]:
+    """`fp8_gelu_mlp_triton` whose output goes on into the µS block's Res-Post-LN ``then``,
+    in one op, as `fp8_linear_norm_triton`; ``then.x`` is x itself, the residual stream the
+    block's MLP reads."""
+    if then.x is not x:
+        raise ValueError("fp8_gelu_mlp_norm_triton: the norm's residual stream is the MLP's x")
+    rows, cols = x8 if x8 is not None else (None, None)
+    if _records_graph(x, w_up, w_down, then.gain):
+        args = (x, w_up, w_down, *scales, grad_scale, rows, cols)
+        y, y8, y8t = FP8GeluMLPTriton.apply(*args, then.gain, _constants(then))
+        return y, E4M3Copies(y8, y8t)
+    mlp = fp8_gelu_mlp_triton
+    return then(mlp(x, w_up, w_down, scales=scales, grad_scale=grad_scale, x8=x8))
+
+
+def _constants(then: ResidualNorm) -> tuple[float, float, float]:
+    return then.skip, then.branch, then.eps
 
 
 def _records_graph(*inputs: torch.Tensor) -> bool:

@@ -61,15 +61,14 @@ Triton's interpreter.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.formats import E4M3
-from kernels.fp8 import saturating_cast
+from kernels.formats import E4M3, E5M2, E4M3Copies, saturating_cast
 from kernels.triton_casts import _saturate
 from kernels.triton_launch import INTERPRET, check_device, fp8_max
 
@@ -268,20 +267,27 @@ def _res_post_norm_backward_kernel(
     rstd_ptr,
     dx_ptr,
     df_ptr,
+    df8t_ptr,
     dgain_partial_ptr,
     # Sizes, and the row blocks each program walks
     M,
     C,
     blocks_per_program,
-    # The residual's weights
+    # The residual's weights, and the factor before df's e5m2 cast
     skip,
     branch,
-    # Meta-parameters: which gradients to write
+    grad_scale,
+    # Meta-parameters: which gradients to write, and how
     WRITE_DX: tl.constexpr,
     WRITE_DF: tl.constexpr,
     WRITE_DGAIN: tl.constexpr,
+    DF_E5M2: tl.constexpr,  # df as its e5m2 cast's codes (after grad_scale), not in f's dtype
+    DF_COLS: tl.constexpr,  # and those codes transposed into df8t, (C, M)
+    FP8_MAX: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,  # >= C: whole rows
+    T_M: tl.constexpr,  # the transposed copy's tile: T_M rows by T_C columns
+    T_C: tl.constexpr,
 ):
     pid = tl.program_id(axis=0)
     cols = tl.arange(0, BLOCK_C).to(tl.int64)
@@ -316,10 +322,41 @@ def _res_post_norm_backward_kernel(
                 # Correctly rounded divisions, as the forward's
                 mean_g = tl.div_rn(tl.sum(g, axis=1), width)[:, None]
                 mean_gn = tl.div_rn(tl.sum(g * n, axis=1), width)[:, None]
-                df = rstd * (g - mean_g - n * mean_gn)
-                tl.store(df_ptr + offs, df.to(df_ptr.dtype.element_ty), mask=mask)
+                # Rounded to f's dtype either way: the e5m2 cast is that of the stored df, as
+                # the next layer's own cast of it would be (`triton_casts`: same bits).
+                df = (rstd * (g - mean_g - n * mean_gn)).to(f_ptr.dtype.element_ty)
+                if DF_E5M2:
+                    df8 = _saturate(df.to(tl.float32) * grad_scale, FP8_MAX).to(tl.float8e5)
+                    tl.store(df_ptr + offs, df8.to(tl.uint8, bitcast=True), mask=mask)
+                else:
+                    tl.store(df_ptr + offs, df, mask=mask)
     if WRITE_DGAIN:
         tl.store(dgain_partial_ptr + pid.to(tl.int64) * C + cols, tl.sum(dgain, axis=0), mask=in_c)
+    if DF_COLS:
+        # The transposed copy, from the codes this program just stored (L2), read back after
+        # a CTA barrier as the forward's y8t is (the same triton 3.6 fault stores wrong
+        # elements from registers), in tiles of T_M of the program's rows: each column's
+        # store is T_M contiguous bytes (the row block alone is 1-4 rows).
+        tl.debug_barrier()
+        span = blocks_per_program * BLOCK_M
+        tile_m = tl.arange(0, T_M).to(tl.int64)
+        tile_c = tl.arange(0, T_C).to(tl.int64)
+        for r0 in range(0, span, T_M):
+            offs_m = first + r0 + tile_m
+            in_m = (offs_m < M) & (r0 + tile_m < span)
+            for c0 in range(0, C, T_C):
+                offs_c = c0 + tile_c
+                in_tc = offs_c < C
+                back = tl.load(
+                    df_ptr + offs_m[:, None] * C + offs_c[None, :],
+                    mask=in_m[:, None] & in_tc[None, :],
+                    other=0,
+                )
+                tl.store(
+                    df8t_ptr + offs_c[:, None] * M + offs_m[None, :],
+                    tl.trans(back),
+                    mask=in_tc[:, None] & in_m[None, :],
+                )
 
 
 # The widest rows the fused op takes: its backward holds whole rows in registers, up to 32
@@ -358,6 +395,20 @@ def norm_backward_config(M: int, C: int) -> dict[str, int]:
     }
 
 
+class NormGrads(NamedTuple):
+    """What `res_post_norm_backward` returns; a gradient not asked for is None."""
+
+    dx: torch.Tensor | None  # (M, C), x's dtype
+    df: torch.Tensor | None  # (M, C): f's dtype, or its e5m2 cast where a grad_scale is given
+    df8t: torch.Tensor | None  # (C, M): that cast transposed, where asked for
+    dgain: torch.Tensor | None  # (C,), gain's dtype
+
+
+# The transposed e5m2 copy's tile (rows, columns): 32 rows make each column's store one full
+# 32-byte sector. Under the interpreter a small one, crossing the tests' program boundaries.
+DF_TRANSPOSE_TILE = (4, 16) if INTERPRET else (32, 128)
+
+
 def res_post_norm_backward(
     dy: torch.Tensor,
     f: torch.Tensor,
@@ -371,9 +422,11 @@ def res_post_norm_backward(
     need_x: bool = True,
     need_f: bool = True,
     need_gain: bool = True,
+    grad_scale: float | None = None,
+    f_cols: bool = False,
     config: dict[str, Any] | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """The gradients ``(dx, df, dgain)`` of `res_post_norm`'s y, given dy, in one kernel.
+) -> NormGrads:
+    """The gradients of `res_post_norm`'s y, given dy, in one kernel: `NormGrads`.
 
     ``dy`` and ``f`` (M, C), ``gain`` (C,), and ``mean``, ``rstd`` (M,) the forward's
     statistics of f, all contiguous; C at most `MAX_WIDTH`. dx (M, C) in ``x_dtype``,
@@ -381,6 +434,11 @@ def res_post_norm_backward(
     neither computed nor written (None). dgain is the sum of the programs' partial sums, one
     row each, in torch: a fixed order, no atomics. ``config`` replaces
     `norm_backward_config`'s choice (the GPU tests' alternatives).
+
+    With a ``grad_scale``, df comes as the FP8 linear layer that produced f takes its output
+    gradient (`kernels.ops`): ``saturating_cast(df * grad_scale, E5M2)`` of df rounded to f's
+    dtype, the same bits as that cast of the stored df, and with ``f_cols`` also transposed
+    (``df8t``, (C, M)), without a pass of their own.
     """
     check_device(dy, f, gain, mean, rstd)
     M, C = f.shape
@@ -392,18 +450,27 @@ def res_post_norm_backward(
         )
     if not all(t.is_contiguous() for t in (dy, f, gain, mean, rstd)):
         raise ValueError("res_post_norm_backward takes contiguous dy, f, gain, mean and rstd")
+    if f_cols and (grad_scale is None or not need_f):
+        raise ValueError("res_post_norm_backward: f_cols (df's e5m2 copy) needs grad_scale")
     meta = dict(config) if config is not None else norm_backward_config(M, C)
     if meta["BLOCK_C"] < C:
         raise ValueError(f"res_post_norm_backward: BLOCK_C {meta['BLOCK_C']} < C = {C}")
     per_program = meta.pop("blocks_per_program")
     programs = triton.cdiv(triton.cdiv(M, meta["BLOCK_M"]), per_program)
     dx = torch.empty((M, C), device=f.device, dtype=x_dtype) if need_x else None
-    df = torch.empty_like(f) if need_f else None
+    df = df8t = None
+    if need_f:
+        df = torch.empty_like(f) if grad_scale is None else f.new_empty((M, C), dtype=E5M2)
+    if f_cols:
+        df8t = f.new_empty((C, M), dtype=E5M2)
     dgain_partial = (
         torch.empty((programs, C), device=f.device, dtype=torch.float32) if need_gain else None
     )
     if M > 0 and (need_x or need_f or need_gain):
-        # An output not written gets any valid pointer (as in res_post_norm).
+        # An output not written gets any valid pointer (as in res_post_norm); the FP8 copies
+        # are stored as their codes (see the transposed store).
+        df_arg = df.view(torch.uint8) if df is not None and grad_scale is not None else df
+        t_m, t_c = DF_TRANSPOSE_TILE
         _res_post_norm_backward_kernel[(programs,)](
             dy,
             f,
@@ -411,20 +478,27 @@ def res_post_norm_backward(
             mean,
             rstd,
             dx if dx is not None else dy,
-            df if df is not None else dy,
+            df_arg if df_arg is not None else dy,
+            df8t.view(torch.uint8) if df8t is not None else dy,
             dgain_partial if dgain_partial is not None else dy,
             M,
             C,
             per_program,
             skip,
             branch,
+            1.0 if grad_scale is None else grad_scale,
             WRITE_DX=need_x,
             WRITE_DF=need_f,
             WRITE_DGAIN=need_gain,
+            DF_E5M2=grad_scale is not None,
+            DF_COLS=f_cols,
+            FP8_MAX=fp8_max(E5M2),
+            T_M=t_m,
+            T_C=t_c,
             **meta,
         )
     dgain = dgain_partial.sum(0).to(gain.dtype) if dgain_partial is not None else None
-    return dx, df, dgain
+    return NormGrads(dx, df, df8t, dgain)
 
 
 def res_post_norm_reference(
@@ -507,9 +581,11 @@ def res_post_norm_backward_op(
     need_x: bool,
     need_f: bool,
     need_gain: bool,
+    grad_scale: float | None,
+    f_cols: bool,
 ) -> list[torch.Tensor]:
-    """`res_post_norm_backward`: the gradients asked for, in the order dx, df, dgain (a
-    custom op cannot return None)."""
+    """`res_post_norm_backward`: the gradients asked for, in `NormGrads`' order (a custom op
+    cannot return None)."""
     grads = res_post_norm_backward(
         dy,
         f,
@@ -522,6 +598,8 @@ def res_post_norm_backward_op(
         need_x=need_x,
         need_f=need_f,
         need_gain=need_gain,
+        grad_scale=grad_scale,
+        f_cols=f_cols,
     )
     return [g for g in grads if g is not None]
 
@@ -539,10 +617,14 @@ def _(
     need_x: bool,
     need_f: bool,
     need_gain: bool,
+    grad_scale: float | None,
+    f_cols: bool,
 ) -> list[torch.Tensor]:
+    df_dtype = f.dtype if grad_scale is None else E5M2
     grads = [
         f.new_empty(f.shape, dtype=x_dtype) if need_x else None,
-        torch.empty_like(f) if need_f else None,
+        f.new_empty(f.shape, dtype=df_dtype) if need_f else None,
+        f.new_empty(f.shape[::-1], dtype=E5M2) if f_cols else None,
         torch.empty_like(gain) if need_gain else None,
     ]
     return [g for g in grads if g is not None]
@@ -558,14 +640,19 @@ def _backward(
     branch: float,
     x_dtype: torch.dtype,
     needs: tuple[bool, bool, bool],
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    # As _forward: the custom op under torch.compile, the wrapper itself in eager mode.
+    grad_scale: float | None = None,
+    f_cols: bool = False,
+) -> NormGrads:
+    """`res_post_norm_backward` (``needs``: x, f, gain): as `_forward`, the custom op under
+    torch.compile, the wrapper itself in eager mode."""
     if torch.compiler.is_compiling():
         grads = iter(
-            res_post_norm_backward_op(dy, f, gain, mean, rstd, skip, branch, x_dtype, *needs)
+            res_post_norm_backward_op(
+                dy, f, gain, mean, rstd, skip, branch, x_dtype, *needs, grad_scale, f_cols
+            )
         )
-        dx, df, dgain = (next(grads) if need else None for need in needs)
-        return dx, df, dgain
+        asked = (needs[0], needs[1], f_cols, needs[2])
+        return NormGrads(*(next(grads) if need else None for need in asked))
     need_x, need_f, need_gain = needs
     return res_post_norm_backward(
         dy,
@@ -579,6 +666,8 @@ def _backward(
         need_x=need_x,
         need_f=need_f,
         need_gain=need_gain,
+        grad_scale=grad_scale,
+        f_cols=f_cols,
     )
 
 
@@ -617,7 +706,7 @@ class ResPostNorm(torch.autograd.Function):
             return None, None, None, None, None, None
         f, gain, mean, rstd = ctx.saved_tensors
         # dy.contiguous(): y.sum().backward() hands in an expanded (stride 0) dy.
-        dx, df, dgain = _backward(
+        grads = _backward(
             dy.contiguous(),
             f,
             gain,
@@ -628,7 +717,7 @@ class ResPostNorm(torch.autograd.Function):
             ctx.x_dtype,
             tuple(ctx.needs_input_grad[:3]),
         )
-        return dx, df, dgain, None, None, None
+        return grads.dx, grads.df, grads.dgain, None, None, None
 
 
 def res_post_norm_fp8(
@@ -649,3 +738,30 @@ def res_post_norm_fp8(
         return out
     y, y8, y8t, _, _ = _forward(x, f, gain, skip, branch, eps)
     return y, y8, y8t
+
+
+class ResidualNorm(NamedTuple):
+    """The µS block's Res-Post-LN that a sub-layer's output f goes into,
+    ``skip * x + branch * LayerNorm(f) * gain`` (`models.gpt.Block`): called on f, this
+    kernel alone; handed to the op of the projection that makes f
+    (`kernels.ops.fp8_linear_norm_triton`, `fp8_gelu_mlp_norm_triton`), inside that op, whose
+    backward then takes f's gradient already cast to e5m2 from the norm's backward kernel."""
+
+    x: torch.Tensor  # the residual stream (..., C), contiguous
+    gain: torch.Tensor  # (C,)
+    skip: float
+    branch: float
+    eps: float
+
+    def __call__(self, f: torch.Tensor) -> tuple[torch.Tensor, E4M3Copies]:
+        """The new residual stream (x's shape and dtype) and its e4m3 casts."""
+        shape = self.x.shape
+        y, y8, y8t = res_post_norm_fp8(
+            self.x.reshape(-1, shape[-1]),
+            f.reshape(-1, shape[-1]),
+            self.gain,
+            skip=self.skip,
+            branch=self.branch,
+            eps=self.eps,
+        )
+        return y.view(shape), E4M3Copies(y8, y8t)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,8 @@ from models.config import ModelConfig
 from models.width_rules import ParamGroup, glu_multiplier, init_std, multiplier
 
 if HAS_TRITON:  # CPU-only installs may lack Triton; the emulated path needs none of it
-    from kernels.triton_norm import MAX_WIDTH, res_post_norm_fp8
+    from kernels.ops import fp8_gelu_mlp_norm_triton, fp8_linear_norm_triton
+    from kernels.triton_norm import MAX_WIDTH, ResidualNorm
 
 # Smooth-SwiGLU rescales a channel of the down projection's input only once its largest
 # value passed this: about 4x the largest of a few million unit-Gaussian values, and 1/28 of
@@ -126,6 +128,42 @@ class SmoothedLinear(ScaledLinear):
         return y
 
 
+class ResPostLN(NamedTuple):
+    """Where a µS sub-layer's output f goes (`Block`): ``x <- skip * x + branch * norm(f)``.
+
+    ``fused``: its kernel's form (`kernels.triton_norm.ResidualNorm`, which also writes the
+    new x's e4m3 casts) where FP8 layers on the Triton kernels read the result, else None
+    (they cast it themselves, to the same bytes: both saturate the stored value). The
+    sub-layer's last projection runs it inside its own op where it can (`after`), so that
+    its backward takes f's gradient already cast to e5m2 from the norm's backward kernel.
+    """
+
+    x: torch.Tensor
+    norm: nn.LayerNorm
+    skip: float
+    branch: float
+    fused: ResidualNorm | None
+
+    def __call__(self, f: torch.Tensor) -> tuple[torch.Tensor, E4M3Copies | None]:
+        """The new x, and its e4m3 casts where ``fused``."""
+        if self.fused is not None:
+            return self.fused(f)
+        return self.skip * self.x + self.branch * self.norm(f), None
+
+    def after(self, layer: ScaledLinear, x: torch.Tensor) -> tuple[torch.Tensor, E4M3Copies | None]:
+        """``self(layer(x))``, in the layer's op where it can be (`ScaledLinear.fusable`)."""
+        if self.fused is None or not layer.fusable():
+            return self(layer(x))
+        assert layer.fp8_grad_scale is not None
+        return fp8_linear_norm_triton(
+            x,
+            layer.weight,
+            scale=layer.multiplier,
+            grad_scale=layer.fp8_grad_scale,
+            then=self.fused,
+        )
+
+
 def _rope_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables of rotary position embeddings, (T, head_dim/2) each."""
     inv_freq = 10000.0 ** (-torch.arange(0, head_dim, 2).float() / head_dim)
@@ -163,6 +201,16 @@ class CausalSelfAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
+        return self.out(self._attend(x, x8))
+
+    def forward_into(
+        self, x: torch.Tensor, x8: E4M3Copies | None, then: ResPostLN
+    ) -> tuple[torch.Tensor, E4M3Copies | None]:
+        """``then(self(x, x8))``, the output projection and ``then`` in one op where they can be."""
+        return then.after(self.out, self._attend(x, x8))
+
+    def _attend(self, x: torch.Tensor, x8: E4M3Copies | None) -> torch.Tensor:
+        """The heads' outputs, concatenated (B, T, C): the output projection's input."""
         B, T, C = x.shape
         q, k, v = self.qkv(x, x8).split(C, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
@@ -170,8 +218,7 @@ class CausalSelfAttention(nn.Module):
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)  # (B, H, T, hd)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.head_dim**-0.5)
         y = y * self.position_scale[:T].to(y.dtype)  # type: ignore[index]
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.out(y)
+        return y.transpose(1, 2).reshape(B, T, C)
 
 
 class MLP(nn.Module):
@@ -183,7 +230,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
         up, down = self.up, self.down
-        if up.fusable() and down.fusable() and up.fp8_grad_scale == down.fp8_grad_scale:
+        if self._fusable():
             # One op, whose Triton form runs GELU (and its backward) in the casts of the
             # GEMMs' outputs: the same numbers as the two layers below.
             assert up.fp8_grad_scale is not None
@@ -192,6 +239,24 @@ class MLP(nn.Module):
                 x, up.weight, down.weight, scales=scales, grad_scale=up.fp8_grad_scale, x8=x8
             )
         return down(F.gelu(up(x, x8)))
+
+    def forward_into(
+        self, x: torch.Tensor, x8: E4M3Copies | None, then: ResPostLN
+    ) -> tuple[torch.Tensor, E4M3Copies | None]:
+        """``then(self(x, x8))``, in one op where the MLP's is and ``then`` has a kernel."""
+        up, down = self.up, self.down
+        if then.fused is None or not self._fusable():
+            return then(self(x, x8))
+        assert up.fp8_grad_scale is not None
+        scales = (up.multiplier, down.multiplier)
+        grad_scale = up.fp8_grad_scale
+        return fp8_gelu_mlp_norm_triton(
+            x, up.weight, down.weight, scales=scales, grad_scale=grad_scale, then=then.fused, x8=x8
+        )
+
+    def _fusable(self) -> bool:
+        up, down = self.up, self.down
+        return up.fusable() and down.fusable() and up.fp8_grad_scale == down.fp8_grad_scale
 
 
 class SwiGLU(nn.Module):
@@ -209,9 +274,18 @@ class SwiGLU(nn.Module):
         self.product_multiplier = glu_multiplier(parametrization=config.parametrization)
 
     def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
-        gated = F.silu(self.gate(x, x8)) * self.up(x, x8)  # (B, T, hidden)
-        product = gated * self.product_multiplier
-        return self.down(product)
+        return self.down(self._product(x, x8))
+
+    def forward_into(
+        self, x: torch.Tensor, x8: E4M3Copies | None, then: ResPostLN
+    ) -> tuple[torch.Tensor, E4M3Copies | None]:
+        """``then(self(x, x8))``, the down projection and ``then`` in one op where they can be."""
+        return then.after(self.down, self._product(x, x8))
+
+    def _product(self, x: torch.Tensor, x8: E4M3Copies | None) -> torch.Tensor:
+        """The down projection's input (B, T, hidden)."""
+        gated = F.silu(self.gate(x, x8)) * self.up(x, x8)
+        return gated * self.product_multiplier
 
 
 def _layer_norm(width: int) -> nn.LayerNorm:
@@ -236,29 +310,19 @@ class Block(nn.Module):
         the output (not the last block's: the readout is bf16).
         """
         if self.post_norm:  # µS: Res-Post-LN with variance-preserving skips
-            x, x8 = self._residual(x, self.attn(x, x8), self.norm_attn, cast=True)
-            return self._residual(x, self.mlp(x, x8), self.norm_mlp, cast=cast_output)
+            x, x8 = self.attn.forward_into(x, x8, self._res_post_ln(x, self.norm_attn, cast=True))
+            then = self._res_post_ln(x, self.norm_mlp, cast=cast_output)
+            return self.mlp.forward_into(x, x8, then)
         x = x + self.attn(self.norm_attn(x))  # SP: pre-LN
         return x + self.mlp(self.norm_mlp(x)), None
 
-    def _residual(
-        self, x: torch.Tensor, f: torch.Tensor, norm: nn.LayerNorm, *, cast: bool
-    ) -> tuple[torch.Tensor, E4M3Copies | None]:
-        """``skip * x + branch * norm(f)``, with its e4m3 casts in the same kernel where FP8
-        layers on the Triton kernels read it (else they cast it themselves, to the same
-        bytes: both saturate the stored value)."""
-        B, T, C = x.shape
-        if not (cast and self.attn.qkv.takes_e4m3_copies(x) and C <= MAX_WIDTH):
-            return self.skip * x + self.branch * norm(f), None
-        y, rows, cols = res_post_norm_fp8(
-            x.reshape(B * T, C),
-            f.reshape(B * T, C),
-            norm.weight,
-            skip=self.skip,
-            branch=self.branch,
-            eps=norm.eps,
-        )
-        return y.view(B, T, C), E4M3Copies(rows, cols)
+    def _res_post_ln(self, x: torch.Tensor, norm: nn.LayerNorm, *, cast: bool) -> ResPostLN:
+        """``skip * x + branch * norm(f)`` of a sub-layer's output f, on the norm's kernel
+        (with the new x's e4m3 casts) where FP8 layers on the Triton kernels read it."""
+        fused = None
+        if cast and self.attn.qkv.takes_e4m3_copies(x) and x.shape[-1] <= MAX_WIDTH:
+            fused = ResidualNorm(x, norm.weight, self.skip, self.branch, norm.eps)
+        return ResPostLN(x, norm, self.skip, self.branch, fused)
 
 
 class GPT(nn.Module):

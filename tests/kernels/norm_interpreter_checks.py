@@ -32,12 +32,13 @@ import os
 
 import pytest
 import torch
+from fp8_helpers import norm_after_op_runs
 from torch._dynamo.testing import AotEagerAndRecordGraphs
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run by test_norm_interpreter.py with TRITON_INTERPRET=1", allow_module_level=True)
 
-from kernels import E4M3, saturating_cast, triton_casts, using_fp8_backend
+from kernels import E4M3, E5M2, saturating_cast, triton_casts, using_fp8_backend
 from kernels.triton_norm import (
     MAX_WIDTH,
     norm_config,
@@ -309,10 +310,10 @@ def test_backward_kernel_matches_the_formulas_in_float64(
     f = f.to(f_dtype) if f_dtype == torch.bfloat16 else (torch.randn(*shape) * 3 + 1.5)
     dy = torch.randn(*shape).to(x_dtype)
     _, _, _, mean, rstd = res_post_norm(x, f, gain, skip=SKIP, branch=BRANCH)
-    dx, df, dgain = res_post_norm_backward(
+    dx, df, df8t, dgain = res_post_norm_backward(
         dy, f, gain, mean, rstd, skip=SKIP, branch=BRANCH, x_dtype=x_dtype
     )
-    assert dx is not None and df is not None and dgain is not None
+    assert dx is not None and df is not None and dgain is not None and df8t is None
     assert (dx.dtype, df.dtype, dgain.dtype) == (x_dtype, f_dtype, torch.float32)
     assert dx.shape == df.shape == shape and dgain.shape == (shape[1],)
     for got, want in zip(
@@ -341,9 +342,41 @@ def test_backward_writes_only_the_gradients_asked_for(needs: tuple[bool, bool, b
         need_f=need_f,
         need_gain=need_gain,
     )
-    for need, got, want in zip(needs, some, every, strict=True):
+    wanted = (every.dx, every.df, every.dgain)
+    for need, got, want in zip(needs, (some.dx, some.df, some.dgain), wanted, strict=True):
         assert (got is not None) == need
         assert got is None or (want is not None and torch.equal(got, want))
+
+
+@pytest.mark.parametrize("f_cols", [True, False])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_casts_df_as_the_layer_before_would(
+    shape: tuple[int, int], x_dtype: torch.dtype, f_cols: bool
+) -> None:
+    """With a grad_scale, df comes as the FP8 layer that made f casts its output gradient
+    (`triton_casts.cast_transpose` of the stored df after the scale): the same bits, rows
+    and transposed, across the transposed copy's tiles and the programs' row runs; dx and
+    dgain as without it. Some values saturate."""
+    x, f, gain = inputs(*shape, x_dtype)
+    dy = torch.randn(*shape).to(x_dtype)
+    _, _, _, mean, rstd = res_post_norm(x, f, gain, skip=SKIP, branch=BRANCH)
+    args, kwargs = (dy, f, gain, mean, rstd), {"skip": SKIP, "branch": BRANCH, "x_dtype": x_dtype}
+    plain = res_post_norm_backward(*args, **kwargs)
+    assert plain.df is not None
+    grad_scale = float(2**18)  # |df| * 2^18 passes e5m2's 57344 for some elements
+    fused = res_post_norm_backward(*args, **kwargs, grad_scale=grad_scale, f_cols=f_cols)
+    rows, cols = triton_casts.cast_transpose(plain.df, E5M2, grad_scale)
+    assert rows is not None and cols is not None and fused.df is not None
+    assert bool((rows.float().abs() == torch.finfo(E5M2).max).any())  # saturated
+    assert fused.df.dtype == E5M2 and torch.equal(bits(fused.df), bits(rows))
+    if f_cols:
+        assert fused.df8t is not None and torch.equal(bits(fused.df8t), bits(cols))
+    else:
+        assert fused.df8t is None
+    assert plain.dx is not None and fused.dx is not None and torch.equal(fused.dx, plain.dx)
+    assert plain.dgain is not None and fused.dgain is not None
+    assert torch.equal(fused.dgain, plain.dgain)
 
 
 def test_backward_arguments_are_checked() -> None:
@@ -359,19 +392,29 @@ def test_backward_arguments_are_checked() -> None:
     wide = torch.zeros(1, MAX_WIDTH + 1)
     with pytest.raises(ValueError, match="whole rows"):
         backward(wide, wide, wide[0], mean[:1], rstd[:1])
-    dx, df, dgain = backward(x[:0], f[:0], gain, mean[:0], rstd[:0])
+    with pytest.raises(ValueError, match="grad_scale"):
+        backward(x, f, gain, mean, rstd, f_cols=True)
+    dx, df, _, dgain = backward(x[:0], f[:0], gain, mean[:0], rstd[:0])
     assert dx is not None and dx.shape == (0, 16) and df is not None and df.shape == (0, 16)
     assert dgain is not None and torch.equal(dgain, torch.zeros(16))
+    _, df8, df8t, _ = backward(x[:0], f[:0], gain, mean[:0], rstd[:0], grad_scale=2.0, f_cols=True)
+    assert df8 is not None and df8t is not None and df8t.shape == (16, 0)
 
 
-@pytest.mark.parametrize("needs", [(True, True, True), (False, True, False)])
-def test_backward_custom_op_passes_opcheck(needs: tuple[bool, bool, bool]) -> None:
+@pytest.mark.parametrize(
+    ("needs", "grad_scale", "f_cols"),
+    [((True, True, True), None, False), ((False, True, False), None, False),
+     ((True, True, True), 64.0, True), ((False, True, False), 64.0, False)],
+)  # fmt: skip
+def test_backward_custom_op_passes_opcheck(
+    needs: tuple[bool, bool, bool], grad_scale: float | None, f_cols: bool
+) -> None:
     x, f, gain = inputs(37, 80, torch.bfloat16)
     dy = torch.randn(37, 80).to(torch.bfloat16)
     _, _, _, mean, rstd = res_post_norm(x, f, gain, skip=SKIP, branch=BRANCH)
     torch.library.opcheck(
         res_post_norm_backward_op,
-        (dy, f, gain, mean, rstd, SKIP, BRANCH, torch.bfloat16, *needs),
+        (dy, f, gain, mean, rstd, SKIP, BRANCH, torch.bfloat16, *needs, grad_scale, f_cols),
         test_utils=(
             "test_schema",
             "test_faketensor",
@@ -401,3 +444,49 @@ def test_the_block_hands_the_next_layers_the_casts_of_its_output() -> None:
     assert torch.equal(bits(x8.cols), bits(own).t())
     y.sum().backward()  # the input gradient flows through the fused kernel's backward
     assert x.grad is not None and bool(x.grad.isfinite().all())
+
+
+@pytest.mark.parametrize("kind", ["linear", "gelu_mlp"])
+def test_a_projection_ending_in_the_norm_computes_what_the_two_ops_do(kind: str) -> None:
+    """The norm inside the projection's op (its backward taking f's gradient as e5m2 casts
+    from the norm's backward kernel) against the projection's op followed by the norm's:
+    output, casts and every gradient bit for bit (the same kernels on the same inputs)."""
+    with using_fp8_backend("triton"):
+        runs = norm_after_op_runs("cpu", kind=kind, tokens=24, width=32)
+    for key, composed in runs["composed"].items():
+        assert torch.equal(runs["fused"][key], composed), key
+
+
+@pytest.mark.filterwarnings("ignore:Your compiler for AOTAutograd:UserWarning")  # the recorder
+@pytest.mark.parametrize(("mlp", "grad_casts"), [("gelu", 1), ("swiglu", 3)])
+def test_a_compiled_block_takes_its_projections_gradient_casts_from_the_norms(
+    mlp: str, grad_casts: int
+) -> None:
+    """dynamo traces a µS FP8 block on the Triton path whole, the attention's and the MLP's
+    last projections with the Res-Post-LN after each in one op; aot_eager runs it as eager
+    does, bit for bit. The backward graph casts only the output gradients of the layers
+    that no norm follows (qkv; SwiGLU's gate and up; the GELU MLP's up projection takes its
+    own from the GELU cast): the norms' backward kernels cast the other two."""
+    from models.config import ModelConfig
+    from models.gpt import Block, use_fp8
+
+    torch.manual_seed(0)
+    block = Block(ModelConfig(width=32, depth=1, head_dim=16, seq_len=16, mlp=mlp))
+    use_fp8(block, grad_scale=64.0)
+    x0 = torch.randn(2, 16, 32)
+    backend = AotEagerAndRecordGraphs()
+    results = []
+    for fn in (block, torch.compile(block, backend=backend, fullgraph=True)):
+        x = x0.clone().requires_grad_()
+        block.zero_grad()
+        with using_fp8_backend("triton"), torch.autocast("cpu", dtype=torch.bfloat16):
+            y, y8 = fn(x)
+        assert y8 is not None
+        y.backward(torch.randn_like(y, generator=torch.Generator().manual_seed(1)))
+        grads = [p.grad.clone() for p in block.parameters() if p.grad is not None]
+        results.append((y, bits(y8.rows), bits(y8.cols), x.grad, *grads))
+    for eager, compiled in zip(*results, strict=True):
+        assert torch.equal(compiled, eager)
+    ((backward,),) = (backend.bw_graphs,)
+    assert backward.code.count("sweeper.res_post_norm_backward.default") == 2
+    assert backward.code.count("sweeper.fp8_cast_transpose.default") == grad_casts
