@@ -22,6 +22,11 @@ dy, f and writes dx, df (``2 * x_bytes + 2 * f_bytes``); ratios are ``<variant> 
 graph of one forward, differentiated again each call with ``retain_graph``) and
 ``forward_backward``. ``tiles`` times the fused forward with
 `candidate_configs` (`norm_config`'s fixed choice among them), to check that choice.
+``backward_e5m2`` times the backward that also hands the FP8 layer before the norm its
+output gradient's e5m2 operands, row-major and transposed: ``fused`` in the backward kernel
+(``res_post_norm_backward(grad_scale=, f_cols=True)``, what the model runs), ``separate``
+the bf16 df then `cast_transpose` (``gb_s`` from the fused form's least traffic: reads dy,
+f, writes dx and two FP8 copies).
 
     python -m benchmarks.bench_norm [--tokens 16384 65536] [--widths 1024 2048 4096 8192]
     python -m benchmarks.bench_norm --tiny   # CPU, TRITON_INTERPRET=1: the CPU test's run
@@ -43,12 +48,13 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import RESULTS, bench_graph_ms, bench_ms, environment, write_json
-from kernels import E4M3, E4M3_MAX
+from kernels import E4M3, E4M3_MAX, E5M2
 
 TAU = 0.3  # any branch weight: the work does not depend on it
 SKIP, BRANCH, EPS = math.sqrt(1 - TAU), math.sqrt(TAU), 1e-5
 TINY = {"tokens": [64], "widths": [96]}
 PHASES = ("forward", "backward", "forward_backward")
+GRAD_SCALE = 2.0**16  # the e5m2 casts' factor: any, the work does not depend on it
 
 
 def candidate_configs(c: int) -> list[dict[str, int]]:
@@ -117,7 +123,8 @@ def timed(fn: Callable[[], Any], bytes_moved: int, cuda: bool) -> dict[str, Any]
 
 
 def measure(m: int, c: int, x_dtype: torch.dtype, device: str, compiler: str) -> dict[str, Any]:
-    from kernels.triton_norm import res_post_norm
+    from kernels.triton_casts import cast_transpose
+    from kernels.triton_norm import res_post_norm, res_post_norm_backward
 
     cuda = device == "cuda"
     x = torch.randn(m, c, device=device, dtype=x_dtype)
@@ -130,7 +137,7 @@ def measure(m: int, c: int, x_dtype: torch.dtype, device: str, compiler: str) ->
 
     compiled = torch.compile(torch_forward, backend=compiler)
     forwards = {"fused": fused_forward, "eager": eager_forward, "compiled": compiled}
-    row: dict[str, Any] = {**{phase: {} for phase in PHASES}, "tiles": {}}
+    row: dict[str, Any] = {**{phase: {} for phase in PHASES}, "tiles": {}, "backward_e5m2": {}}
     with torch.no_grad():
         for name, fn in forwards.items():
             row["forward"][name] = run_variant(lambda fn=fn: fn(x, f, gain), fwd_bytes, cuda)
@@ -155,6 +162,19 @@ def measure(m: int, c: int, x_dtype: torch.dtype, device: str, compiler: str) ->
                 cuda,
             )
 
+        _, _, _, mean, rstd = res_post_norm(x, f, gain, skip=SKIP, branch=BRANCH)
+        stats = (dy, f, gain, mean, rstd)
+        backward = functools.partial(
+            res_post_norm_backward, *stats, skip=SKIP, branch=BRANCH, x_dtype=x_dtype
+        )
+        e5m2 = {
+            "fused": lambda: backward(grad_scale=GRAD_SCALE, f_cols=True),
+            "separate": lambda: cast_transpose(backward().df, E5M2, GRAD_SCALE),
+        }
+        e5m2_bytes = m * c * (2 * xs + fs + 2) + 8 * c + 8 * m
+        for name, fn in e5m2.items():
+            row["backward_e5m2"][name] = run_variant(fn, e5m2_bytes, cuda)
+
     leaves = [t.requires_grad_() for t in (x, f, gain)]
 
     def step(fn: Callable[..., tuple[torch.Tensor, ...]]) -> None:
@@ -173,7 +193,7 @@ def measure(m: int, c: int, x_dtype: torch.dtype, device: str, compiler: str) ->
         row["forward_backward"][name] = run_variant(
             lambda fn=fn: step(fn), fwd_bytes + bwd_bytes, cuda
         )
-    for phase in PHASES:
+    for phase in (*PHASES, "backward_e5m2"):
         fused_ms = row[phase]["fused"].get("ms")
         row[phase]["ratio_to_fused"] = {
             name: round(v["ms"] / fused_ms, 3)
@@ -228,7 +248,7 @@ def main(argv: list[str] | None = None) -> Path:
             path = write_json(args.out.stem, payload, directory=args.out.parent)
     print(f"wrote {path}")
     for shape, row in results.items():
-        for phase in PHASES:
+        for phase in (*PHASES, "backward_e5m2"):
             ms = {n: v["ms"] for n, v in row[phase].items() if isinstance(v, dict) and "ms" in v}
             print(f"{shape} {phase}: ms {ms}, ratio to fused {row[phase]['ratio_to_fused']}")
     return path

@@ -29,6 +29,10 @@ def test_tiny_run_measures_every_variant(tmp_path: Path) -> None:
         for name in variants:
             ms, gb_s = row[phase][name]["ms"], row[phase][name]["gb_s"]
             assert math.isfinite(ms) and ms > 0 and gb_s >= 0, (phase, name, row[phase][name])
+    # the backward with df's e5m2 casts, in the kernel and separately
+    e5m2 = row["backward_e5m2"]
+    assert set(e5m2["ratio_to_fused"]) == {"fused", "separate"}, e5m2
+    assert all(math.isfinite(e5m2[n]["ms"]) and e5m2[n]["ms"] > 0 for n in ("fused", "separate"))
     # the interpreter's tile and the alternatives, each run
     assert "16x32w1" in row["tiles"] and len(row["tiles"]) >= 4
     assert all("ms" in v for v in row["tiles"].values()), row["tiles"]
