@@ -177,7 +177,29 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return rotated.to(x.dtype)
 
 
-class CausalSelfAttention(nn.Module):
+class _EndsInProjection(nn.Module):
+    """A sub-layer whose output is its last linear layer's (attention's out, SwiGLU's down),
+    which can run the block's Res-Post-LN in its own op (`forward_into`)."""
+
+    def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
+        layer, layer_input = self._last_projection(x, x8)
+        return layer(layer_input)
+
+    def forward_into(
+        self, x: torch.Tensor, x8: E4M3Copies | None, then: ResPostLN
+    ) -> tuple[torch.Tensor, E4M3Copies | None]:
+        """``then(self(x, x8))``, the last projection and ``then`` in one op where they can be."""
+        layer, layer_input = self._last_projection(x, x8)
+        return then.after(layer, layer_input)
+
+    def _last_projection(
+        self, x: torch.Tensor, x8: E4M3Copies | None
+    ) -> tuple[ScaledLinear, torch.Tensor]:
+        """The last linear layer and its input."""
+        raise NotImplementedError
+
+
+class CausalSelfAttention(_EndsInProjection):
     def __init__(self, config: ModelConfig):
         super().__init__()
         d = config.width
@@ -200,17 +222,10 @@ class CausalSelfAttention(nn.Module):
             persistent=False,
         )
 
-    def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
-        return self.out(self._attend(x, x8))
-
-    def forward_into(
-        self, x: torch.Tensor, x8: E4M3Copies | None, then: ResPostLN
-    ) -> tuple[torch.Tensor, E4M3Copies | None]:
-        """``then(self(x, x8))``, the output projection and ``then`` in one op where they can be."""
-        return then.after(self.out, self._attend(x, x8))
-
-    def _attend(self, x: torch.Tensor, x8: E4M3Copies | None) -> torch.Tensor:
-        """The heads' outputs, concatenated (B, T, C): the output projection's input."""
+    def _last_projection(
+        self, x: torch.Tensor, x8: E4M3Copies | None
+    ) -> tuple[ScaledLinear, torch.Tensor]:
+        """The output projection and the heads' outputs, concatenated (B, T, C)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x, x8).split(C, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
@@ -218,7 +233,7 @@ class CausalSelfAttention(nn.Module):
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)  # (B, H, T, hd)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.head_dim**-0.5)
         y = y * self.position_scale[:T].to(y.dtype)  # type: ignore[index]
-        return y.transpose(1, 2).reshape(B, T, C)
+        return self.out, y.transpose(1, 2).reshape(B, T, C)
 
 
 class MLP(nn.Module):
@@ -259,7 +274,7 @@ class MLP(nn.Module):
         return up.fusable() and down.fusable() and up.fp8_grad_scale == down.fp8_grad_scale
 
 
-class SwiGLU(nn.Module):
+class SwiGLU(_EndsInProjection):
     """``down(silu(gate(x)) * up(x) * m)``, m restoring the product to unit scale under µS
     (`width_rules.glu_multiplier`); Smooth-SwiGLU's down projection is a `SmoothedLinear`
     (its 1/s_k on the product's channel k is Fishman et al.'s scale on the linear branch)."""
@@ -273,19 +288,12 @@ class SwiGLU(nn.Module):
         self.down = down(hidden, d, "hidden", config)
         self.product_multiplier = glu_multiplier(parametrization=config.parametrization)
 
-    def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
-        return self.down(self._product(x, x8))
-
-    def forward_into(
-        self, x: torch.Tensor, x8: E4M3Copies | None, then: ResPostLN
-    ) -> tuple[torch.Tensor, E4M3Copies | None]:
-        """``then(self(x, x8))``, the down projection and ``then`` in one op where they can be."""
-        return then.after(self.down, self._product(x, x8))
-
-    def _product(self, x: torch.Tensor, x8: E4M3Copies | None) -> torch.Tensor:
-        """The down projection's input (B, T, hidden)."""
+    def _last_projection(
+        self, x: torch.Tensor, x8: E4M3Copies | None
+    ) -> tuple[ScaledLinear, torch.Tensor]:
+        """The down projection and its input, the product (B, T, hidden)."""
         gated = F.silu(self.gate(x, x8)) * self.up(x, x8)
-        return gated * self.product_multiplier
+        return self.down, gated * self.product_multiplier
 
 
 def _layer_norm(width: int) -> nn.LayerNorm:
