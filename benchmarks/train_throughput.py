@@ -23,7 +23,8 @@ shared: they save compilation, which is not timed.
 Time: ``--warmup`` steps (compilation, tuning, the graphs' capture), then ``--steps`` steps on
 one fixed batch of random tokens (the data loader is not what is measured); tokens/s from the
 synchronised wall time of those steps, ``step_ms_median`` and ``step_ms`` (each step, in
-order) from CUDA events around each.
+order) from CUDA events around each. FP8 variants on our kernels also record ``tuned``, the
+tiles and per-shape GEMM routes (ours or cuBLAS) they ran (`kernels.ops.best_configs`).
 Peak memory: ``torch.cuda.max_memory_allocated`` (and reserved) over the whole process.
 
 MFU: model FLOPs per token over the GPU's dense peak for the variant's matmul dtype
@@ -334,6 +335,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
         if spec.get("profile"):
             result["profile"] = kernel_profile(lambda: steps.train(batch), spec["profile"])
+        if variant.precision == "fp8" and variant.swap is None:
+            # Each process times its own tiles and GEMM routes (a fresh machine has no cache),
+            # and a close call can go either way: what this measurement ran.
+            from kernels.ops import best_configs
+
+            result["tuned"] = best_configs()
     return result
 
 
@@ -442,8 +449,8 @@ def main() -> None:
         default=DEFAULT_VARIANTS,
         help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but bf16-eager)",
     )
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=3, help="steps before the timed ones")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="steps before the timed ones")
     parser.add_argument(
         "--profile", type=int, default=0, help="then profile this many steps (CUDA): kernel time"
     )

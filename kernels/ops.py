@@ -584,5 +584,6 @@ def _records_graph(*inputs: torch.Tensor) -> bool:
 
 
 def best_configs() -> dict[str, dict[str, dict[str, Any]]]:
-    """The tuned choice per key in this process, for benchmark reports."""
-    return {tuner.name: tuner.chosen() for tuner in TUNERS}
+    """The tuned choice per key in this process, for benchmark reports: the kernels' tiles
+    and, per GEMM shape, the library (ours or cuBLAS)."""
+    return {tuner.name: tuner.chosen() for tuner in (*TUNERS, triton_gemm.GEMM_LIBRARY)}
