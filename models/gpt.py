@@ -12,7 +12,9 @@ so every hidden matmul sees unit-scale inputs: that is what lets FP8 run without
 
 On the Triton FP8 path each of those lines is one kernel (`kernels.triton_norm`) that also
 writes the e4m3 casts of the new x, which the next sub-layer's first FP8 layers (qkv; the
-MLP's up and gate) take as they are (`E4M3Copies`) instead of casting x again.
+MLP's up and gate) take as they are (`E4M3Copies`) instead of casting x again. It runs
+inside the op of the sub-layer's last projection (`ResPostLN`, `forward_into`), whose
+backward then takes its output gradient's e5m2 casts from the norm's backward kernel.
 """
 
 from __future__ import annotations
