@@ -20,7 +20,7 @@ import torch
 
 from kernels import overlap, triton_casts, triton_gemm, triton_norm
 from kernels.formats import E4M3, E5M2, E4M3Copies
-from kernels.triton_norm import ResidualNorm
+from kernels.triton_norm import NormGrads, ResidualNorm
 
 # The tuners whose choices a run of this layer makes (the GEMM library choice aside: its
 # timing runs the TMA kernel's own tuning, which would then count twice).
@@ -193,7 +193,9 @@ class FP8LinearTriton(torch.autograd.Function):
     the same pass over x and w. They are what is saved: one byte per element. Given
     ``x8_rows`` and ``x8_cols`` (x's casts, made by the kernel that wrote x: `E4M3Copies`),
     x is not cast again. Given ``resid``, ``gain`` and ``norm`` (`ResidualNorm`), y goes on
-    through the µS block's Res-Post-LN in the same op (`_NormAfter`).
+    through the µS block's Res-Post-LN in the same op (`triton_norm.function_forward`), and
+    the backward takes y's gradient already cast from the norm's backward kernel
+    (`_norm_grads`).
     """
 
     @staticmethod
@@ -223,7 +225,8 @@ class FP8LinearTriton(torch.autograd.Function):
         if norm is None:
             ctx.save_for_backward(x8t, w8t)
             return y.reshape(*x.shape[:-1], weight.shape[0])
-        out, norm_saved = _NormAfter.forward(ctx, y, resid, gain, norm)
+        assert resid is not None and gain is not None
+        out, norm_saved = triton_norm.function_forward(ctx, resid, y, gain, norm)
         ctx.save_for_backward(x8t, w8t, *norm_saved)
         return out
 
@@ -240,9 +243,8 @@ class FP8LinearTriton(torch.autograd.Function):
         unscale = ctx.scale / ctx.grad_scale
         dresid = dgain = None
         if norm_saved:  # y's gradient comes cast, from the norm's backward kernel
-            needs = (ctx.needs_input_grad[6], ctx.needs_input_grad[7])  # resid, gain
-            g8, g8t, dresid, dgain = _NormAfter.backward(
-                ctx, grad_y, norm_saved, needs, need_dgrad, need_wgrad
+            dresid, g8, g8t, dgain = _norm_grads(
+                ctx, grad_y, norm_saved, ctx.needs_input_grad[6:8], need_dgrad, need_wgrad
             )
         else:
             g2d = grad_y.reshape(-1, grad_y.shape[-1])  # (M, N)
@@ -297,7 +299,9 @@ class FP8GeluMLPTriton(torch.autograd.Function):
         if norm is None:
             ctx.save_for_backward(*saved)
             return y
-        out, norm_saved = _NormAfter.forward(ctx, y.reshape(-1, y.shape[-1]), x, gain, norm)
+        assert gain is not None
+        y2d = y.reshape(-1, y.shape[-1])
+        out, norm_saved = triton_norm.function_forward(ctx, x, y2d, gain, norm)
         ctx.save_for_backward(*saved, *norm_saved)
         return out
 
@@ -314,9 +318,7 @@ class FP8GeluMLPTriton(torch.autograd.Function):
         dresid = dgain = None
         if norm_saved:  # y's gradient comes cast, from the norm's backward kernel
             needs = (need_x, ctx.needs_input_grad[8])  # x (the residual stream), gain
-            g8, g8t, dresid, dgain = _NormAfter.backward(
-                ctx, grad_y, norm_saved, needs, need_dh, need_down
-            )
+            dresid, g8, g8t, dgain = _norm_grads(ctx, grad_y, norm_saved, needs, need_dh, need_down)
         else:
             g2d = grad_y.reshape(-1, grad_y.shape[-1])  # (M, d)
             g8, g8t = _grad_copies(g2d, ctx.grad_scale, rows=need_dh, cols=need_down)
@@ -339,64 +341,22 @@ class FP8GeluMLPTriton(torch.autograd.Function):
         return grad_x, grad_up, grad_down, None, None, None, None, None, dgain, None
 
 
-class _NormAfter:
-    """The µS block's Res-Post-LN inside the op of the projection that feeds it,
-    ``out = skip * resid + branch * LayerNorm(y) * gain`` of the op's output y
-    (`kernels.triton_norm`, `ResidualNorm`): forward returns out and its e4m3 copies for the
-    next layers (`res_post_norm`); backward takes y's gradient from the norm's backward
-    kernel already as the e5m2 casts the projection's GEMMs read, rows and transposed
-    (`res_post_norm_backward(grad_scale=)`), the same bits as a cast of the stored bf16
-    gradient, without that gradient's write and a pass of its own over it.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        y2d: torch.Tensor,
-        resid: torch.Tensor | None,
-        gain: torch.Tensor | None,
-        norm: tuple[float, float, float],
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
-        """``((out, out8, out8t), what backward reads)`` of y (M, C)."""
-        assert resid is not None and gain is not None
-        skip, branch, eps = norm
-        out, out8, out8t, mean, rstd = triton_norm._forward(
-            resid.reshape(y2d.shape), y2d, gain, skip, branch, eps
-        )
-        ctx.mark_non_differentiable(out8, out8t)
-        ctx.set_materialize_grads(False)  # no zero tensors for the copies' gradients
-        ctx.norm, ctx.resid_shape, ctx.resid_dtype = (skip, branch), resid.shape, resid.dtype
-        return (out.view(resid.shape), out8, out8t), (y2d, gain, mean, rstd)
-
-    @staticmethod
-    def backward(
-        ctx: Any,
-        grad_out: torch.Tensor,
-        saved: list[torch.Tensor],
-        needs: tuple[bool, bool],
-        rows: bool,
-        cols: bool,
-    ) -> tuple[torch.Tensor | None, ...]:
-        """``(g8, g8t, dresid, dgain)``: y's gradient cast to e5m2 after ctx.grad_scale,
-        (M, C) and (C, M), where ``rows`` and ``cols`` ask for them, and the gradients of
-        resid and gain where ``needs`` asks for them."""
-        y2d, gain, mean, rstd = saved
-        skip, branch = ctx.norm
-        grads = triton_norm._backward(
-            grad_out.reshape(y2d.shape).contiguous(),
-            y2d,
-            gain,
-            mean,
-            rstd,
-            skip,
-            branch,
-            ctx.resid_dtype,
-            (needs[0], rows or cols, needs[1]),
-            ctx.grad_scale,
-            cols,
-        )
-        dresid = grads.dx.view(ctx.resid_shape) if grads.dx is not None else None
-        return grads.df if rows else None, grads.df8t, dresid, grads.dgain
+def _norm_grads(
+    ctx: Any,
+    grad_out: torch.Tensor,
+    saved: list[torch.Tensor],
+    needs: tuple[bool, bool],
+    rows: bool,
+    cols: bool,
+) -> NormGrads:
+    """The backward of the µS Res-Post-LN inside a projection's op: the gradients of the
+    residual stream and the gain where ``needs`` asks for them, and the projection's output
+    gradient already as the e5m2 operands its GEMMs read, row-major (``df``, ``rows``) and
+    transposed (``df8t``, ``cols``), made by the norm's backward kernel: the bits of a cast
+    of the stored bf16 gradient, without that gradient's write and a pass of its own."""
+    return triton_norm.function_backward(
+        ctx, grad_out, saved, (needs[0], rows or cols, needs[1]), ctx.grad_scale, cols
+    )
 
 
 def _gelu_mlp_forward(
@@ -521,7 +481,7 @@ def fp8_linear_norm_triton(
     x8: E4M3Copies | None = None,
 ) -> tuple[torch.Tensor, E4M3Copies]:
     """`fp8_linear_triton` whose output goes on into the µS block's Res-Post-LN ``then``,
-    in one op (`FP8LinearTriton`, `_NormAfter`): the new residual stream and its e4m3 casts,
+    in one op (`FP8LinearTriton`): the new residual stream and its e4m3 casts,
     the same numbers as ``then(fp8_linear_triton(...))``."""
     rows, cols = x8 if x8 is not None else (None, None)
     if _records_graph(x, weight, then.x, then.gain):
@@ -571,8 +531,8 @@ def fp8_gelu_mlp_norm_triton(
         args = (x, w_up, w_down, *scales, grad_scale, rows, cols)
         y, y8, y8t = FP8GeluMLPTriton.apply(*args, then.gain, _constants(then))
         return y, E4M3Copies(y8, y8t)
-    mlp = fp8_gelu_mlp_triton
-    return then(mlp(x, w_up, w_down, scales=scales, grad_scale=grad_scale, x8=x8))
+    y = fp8_gelu_mlp_triton(x, w_up, w_down, scales=scales, grad_scale=grad_scale, x8=x8)
+    return then(y)
 
 
 def _constants(then: ResidualNorm) -> tuple[float, float, float]:

@@ -671,14 +671,54 @@ def _backward(
     )
 
 
-class ResPostNorm(torch.autograd.Function):
-    """``(y, y8, y8t)`` of `res_post_norm`, differentiable through y only.
+def function_forward(
+    ctx: Any,
+    x: torch.Tensor,
+    f2d: torch.Tensor,
+    gain: torch.Tensor,
+    constants: tuple[float, float, float],
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
+    """`res_post_norm` inside an autograd Function's forward (`ResPostNorm`; the ops of the
+    projections that end in the norm, `kernels.ops`): ``((y, y8, y8t), what to save)`` for
+    x (any shape of rows of C), f2d (M, C) and ``constants`` (skip, branch, eps); y in x's
+    shape. Saved: f (its own dtype, bf16: half the bytes of the fp32 copy autocast's
+    layer_norm saves), gain, and the kernel's mean and rstd. The copies of y are not
+    differentiable, and no zero gradients are made for them (or an unused y)."""
+    skip, branch, eps = constants
+    y, y8, y8t, mean, rstd = _forward(x.reshape(f2d.shape), f2d, gain, skip, branch, eps)
+    ctx.mark_non_differentiable(y8, y8t)
+    ctx.set_materialize_grads(False)
+    ctx.norm, ctx.norm_x_shape, ctx.norm_x_dtype = (skip, branch), x.shape, x.dtype
+    return (y.view(x.shape), y8, y8t), (f2d, gain, mean, rstd)
 
-    Saved: f (its own dtype, bf16: half the bytes of the fp32 copy autocast's layer_norm
-    saves), gain, and the kernel's mean and rstd. Backward: `res_post_norm_backward`, one
-    kernel for dx, df and dgain's partial sums (only those of the inputs that need a
-    gradient), custom op `sweeper::res_post_norm_backward` under torch.compile. The cast
-    copies of y are not differentiable.
+
+def function_backward(
+    ctx: Any,
+    dy: torch.Tensor,
+    saved: list[torch.Tensor],
+    needs: tuple[bool, bool, bool],
+    grad_scale: float | None = None,
+    f_cols: bool = False,
+) -> NormGrads:
+    """`res_post_norm_backward` inside the Function's backward, from `function_forward`'s
+    saved tensors: the gradients ``needs`` asks for (x, f, gain), dx in x's shape, df as
+    given by ``grad_scale`` and ``f_cols``."""
+    f2d, gain, mean, rstd = saved
+    skip, branch = ctx.norm
+    # .contiguous(): y.sum().backward() hands in an expanded (stride 0) dy.
+    dy2d = dy.reshape(f2d.shape).contiguous()
+    grads = _backward(
+        dy2d, f2d, gain, mean, rstd, skip, branch, ctx.norm_x_dtype, needs, grad_scale, f_cols
+    )
+    dx = grads.dx.view(ctx.norm_x_shape) if grads.dx is not None else None
+    return grads._replace(dx=dx)
+
+
+class ResPostNorm(torch.autograd.Function):
+    """``(y, y8, y8t)`` of `res_post_norm`, differentiable through y only
+    (`function_forward`). Backward: `res_post_norm_backward`, one kernel for dx, df and
+    dgain's partial sums (only those of the inputs that need a gradient), custom op
+    `sweeper::res_post_norm_backward` under torch.compile.
     """
 
     @staticmethod
@@ -691,12 +731,9 @@ class ResPostNorm(torch.autograd.Function):
         branch: float,
         eps: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        y, y8, y8t, mean, rstd = _forward(x, f, gain, skip, branch, eps)
-        ctx.save_for_backward(f, gain, mean, rstd)
-        ctx.skip, ctx.branch, ctx.x_dtype = skip, branch, x.dtype
-        ctx.mark_non_differentiable(y8, y8t)
-        ctx.set_materialize_grads(False)  # no zero tensors for y8, y8t (or an unused y)
-        return y, y8, y8t
+        out, saved = function_forward(ctx, x, f, gain, (skip, branch, eps))
+        ctx.save_for_backward(*saved)
+        return out
 
     @staticmethod
     def backward(
@@ -704,19 +741,8 @@ class ResPostNorm(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         if dy is None:
             return None, None, None, None, None, None
-        f, gain, mean, rstd = ctx.saved_tensors
-        # dy.contiguous(): y.sum().backward() hands in an expanded (stride 0) dy.
-        grads = _backward(
-            dy.contiguous(),
-            f,
-            gain,
-            mean,
-            rstd,
-            ctx.skip,
-            ctx.branch,
-            ctx.x_dtype,
-            tuple(ctx.needs_input_grad[:3]),
-        )
+        needs = tuple(ctx.needs_input_grad[:3])
+        grads = function_backward(ctx, dy, ctx.saved_tensors, needs)
         return grads.dx, grads.df, grads.dgain, None, None, None
 
 
