@@ -13,6 +13,9 @@ the GELU MLP; every variant at a width on the same model, measured side by side 
   torchao's ``convert_to_float8_training`` (dynamic scales) with that recipe, compiled.
 * ``scaled-mm-compiled``: static µS scales through ``torch._scaled_mm`` with fast accumulation
   (`benchmarks.bench_mlp.StaticScaledMM`: e4m3 operands, e5m2 gradients), compiled.
+* ``fp8-compiled-triton-gemms`` / ``fp8-compiled-cublas-gemms`` (on request, not by default):
+  ``fp8-compiled`` with every FP8 GEMM on one library (`kernels.triton_gemm.route_gemms`)
+  instead of the faster at each shape, timed alone: whether that choice holds inside a step.
 
 Embedding and readout stay bf16 in all of them. Every variant's optimizer is
 `models.optim.build_optimizer` over `GPT.parameter_groups`, checked to hold every parameter of
@@ -61,7 +64,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -75,6 +78,9 @@ from models.gpt import GPT, ScaledLinear, hidden_linears
 from models.optim import build_optimizer
 from models.steps import steps_for
 from models.train import build_model, resolve_device
+
+if TYPE_CHECKING:
+    from kernels.triton_gemm import Routing
 
 SEQ_LEN = 2048
 HEAD_DIM = 128
@@ -101,12 +107,18 @@ class Variant:
     graphs: bool = False  # replay each step from a CUDA graph (`models.steps.GraphedSteps`)
     swap: Swap | None = None  # another FP8 linear in place of the hidden layers' own
     matmul_dtype: MatmulDtype = "fp8"  # the hidden matmuls', for MFU
+    gemms: Routing = "timed"  # our FP8 GEMMs' library: the faster per shape, or one
 
     def unavailable(self, device: torch.device) -> str | None:
         """Why this machine cannot run the variant, None where it can."""
-        if (self.graphs or self.swap == "scaled-mm") and device.type != "cuda":
-            what = "CUDA graphs" if self.graphs else "torch._scaled_mm (cuBLAS FP8)"
-            return f"{what}: needs a CUDA device, this run has {device.type}"
+        cuda_only = (
+            "CUDA graphs" if self.graphs
+            else "torch._scaled_mm (cuBLAS FP8)" if self.swap == "scaled-mm"
+            else "a pinned GEMM library" if self.gemms != "timed"
+            else None
+        )  # fmt: skip
+        if cuda_only is not None and device.type != "cuda":
+            return f"{cuda_only}: needs a CUDA device, this run has {device.type}"
         if self.swap in TORCHAO and importlib.util.find_spec("torchao") is None:
             return "torchao is not installed (bash ../shared/tools/gpu-wheels.sh --torchao)"
         return None
@@ -121,9 +133,12 @@ VARIANTS = {
     "torchao-tensorwise": Variant("bf16", compile=True, swap="torchao-tensorwise"),
     "torchao-rowwise": Variant("bf16", compile=True, swap="torchao-rowwise"),
     "scaled-mm-compiled": Variant("fp8", compile=True, swap="scaled-mm"),
+    "fp8-compiled-triton-gemms": Variant("fp8", compile=True, gemms="triton"),
+    "fp8-compiled-cublas-gemms": Variant("fp8", compile=True, gemms="cublas"),
 }
-# What the issue compares; bf16-eager is there for the CPU test and on request.
-DEFAULT_VARIANTS = [name for name in VARIANTS if name != "bf16-eager"]
+# What the issue compares; bf16-eager (the CPU test) and the pinned GEMMs (a diagnosis) on request.
+ON_REQUEST = ("bf16-eager", "fp8-compiled-triton-gemms", "fp8-compiled-cublas-gemms")
+DEFAULT_VARIANTS = [name for name in VARIANTS if name not in ON_REQUEST]
 BASELINE = "bf16-compiled"
 TORCHAO = ("torchao-tensorwise", "torchao-rowwise")
 
@@ -282,6 +297,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if variant.gemms != "timed":
+        from kernels.triton_gemm import route_gemms
+
+        route_gemms(variant.gemms)
     model = build_model(config, device)
     if variant.swap is not None:
         apply_swap(model, variant.swap, device)
@@ -447,7 +466,7 @@ def main() -> None:
         "--variants",
         type=lambda s: s.split(","),
         default=DEFAULT_VARIANTS,
-        help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but bf16-eager)",
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default: not {', '.join(ON_REQUEST)})",
     )
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="steps before the timed ones")

@@ -18,7 +18,7 @@ are chosen per shape by its tuner (`kernels.triton_launch.launch_tuned`).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import triton
@@ -284,7 +284,7 @@ def fp8_matmul(
             ``"auto"``: TMA where the device and the operands' alignment allow it, and
             whichever of TMA and cuBLAS is faster at this shape (timed once per machine:
             cuBLAS splits the long reductions of the proxies' weight gradients, which a
-            persistent tile loop cannot).
+            persistent tile loop cannot), unless `route_gemms` pinned one library.
         config: run these meta-parameters instead of autotuning (benchmarks, interpreter):
             BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages (+ EPILOGUE_SPLIT and
             WARP_SPECIALIZE for the TMA kernel).
@@ -326,16 +326,19 @@ def fp8_matmul(
         _launch_triton(a, b, out, scale, precise_acc, config, tma=use_tma)
 
     if kernel == "auto" and use_tma and _cublas_ok(a, b):
-        key = (M, N, K, a.dtype, b.dtype, out_dtype, precise_acc)
-        choice = GEMM_LIBRARY.config(
-            key,
-            lambda c: (
-                _launch_cublas(a, b, out, scale, precise_acc)
-                if c.kwargs["library"] == "cublas"
-                else launch_triton()
-            ),
-        )
-        if choice.kwargs["library"] == "cublas":
+        library = _routing
+        if library == "timed":
+            key = (M, N, K, a.dtype, b.dtype, out_dtype, precise_acc)
+            choice = GEMM_LIBRARY.config(
+                key,
+                lambda c: (
+                    _launch_cublas(a, b, out, scale, precise_acc)
+                    if c.kwargs["library"] == "cublas"
+                    else launch_triton()
+                ),
+            )
+            library = choice.kwargs["library"]
+        if library == "cublas":
             _launch_cublas(a, b, out, scale, precise_acc)
             return out
     launch_triton()
@@ -343,6 +346,22 @@ def fp8_matmul(
 
 
 KERNELS = ("auto", "tma", "simple", "cublas")
+# Which library an "auto" product runs where both can: the faster at its shape, timed alone
+# once per machine ("timed"), or always one of them. A whole training step pinned to each
+# tells whether the per-shape choice, made in isolation, is also the faster inside the step.
+Routing = Literal["timed", "triton", "cublas"]
+_routing: Routing = "timed"
+
+
+def route_gemms(routing: Routing) -> Routing:
+    """Make this process's "auto" products take ``routing``; returns the one before."""
+    global _routing
+    if routing not in get_args(Routing):
+        raise ValueError(f"routing must be one of {get_args(Routing)}, got {routing!r}")
+    previous, _routing = _routing, routing
+    return previous
+
+
 # Which library runs a product, per shape: our TMA kernel or cuBLAS. The
 # "config" is only a label; each side's own tuning happens inside its first timed launch.
 GEMM_LIBRARY = Tuner(

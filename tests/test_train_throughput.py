@@ -52,7 +52,7 @@ def _assert_measured(result: dict[str, object]) -> None:
 
 def test_tiny_run_writes_measured_and_skipped_variants(tmp_path: Path) -> None:
     # fp8-eager is measured (the emulation); the others need CUDA or torchao.
-    variants = ["fp8-eager", "fp8-graphs", "scaled-mm-compiled"]
+    variants = ["fp8-eager", "fp8-graphs", "scaled-mm-compiled", "fp8-compiled-cublas-gemms"]
     if not TORCHAO_INSTALLED:  # where it is, its emulation compiles for a minute on CPU
         variants.append("torchao-rowwise")
     out, log = tmp_path / "tt.json", tmp_path / "logs" / "tt.jsonl"
@@ -78,6 +78,7 @@ def test_tiny_run_writes_measured_and_skipped_variants(tmp_path: Path) -> None:
         skipped = row["variants"][name]
         assert skipped["status"] == "skipped" and skipped["reason"], name
     assert "CUDA" in row["variants"]["fp8-graphs"]["reason"]
+    assert "pinned GEMM library" in row["variants"]["fp8-compiled-cublas-gemms"]["reason"]
     if not TORCHAO_INSTALLED:
         assert "torchao is not installed" in row["variants"]["torchao-rowwise"]["reason"]
     # no BF16 compiled and no torchao measured: the ratios say so instead of inventing one

@@ -187,6 +187,23 @@ def test_fp8_matmul_long_reduction(precise_acc: bool) -> None:
     check_gemm((1024, 512, 16384), E5M2, torch.float32, precise_acc, "auto", None)
 
 
+@pytest.mark.skipif(not HAS_TMA, reason="the TMA kernel needs Hopper")
+@pytest.mark.parametrize(("routing", "kernel"), [("triton", "tma"), ("cublas", "cublas")])
+def test_pinned_routing_runs_that_library_for_auto(
+    routing: triton_gemm.Routing, kernel: str
+) -> None:
+    """`route_gemms` makes "auto" run one library at every shape both can take: the same
+    bits as asking for that kernel (either one's tiles are its own tuner's, per shape)."""
+    a, b, _ = gemm_operands(2048, 4096, 1024, E5M2)
+    pinned = triton_gemm.fp8_matmul(a, b, scale=1 / 32, out_dtype=torch.float32, kernel=kernel)
+    previous = triton_gemm.route_gemms(routing)
+    try:
+        auto = triton_gemm.fp8_matmul(a, b, scale=1 / 32, out_dtype=torch.float32)
+    finally:
+        triton_gemm.route_gemms(previous)
+    assert previous == "timed" and torch.equal(auto, pinned)
+
+
 def test_fp8_matmul_autotuned_matches_configured() -> None:
     a, b, exact = gemm_operands(4096, 2048, 1024, E4M3)
     out = triton_gemm.fp8_matmul(a, b, scale=1 / 32, out_dtype=torch.bfloat16)

@@ -132,3 +132,17 @@ tuner().config((int(sys.argv[1]),), sleeping_launch([]))
     assert [p.wait(timeout=120) for p in processes] == [0] * 4
     [path] = kernel_cache.glob("test-*.json")
     assert set(json.loads(path.read_text())) == {repr((i,)) for i in range(4)}
+
+
+def test_gemm_routing_pins_a_library_or_refuses_an_unknown_one() -> None:
+    """`route_gemms` replaces the per-shape timing of `GEMM_LIBRARY` with one library (the GPU
+    test checks that "auto" then runs it); a name it does not know changes nothing."""
+    from kernels.triton_gemm import route_gemms
+
+    previous = route_gemms("cublas")
+    try:
+        with pytest.raises(ValueError, match="routing must be one of"):
+            route_gemms("fastest")  # type: ignore[arg-type]
+    finally:
+        assert route_gemms(previous) == "cublas"
+    assert previous == "timed"
