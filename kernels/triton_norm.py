@@ -645,15 +645,22 @@ def _backward(
 ) -> NormGrads:
     """`res_post_norm_backward` (``needs``: x, f, gain): as `_forward`, the custom op under
     torch.compile, the wrapper itself in eager mode."""
+    need_x, need_f, need_gain = needs
     if torch.compiler.is_compiling():
+        # dx is skip * dy. As torch's op, inductor fuses it into the kernel that reads dx
+        # (its sum with the sub-layer's own input gradient), where the kernel would write
+        # it for that sum to read back: 8 bytes an element of an fp32 stream saved.
+        dx = (dy * skip).to(x_dtype) if need_x else None
+        if not (need_f or need_gain):
+            return NormGrads(dx, None, None, None)
         grads = iter(
             res_post_norm_backward_op(
-                dy, f, gain, mean, rstd, skip, branch, x_dtype, *needs, grad_scale, f_cols
+                dy, f, gain, mean, rstd, skip, branch, x_dtype, False, need_f, need_gain,
+                grad_scale, f_cols,
             )
-        )
-        asked = (needs[0], needs[1], f_cols, needs[2])
-        return NormGrads(*(next(grads) if need else None for need in asked))
-    need_x, need_f, need_gain = needs
+        )  # fmt: skip
+        df, df8t, dgain = (next(grads) if need else None for need in (need_f, f_cols, need_gain))
+        return NormGrads(dx, df, df8t, dgain)
     return res_post_norm_backward(
         dy,
         f,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -466,7 +467,9 @@ def test_a_compiled_block_takes_its_projections_gradient_casts_from_the_norms(
     last projections with the Res-Post-LN after each in one op; aot_eager runs it as eager
     does, bit for bit. The backward graph casts only the output gradients of the layers
     that no norm follows (qkv; SwiGLU's gate and up; the GELU MLP's up projection takes its
-    own from the GELU cast): the norms' backward kernels cast the other two."""
+    own from the GELU cast): the norms' backward kernels cast the other two. The residual
+    stream's gradient through each norm, skip * dy, is a torch op in the graph (for
+    inductor to fuse into its sum), not an output of the norm's kernel."""
     from models.config import ModelConfig
     from models.gpt import Block, use_fp8
 
@@ -490,3 +493,8 @@ def test_a_compiled_block_takes_its_projections_gradient_casts_from_the_norms(
     ((backward,),) = (backend.bw_graphs,)
     assert backward.code.count("sweeper.res_post_norm_backward.default") == 2
     assert backward.code.count("sweeper.fp8_cast_transpose.default") == grad_casts
+    # the kernel's need_x argument (its ninth), and skip * dy as torch's op, once a norm
+    need_x = re.findall(r"res_post_norm_backward\.default\((?:[^,()]+, ){8}(\w+)", backward.code)
+    assert need_x == ["False", "False"], need_x
+    skip_times_dy = rf"aten\.mul\.Tensor\([^,()]+, {re.escape(repr(block.skip))}\)"
+    assert len(re.findall(skip_times_dy, backward.code)) == 2
