@@ -246,34 +246,34 @@ class MLP(nn.Module):
         self.down = ScaledLinear(hidden, config.width, "hidden", config)
 
     def forward(self, x: torch.Tensor, x8: E4M3Copies | None = None) -> torch.Tensor:
-        up, down = self.up, self.down
-        if self._fusable():
+        one_op = self._one_op()
+        if one_op is not None:
             # One op, whose Triton form runs GELU (and its backward) in the casts of the
             # GEMMs' outputs: the same numbers as the two layers below.
-            assert up.fp8_grad_scale is not None
-            scales = (up.multiplier, down.multiplier)
-            return fp8_gelu_mlp(
-                x, up.weight, down.weight, scales=scales, grad_scale=up.fp8_grad_scale, x8=x8
-            )
-        return down(F.gelu(up(x, x8)))
+            w_up, w_down, scales, grad_scale = one_op
+            return fp8_gelu_mlp(x, w_up, w_down, scales=scales, grad_scale=grad_scale, x8=x8)
+        return self.down(F.gelu(self.up(x, x8)))
 
     def forward_into(
         self, x: torch.Tensor, x8: E4M3Copies | None, then: ResPostLN
     ) -> tuple[torch.Tensor, E4M3Copies | None]:
         """``then(self(x, x8))``, in one op where the MLP's is and ``then`` has a kernel."""
-        up, down = self.up, self.down
-        if then.fused is None or not self._fusable():
+        one_op = self._one_op()
+        if then.fused is None or one_op is None:
             return then(self(x, x8))
-        assert up.fp8_grad_scale is not None
-        scales = (up.multiplier, down.multiplier)
-        grad_scale = up.fp8_grad_scale
+        w_up, w_down, scales, grad_scale = one_op
         return fp8_gelu_mlp_norm_triton(
-            x, up.weight, down.weight, scales=scales, grad_scale=grad_scale, then=then.fused, x8=x8
+            x, w_up, w_down, scales=scales, grad_scale=grad_scale, then=then.fused, x8=x8
         )
 
-    def _fusable(self) -> bool:
+    def _one_op(self) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float], float] | None:
+        """The MLP op's weights, scales and grad scale where both layers can run as it (plain
+        FP8 layers, one grad scale), else None."""
         up, down = self.up, self.down
-        return up.fusable() and down.fusable() and up.fp8_grad_scale == down.fp8_grad_scale
+        if not (up.fusable() and down.fusable() and up.fp8_grad_scale == down.fp8_grad_scale):
+            return None
+        assert up.fp8_grad_scale is not None
+        return up.weight, down.weight, (up.multiplier, down.multiplier), up.fp8_grad_scale
 
 
 class SwiGLU(_EndsInProjection):
