@@ -15,7 +15,10 @@ Stated tolerances:
 * the backward kernel alone against its formulas in float64 (from the forward's mean and
   rstd): dx bit for bit ``(skip * dy)`` in x's dtype; df for a bf16 f each element within
   one rounding (rtol 2^-8, atol 1e-5), for an fp32 f 1e-5 relative Frobenius error; dgain
-  1e-5 relative Frobenius error. Under torch.compile and in a CUDA graph the same kernels
+  1e-5 relative Frobenius error; df's e5m2 casts (a grad_scale given) each within half an
+  e5m2 step of the exact df's, plus df's own rounding (`assert_fp8_cast_of`: not bit for
+  bit the separate cast of the kernel's plain df, which another specialization computes
+  with sums in another order). Under torch.compile and in a CUDA graph the same kernels
   run on the same inputs: bit for bit eager (dgain's partial sums are summed by torch in a
   fixed order, no atomics).
 """
@@ -34,11 +37,10 @@ if not torch.cuda.is_available():
         allow_module_level=True,
     )
 
-from fp8_helpers import assert_same_cast, gpt_logits_and_grads, norm_after_op_runs, rel_err
+from fp8_helpers import assert_fp8_cast_of, gpt_logits_and_grads, norm_after_op_runs, rel_err
 
 from benchmarks.bench_norm import candidate_configs
-from kernels import E4M3, E5M2, saturating_cast
-from kernels.triton_casts import cast_transpose
+from kernels import E4M3, saturating_cast
 from kernels.triton_norm import (
     MAX_WIDTH,
     norm_backward_config,
@@ -291,9 +293,10 @@ def check_backward(
     )
     assert fused.df is not None and fused.df8t is not None
     assert torch.equal(fused.df8t.view(torch.uint8), fused.df.view(torch.uint8).t())
-    rows, _ = cast_transpose(df, E5M2, GRAD_SCALE)
-    assert rows is not None
-    assert_same_cast(fused.df, rows)
+    # within half an e5m2 step of the exact df, off by df's fp32 noise (~1e-8 here) and its
+    # rounding to f's dtype (bf16's half step 2^-9, doubled for the two roundings' cross term)
+    rounding = 2.0**-8 if f_dtype == torch.bfloat16 else 0.0
+    assert_fp8_cast_of(fused.df, df_ref, GRAD_SCALE, atol=1e-6, rtol=rounding)
     assert fused.dx is not None and torch.equal(fused.dx, dx)
     assert fused.dgain is not None and rel_err(fused.dgain, dgain_ref) < 1e-5
 
@@ -393,8 +396,8 @@ def test_a_projection_ending_in_the_norm_computes_what_the_two_ops_do(kind: str)
     """The norm inside the projection's op (its backward taking f's gradient as e5m2 casts
     from the norm's backward kernel) against the projection's op followed by the norm's, at
     a realistic shape: the forward bit for bit (the same kernels); the gradients through
-    the e5m2 casts of f's gradient, which match the separate cast but for rare one-step
-    flips (`assert_same_cast`), within 1%."""
+    the e5m2 casts of f's gradient, which match the separate cast's but where df cancels
+    (`assert_fp8_cast_of`), within 1%."""
     runs = norm_after_op_runs(DEVICE, kind=kind, tokens=8192, width=1024)
     for key, composed in runs["composed"].items():
         fused = runs["fused"][key]
