@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
+import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,62 @@ def write_json(name: str, payload: dict[str, Any], *, directory: Path = RESULTS)
     path = directory / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+class GpuSampler:
+    """nvidia-smi's readings of the first GPU every ``interval_ms`` (``fields``, its
+    ``--query-gpu`` names), with host timestamps, from a background process and thread.
+
+    Why: an H100's FP8 GEMMs run at its power limit, where the SM clock drops; two runs of the
+    same code can differ by their clocks, not their kernels, and only a reading taken during
+    the timed steps tells which. Readings that are not numbers ("[N/A]") are left out.
+    """
+
+    def __init__(self, fields: Sequence[str], *, interval_ms: int = 100) -> None:
+        self.fields = tuple(fields)
+        self.interval_ms = interval_ms
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> GpuSampler:
+        self._proc = subprocess.Popen(
+            ["nvidia-smi", "--id=0", f"--query-gpu={','.join(self.fields)}",
+             "--format=csv,noheader,nounits", "-lms", str(self.interval_ms)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        threading.Thread(target=self._read, args=(self._proc,), daemon=True).start()
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.add(time.time(), line)
+
+    def add(self, at: float, line: str) -> None:
+        """One line of nvidia-smi's CSV, read at host time ``at``."""
+        values = [v.strip() for v in line.split(",")]
+        if len(values) != len(self.fields):
+            return
+        reading = {}
+        for field, value in zip(self.fields, values, strict=True):
+            try:
+                reading[field] = float(value)
+            except ValueError:
+                continue
+        if reading:
+            self.samples.append((at, reading))
+
+    def readings(self, field: str, start: float, end: float) -> list[float]:
+        return [r[field] for t, r in self.samples if start <= t <= end and field in r]
+
+    def median(self, field: str, start: float, end: float) -> float | None:
+        window = self.readings(field, start, end)
+        return statistics.median(window) if window else None
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait()
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

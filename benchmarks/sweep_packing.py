@@ -5,7 +5,7 @@ JSON: aggregate tokens/s (all trials' tokens over the span from the first trial'
 to the last one's end) and the GPU's busy fraction (nvidia-smi utilization sampled every
 100 ms over that span), with the packed/serial ratios.
 
-    python benchmarks/sweep_packing.py --data shakespeare.txt --out packing.json
+    python -m benchmarks.sweep_packing --data shakespeare.txt --out packing.json
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,42 +22,12 @@ import ray
 import torch
 
 import db
+from benchmarks.common import GpuSampler
 from sweeper.engine import run_sweep
 from sweeper.settings import Settings
 from sweeper.spec import SweepSpec
 
-
-class GpuSampler:
-    """nvidia-smi utilization.gpu every 100 ms, with timestamps, in a thread."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, float]] = []
-        self._proc = subprocess.Popen(
-            [
-                "nvidia-smi",
-                "--query-gpu=utilization.gpu",
-                "--format=csv,noheader,nounits",
-                "-lms",
-                "100",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            if line.strip():
-                self.samples.append((time.time(), float(line.strip())))
-
-    def busy(self, start: float, end: float) -> float:
-        window = [u for t, u in self.samples if start <= t <= end]
-        return sum(window) / len(window) / 100 if window else float("nan")
-
-    def stop(self) -> None:
-        self._proc.terminate()
+UTILIZATION = "utilization.gpu"
 
 
 def spec(data: str, gpu: float, steps: int) -> SweepSpec:
@@ -83,6 +51,10 @@ def spec(data: str, gpu: float, steps: int) -> SweepSpec:
     )
 
 
+def busy_fraction(utilization: list[float]) -> float:
+    return sum(utilization) / len(utilization) / 100 if utilization else float("nan")
+
+
 def measure(database: db.Database, s: SweepSpec, sampler: GpuSampler) -> dict[str, Any]:
     sweep_id = db.create_sweep(database, name=s.name, spec=s.model_dump(mode="json"))
     wall = time.perf_counter()
@@ -99,7 +71,7 @@ def measure(database: db.Database, s: SweepSpec, sampler: GpuSampler) -> dict[st
         "span_s": end - start,
         "driver_wall_s": wall,
         "aggregate_tokens_per_s": tokens / (end - start),
-        "gpu_busy_fraction": sampler.busy(start, end),
+        "gpu_busy_fraction": busy_fraction(sampler.readings(UTILIZATION, start, end)),
         "per_trial_tokens_per_s": [t.tokens_per_s for t in trials],
     }
 
@@ -111,7 +83,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     ray.init(include_dashboard=False, log_to_driver=False)
-    sampler = GpuSampler()
+    sampler = GpuSampler([UTILIZATION]).start()
     with tempfile.TemporaryDirectory() as tmp:
         database = db.connect(f"sqlite:///{tmp}/bench.db")
         serial = measure(database, spec(args.data, 1.0, args.steps), sampler)
@@ -125,7 +97,7 @@ def main() -> None:
             "ray": ray.__version__,
             "python": platform.python_version(),
         },
-        "command": "python benchmarks/sweep_packing.py --data shakespeare.txt "
+        "command": "python -m benchmarks.sweep_packing --data shakespeare.txt "
         f"--steps {args.steps}",
         "serial": serial,
         "packed": packed,

@@ -26,8 +26,10 @@ shared: they save compilation, which is not timed.
 Time: ``--warmup`` steps (compilation, tuning, the graphs' capture), then ``--steps`` steps on
 one fixed batch of random tokens (the data loader is not what is measured); tokens/s from the
 synchronised wall time of those steps, ``step_ms_median`` and ``step_ms`` (each step, in
-order) from CUDA events around each. FP8 variants on our kernels also record ``tuned``, the
-tiles and per-shape GEMM routes (ours or cuBLAS) they ran (`kernels.ops.best_configs`).
+order) from CUDA events around each; ``gpu_readings`` the medians of nvidia-smi's SM clock,
+power draw and limit and temperature over those steps (on a CUDA machine with nvidia-smi).
+FP8 variants on our kernels also record ``tuned``, the tiles and per-shape GEMM routes (ours
+or cuBLAS) they ran (`kernels.ops.best_configs`).
 Peak memory: ``torch.cuda.max_memory_allocated`` (and reserved) over the whole process.
 
 MFU: model FLOPs per token over the GPU's dense peak for the variant's matmul dtype
@@ -60,6 +62,7 @@ import importlib.util
 import itertools
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -70,7 +73,7 @@ import torch
 from torch import nn
 
 from benchmarks.bench_mlp import StaticScaledMM
-from benchmarks.common import RESULTS, environment, kernel_profile, write_json
+from benchmarks.common import RESULTS, GpuSampler, environment, kernel_profile, write_json
 from benchmarks.proxy_speed import Log
 from kernels import E4M3Copies
 from models import ModelConfig, TrainConfig
@@ -96,6 +99,15 @@ PEAK_TFLOPS: dict[str, dict[MatmulDtype, float]] = {
     "NVIDIA H100 80GB HBM3": {"bf16": 989.0, "fp8": 1979.0},
     "NVIDIA H200": {"bf16": 989.0, "fp8": 1979.0},
 }
+# Read from nvidia-smi during the timed steps (`GpuSampler`), result key -> its field: FP8
+# GEMMs run an H100 at its power limit, where the clock (and with it a step) moves by run.
+GPU_READINGS = {
+    "sm_clock_mhz": "clocks.sm",
+    "power_w": "power.draw",
+    "power_limit_w": "power.limit",
+    "temperature_c": "temperature.gpu",
+}
+NVIDIA_SMI = shutil.which("nvidia-smi") is not None
 
 Swap = Literal["torchao-tensorwise", "torchao-rowwise", "scaled-mm"]
 
@@ -320,14 +332,20 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     _synchronize(device)
     warmup_s = time.perf_counter() - started
 
+    sampler = None
+    if device.type == "cuda" and NVIDIA_SMI:
+        sampler = GpuSampler(GPU_READINGS.values()).start()
+        time.sleep(0.3)  # nvidia-smi's start, before the first timed step
     marks = []  # one before each timed step and one after the last
-    started = time.perf_counter()
+    started, host_started = time.perf_counter(), time.time()
     for _ in range(spec["steps"]):
         marks.append(_mark(device))
         loss = steps.train(batch)
     marks.append(_mark(device))
     _synchronize(device)
     wall_s = time.perf_counter() - started
+    if sampler is not None:
+        sampler.stop()
     step_s = [_seconds(a, b) for a, b in itertools.pairwise(marks)]
 
     tokens_per_s = spec["steps"] * config.tokens_per_step / wall_s
@@ -349,6 +367,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "mfu": None if peak is None else tokens_per_s * flops / (peak * 1e12),
         "mfu_peak_tflops": peak,
     }
+    if sampler is not None:
+        # medians over the timed steps: what clock the GPU held, at what power
+        timed = (host_started, host_started + wall_s)
+        result["gpu_readings"] = {
+            key: sampler.median(field, *timed) for key, field in GPU_READINGS.items()
+        }
     if device.type == "cuda":
         result["peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30

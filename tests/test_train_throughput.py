@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.common import GpuSampler
 from benchmarks.train_throughput import (
     SHAPES,
     TINY,
@@ -90,7 +91,29 @@ def test_tiny_run_writes_measured_and_skipped_variants(tmp_path: Path) -> None:
 
 
 def test_bf16_eager_in_process() -> None:
-    _assert_measured(measure(_tiny_spec("bf16-eager")))
+    result = measure(_tiny_spec("bf16-eager"))
+    _assert_measured(result)
+    assert "gpu_readings" not in result  # on CPU there is no nvidia-smi to read
+
+
+def test_gpu_readings_are_medians_over_the_timed_window() -> None:
+    """nvidia-smi's CSV lines as the sampler's thread hands them over: lines outside the
+    window, "[N/A]" readings and malformed lines take no part."""
+    sampler = GpuSampler(["clocks.sm", "power.draw"])
+    lines = [
+        (0.5, "1980, 300.0\n"),  # before the timed steps
+        (1.0, "1755, 699.5\n"),
+        (2.0, "1650, [N/A]\n"),
+        (2.5, "No devices were found\n"),
+        (3.0, "1600, 700.0\n"),
+        (9.0, "1980, 100.0\n"),  # after
+    ]
+    for at, line in lines:
+        sampler.add(at, line)
+    assert sampler.median("clocks.sm", 1.0, 3.0) == 1650
+    assert sampler.median("power.draw", 1.0, 3.0) == pytest.approx(699.75)
+    assert sampler.median("power.draw", 4.0, 5.0) is None
+    sampler.stop()  # never started: nothing to stop, no error
 
 
 def test_flops_per_token_is_six_n_plus_attention() -> None:
