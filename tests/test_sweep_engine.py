@@ -7,13 +7,13 @@ over the `database` fixture of tests/conftest.py (its Ray clusters in a temp dir
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 import optuna
+import psutil
 import pytest
 import ray
 
@@ -39,6 +39,36 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT_
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.5)
+
+
+# Trials long enough that a driver killed once two finished is still mid-sweep: a
+# warm trial of the tiny sweep trains 60 steps in ~0.25 s, less than `wait_for`'s poll, so
+# at 60 steps the whole sweep could end between two polls (CI saw it).
+MID_SWEEP_TRAIN = {"steps": 600, "eval_interval": 100}
+
+
+def kill_driver_mid_sweep(database: db.Database, sweep_id: int) -> tuple[int, dict[str, db.Trial]]:
+    """SIGKILL the sweep's driver once two trials finished; returns its pid and the trials
+    finished by then, by key. Fails if the sweep ended first: the kill must land mid-sweep."""
+
+    def finished() -> list[db.Trial]:
+        return [t for t in db.list_trials(database, sweep_id=sweep_id) if t.status.finished]
+
+    wait_for(lambda: len(finished()) >= 2, "two finished trials")
+    (driver,) = drivers_of(database.url)
+    driver.kill()
+    wait_for(lambda: _exited(driver), "the killed driver to exit", timeout=30)
+    status = db.get_sweep(database, sweep_id=sweep_id).status  # queued: a watchdog resumed it
+    assert not status.finished, f"the sweep had ended ({status}) when its driver was killed"
+    return driver.pid, {t.key: t for t in finished()}
+
+
+def _exited(process: psutil.Process) -> bool:
+    """Whether it exited: a zombie counts (its parent, maybe not us, reaps it)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def run_to_end(database: db.Database, sweep_id: int) -> service.SweepProgress:
@@ -149,15 +179,10 @@ def test_kill_driver_then_resume(database, shakespeare):
     spec = make_spec(
         shakespeare,
         search={"lr": {"min": 2**-8, "max": 2**-2, "points": 4}, "wd": [0.0]},
-        train=make_spec(shakespeare).train.model_copy(update={"steps": 60}),
+        train=make_spec(shakespeare).train.model_copy(update=MID_SWEEP_TRAIN),
     )
     sweep = service.start_sweep(database, spec)
-    finished = lambda: [t for t in db.list_trials(database, sweep_id=sweep.id) if t.status.finished]  # noqa: E731
-    wait_for(lambda: len(finished()) >= 2, "two finished trials")
-    (driver,) = drivers_of(database.url)
-    before = {t.key: t for t in finished()}
-    driver.send_signal(signal.SIGKILL)
-    driver.wait(30)
+    _, before = kill_driver_mid_sweep(database, sweep.id)
     progress = service.sweep_progress(database, sweep.id)
     assert progress.sweep.status is db.JobStatus.RUNNING
     # Its heartbeat is fresh, but on this host its process is seen gone: resumable at once.
@@ -172,7 +197,7 @@ def test_kill_driver_then_resume(database, shakespeare):
         assert (after.id, after.finished_at) == (trial.id, trial.finished_at)
     curves = db.get_curves(database, sweep_id=sweep.id)
     for trial in progress.trials:
-        assert [p.step for p in curves[trial.id]] == list(range(10, 61, 10))
+        assert [p.step for p in curves[trial.id]] == list(range(100, 601, 100))
 
 
 def test_cancel_stops_trials_and_keeps_points(database, shakespeare):

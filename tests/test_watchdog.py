@@ -21,7 +21,7 @@ from sweeper import service
 from sweeper.jobs import Job, driver_gone, this_host
 from sweeper.settings import Settings
 from tests.conftest import drivers_of, exited_pid, sweeper_serve
-from tests.test_sweep_engine import make_spec, wait_for
+from tests.test_sweep_engine import MID_SWEEP_TRAIN, kill_driver_mid_sweep, make_spec, wait_for
 
 TOKEN = "watchdog-token-0123456789"
 
@@ -40,23 +40,16 @@ def test_a_driver_killed_under_a_running_service_is_resumed_and_its_sweep_comple
 ):
     # 4 trials, 2 at a time (2 CPUs): the kill lands when 2 finished and 2 run.
     spec = make_spec(
-        shakespeare, train=make_spec(shakespeare).train.model_copy(update={"steps": 60})
+        shakespeare, train=make_spec(shakespeare).train.model_copy(update=MID_SWEEP_TRAIN)
     )
     response = served.post("/sweeps", json=spec.model_dump(mode="json"))
     assert response.status_code == 202, response.text
     sweep_id = response.json()["id"]
-
-    def finished() -> list[db.Trial]:
-        return [t for t in db.list_trials(database, sweep_id=sweep_id) if t.status.finished]
-
-    wait_for(lambda: len(finished()) >= 2, "two finished trials")
-    before = {t.key: t for t in finished()}
-    (driver,) = drivers_of(database.url)
-    driver.kill()
+    killed_pid, before = kill_driver_mid_sweep(database, sweep_id)
     killed_at = time.monotonic()
 
     def resumed() -> bool:
-        return any(d.pid != driver.pid for d in drivers_of(database.url))
+        return any(d.pid != killed_pid for d in drivers_of(database.url))
 
     wait_for(resumed, "the watchdog to start a new driver", timeout=60)
     resumed_after = time.monotonic() - killed_at
@@ -73,7 +66,7 @@ def test_a_driver_killed_under_a_running_service_is_resumed_and_its_sweep_comple
         assert (after.id, after.finished_at) == (trial.id, trial.finished_at)
     curves = db.get_curves(database, sweep_id=sweep_id)
     for trial in trials:  # every curve whole, and no point stored twice
-        assert [p.step for p in curves[trial.id]] == list(range(10, 61, 10)), trial.key
+        assert [p.step for p in curves[trial.id]] == list(range(100, 601, 100)), trial.key
     print(
         f"kill -9 -> new driver after {resumed_after:.1f} s,"
         f" sweep completed {completed_after:.0f} s after the kill"
