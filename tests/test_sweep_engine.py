@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 
 import optuna
-import psutil
 import pytest
 import ray
 
@@ -22,6 +21,7 @@ from models.train import train
 from sweeper import service
 from sweeper.cluster import NodeResources, nodes_that_fit
 from sweeper.engine import optuna_study_name
+from sweeper.jobs import driver_process_alive
 from sweeper.spec import SweepSpec
 from sweeper.warm_up import wait_for_warm_up
 from tests.conftest import debug_config, drivers_of, tiny_sweep
@@ -45,6 +45,7 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT_
 # warm trial of the tiny sweep trains 60 steps in ~0.25 s, less than `wait_for`'s poll, so
 # at 60 steps the whole sweep could end between two polls (CI saw it).
 MID_SWEEP_TRAIN = {"steps": 600, "eval_interval": 100}
+MID_SWEEP_CURVE_STEPS = list(range(100, 601, 100))  # each whole curve's points
 
 
 def kill_driver_mid_sweep(database: db.Database, sweep_id: int) -> tuple[int, dict[str, db.Trial]]:
@@ -57,18 +58,14 @@ def kill_driver_mid_sweep(database: db.Database, sweep_id: int) -> tuple[int, di
     wait_for(lambda: len(finished()) >= 2, "two finished trials")
     (driver,) = drivers_of(database.url)
     driver.kill()
-    wait_for(lambda: _exited(driver), "the killed driver to exit", timeout=30)
+    wait_for(
+        lambda: not driver_process_alive("sweep", sweep_id, driver.pid),
+        "the killed driver to exit",
+        timeout=30,
+    )
     status = db.get_sweep(database, sweep_id=sweep_id).status  # queued: a watchdog resumed it
     assert not status.finished, f"the sweep had ended ({status}) when its driver was killed"
     return driver.pid, {t.key: t for t in finished()}
-
-
-def _exited(process: psutil.Process) -> bool:
-    """Whether it exited: a zombie counts (its parent, maybe not us, reaps it)."""
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def run_to_end(database: db.Database, sweep_id: int) -> service.SweepProgress:
@@ -197,7 +194,7 @@ def test_kill_driver_then_resume(database, shakespeare):
         assert (after.id, after.finished_at) == (trial.id, trial.finished_at)
     curves = db.get_curves(database, sweep_id=sweep.id)
     for trial in progress.trials:
-        assert [p.step for p in curves[trial.id]] == list(range(100, 601, 100))
+        assert [p.step for p in curves[trial.id]] == MID_SWEEP_CURVE_STEPS
 
 
 def test_cancel_stops_trials_and_keeps_points(database, shakespeare):

@@ -21,7 +21,13 @@ from sweeper import service
 from sweeper.jobs import Job, driver_gone, this_host
 from sweeper.settings import Settings
 from tests.conftest import drivers_of, exited_pid, sweeper_serve
-from tests.test_sweep_engine import MID_SWEEP_TRAIN, kill_driver_mid_sweep, make_spec, wait_for
+from tests.test_sweep_engine import (
+    MID_SWEEP_CURVE_STEPS,
+    MID_SWEEP_TRAIN,
+    kill_driver_mid_sweep,
+    make_spec,
+    wait_for,
+)
 
 TOKEN = "watchdog-token-0123456789"
 
@@ -66,7 +72,7 @@ def test_a_driver_killed_under_a_running_service_is_resumed_and_its_sweep_comple
         assert (after.id, after.finished_at) == (trial.id, trial.finished_at)
     curves = db.get_curves(database, sweep_id=sweep_id)
     for trial in trials:  # every curve whole, and no point stored twice
-        assert [p.step for p in curves[trial.id]] == list(range(100, 601, 100)), trial.key
+        assert [p.step for p in curves[trial.id]] == MID_SWEEP_CURVE_STEPS, trial.key
     print(
         f"killed driver gone -> new driver after {resumed_after:.1f} s,"
         f" sweep completed {completed_after:.0f} s after"
