@@ -45,7 +45,14 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT_
 # warm trial of the tiny sweep trains 60 steps in ~0.25 s, less than `wait_for`'s poll, so
 # at 60 steps the whole sweep could end between two polls (CI saw it).
 MID_SWEEP_TRAIN = {"steps": 600, "eval_interval": 100}
-MID_SWEEP_CURVE_STEPS = list(range(100, 601, 100))  # each whole curve's points
+# each whole curve's points: one every eval_interval steps, the last at the last step
+MID_SWEEP_CURVE_STEPS = list(
+    range(
+        MID_SWEEP_TRAIN["eval_interval"],
+        MID_SWEEP_TRAIN["steps"] + 1,
+        MID_SWEEP_TRAIN["eval_interval"],
+    )
+)
 
 
 def kill_driver_mid_sweep(database: db.Database, sweep_id: int) -> tuple[int, dict[str, db.Trial]]:
@@ -59,7 +66,7 @@ def kill_driver_mid_sweep(database: db.Database, sweep_id: int) -> tuple[int, di
     (driver,) = drivers_of(database.url)
     driver.kill()
     wait_for(
-        lambda: not driver_process_alive("sweep", sweep_id, driver.pid),
+        lambda: driver_process_alive("sweep", sweep_id, driver.pid) is False,  # None: no /proc
         "the killed driver to exit",
         timeout=30,
     )
